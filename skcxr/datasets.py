@@ -1,0 +1,115 @@
+"""Data loaders returning scikit-learn ``Bunch`` objects of image paths and targets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from sklearn.utils import Bunch
+
+from .images import SUPPORTED_EXTENSIONS
+
+_SAMPLE_DIR = Path(__file__).parent / "data" / "kermany_sample"
+
+_SAMPLE_DESCR = """\
+Kermany pediatric chest X-ray sample (bundled with skcxr)
+=========================================================
+
+300 chest X-rays of children aged 1-5 from Guangzhou Women and Children's Medical Center:
+100 NORMAL and 200 PNEUMONIA (bacterial and viral; the file name says which), one image per
+patient, drawn (seed 0) from the training split of Kermany et al. and downsized to 160x160
+grey JPEG. Targets: 0 = NORMAL, 1 = PNEUMONIA.
+
+Source: Kermany, Zhang, Goldbaum, "Labeled Optical Coherence Tomography (OCT) and Chest X-Ray
+Images for Classification", Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 (2018).
+Licence: CC BY 4.0. Cite the source when you use these images.
+
+It is a demonstration and test sample: for results worth reporting use the full data set.
+"""
+
+
+def load_image_folder(root, *, extensions=SUPPORTED_EXTENSIONS, return_X_y=False, descr=None):
+    """Load a class-folder layout (``root/<class>/<image>``), as torchvision's ImageFolder.
+
+    Parameters
+    ----------
+    root : str or path
+        Directory with one sub-directory per class. Classes are sorted by name and coded
+        0..n_classes-1; images are sorted by path within each class.
+    extensions : tuple of str, default=all supported image extensions
+        File extensions (lower case, with the dot) to include.
+    return_X_y : bool, default=False
+        Return ``(data, target)`` instead of a Bunch.
+    descr : str, default=None
+        Text for the Bunch's ``DESCR``.
+
+    Returns
+    -------
+    data : Bunch
+        ``data`` (object array of paths, usable as ``X`` by every skcxr estimator),
+        ``target`` (int array), ``target_names`` (class folder names), ``filenames``
+        (same as ``data``), ``DESCR``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Image folder root {str(root)!r} does not exist.")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ValueError(
+            f"{str(root)!r} has no class sub-directories; expected root/<class>/<image> files."
+        )
+    paths, target = [], []
+    for code, name in enumerate(classes):
+        files = sorted(
+            p for p in (root / name).rglob("*")
+            if p.is_file() and p.suffix.lower() in extensions
+        )
+        paths += [os.fspath(p) for p in files]
+        target += [code] * len(files)
+    if not paths:
+        raise ValueError(f"No image files with extensions {extensions} under {str(root)!r}.")
+    data = np.array(paths, dtype=object)
+    target = np.array(target, dtype=np.int64)
+    if return_X_y:
+        return data, target
+    return Bunch(
+        data=data,
+        target=target,
+        target_names=np.array(classes, dtype=object),
+        filenames=data,
+        DESCR=descr or f"Images from the class folders of {os.fspath(root)}.",
+    )
+
+
+def load_sample_cxr(*, return_X_y=False, as_arrays=False):
+    """Load the bundled sample of 300 Kermany chest X-rays (NORMAL vs PNEUMONIA).
+
+    Parameters
+    ----------
+    return_X_y : bool, default=False
+        Return ``(data, target)`` instead of a Bunch.
+    as_arrays : bool, default=False
+        Return the images as a ``(300, 160, 160)`` uint8 array instead of paths.
+
+    Returns
+    -------
+    data : Bunch
+        ``data`` (paths, or images if ``as_arrays``), ``target`` (0 = NORMAL,
+        1 = PNEUMONIA), ``target_names``, ``filenames``, ``DESCR`` (provenance, licence).
+
+    Examples
+    --------
+    >>> from skcxr.datasets import load_sample_cxr
+    >>> cxr = load_sample_cxr()
+    >>> cxr.data.shape, list(cxr.target_names)
+    ((300,), ['NORMAL', 'PNEUMONIA'])
+    """
+    bunch = load_image_folder(_SAMPLE_DIR, descr=_SAMPLE_DESCR)
+    if as_arrays:
+        from .images import read_image
+
+        bunch.data = np.stack([read_image(p) for p in bunch.filenames])
+    if return_X_y:
+        return bunch.data, bunch.target
+    return bunch

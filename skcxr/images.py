@@ -1,0 +1,475 @@
+"""Image inputs: what ``X`` may be, reading PNG/JPEG/DICOM, preprocessing and batched streaming.
+
+Every estimator in skcxr accepts the same ``X``:
+
+* a 1-D array-like of file paths (``str`` or :class:`os.PathLike`), a pandas Series of
+  paths, or a 2-D ``(n, 1)`` array / one-column DataFrame of paths (the form that
+  imbalanced-learn samplers and ``ColumnTransformer`` hand over);
+* a numpy array of images, ``(n, H, W)`` grayscale or ``(n, H, W, C)`` with ``C`` in
+  {1, 3} (channels last).
+
+Pixel value convention (both for arrays and files): unsigned integers are scaled by the
+maximum of their type (``uint8`` by 255, ``uint16`` by 65535, so a 12-bit image stored in
+``uint16`` looks dark: rescale it yourself or save it as 16-bit PNG with its full range);
+floating-point arrays must already lie in ``[0, 1]``. DICOM files go through the modality
+LUT (rescale slope/intercept) and the VOI LUT or window, are scaled to ``[0, 1]`` and
+MONOCHROME1 images are inverted so that bone is bright in every input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+SUPPORTED_EXTENSIONS = PIL_EXTENSIONS + DICOM_EXTENSIONS
+RESIZE_MODES = ("stretch", "pad", "crop")
+NORMALIZATIONS = ("backbone", "imagenet", "centered", "unit")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageReadError(ValueError):
+    """An image file exists but cannot be decoded (corrupt, truncated, unsupported)."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, eq=False)
+class ImageSource:
+    """Validated images: either an object array of paths or a numeric image array."""
+
+    kind: str  # "paths" or "arrays"
+    data: np.ndarray
+    _keys: list = field(default_factory=list, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def subset(self, indices) -> ImageSource:
+        return ImageSource(self.kind, self.data[np.asarray(indices)])
+
+    def keys(self) -> list[str]:
+        """A content hash per image, for caches: equal keys mean identical pixels in."""
+        if not self._keys:
+            if self.kind == "paths":
+                self._keys.extend(_file_digest(p) for p in self.data)
+            else:
+                self._keys.extend(_array_digest(a) for a in self.data)
+        return self._keys
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _array_digest(a: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def check_images(X, *, check_files: bool = True) -> ImageSource:
+    """Validate ``X`` and return it as an :class:`ImageSource`.
+
+    Everything that can be checked without decoding pixels is checked here, so that a bad
+    input fails before any long computation: empty input, wrong shapes, NaN pixels,
+    missing, empty or unsupported files, and (``check_files=True``) files whose header
+    cannot be read.
+    """
+    if X is None:
+        raise ValueError("X is None; expected file paths or an array of images.")
+    if hasattr(X, "iloc") and getattr(X, "ndim", 1) == 2:  # DataFrame
+        if X.shape[1] != 1:
+            raise ValueError(
+                f"A DataFrame X must have exactly one column of image paths; got {X.shape[1]} "
+                f"columns {list(X.columns)[:5]}. Select the path column, e.g. X[['path']]."
+            )
+        X = X.iloc[:, 0]
+    if hasattr(X, "to_numpy") and not isinstance(X, np.ndarray):  # Series
+        X = X.to_numpy()
+    if isinstance(X, (str, os.PathLike)):
+        raise ValueError(
+            f"X is a single path {str(X)!r}; pass a list of paths, e.g. [{str(X)!r}]."
+        )
+    if not isinstance(X, np.ndarray):
+        X = list(X)
+        if X and all(isinstance(x, (str, os.PathLike)) for x in X):
+            X = np.array([os.fspath(x) for x in X], dtype=object)
+        else:
+            X = np.asarray(X)
+    if X.size == 0 or len(X) == 0:
+        raise ValueError("X is empty: found 0 images; at least 1 is required.")
+    if X.dtype.kind in "OUS":
+        if X.ndim == 2 and X.shape[1] == 1:
+            X = X[:, 0]
+        if X.ndim != 1:
+            raise ValueError(
+                f"Paths must be given as a 1-D sequence or a (n, 1) column; got shape {X.shape}."
+            )
+        paths = np.array([_check_path(p, check_files) for p in X], dtype=object)
+        return ImageSource("paths", paths)
+    if X.dtype.kind not in "uif" and X.dtype != np.bool_:
+        raise ValueError(f"Image arrays must be numeric; got dtype {X.dtype}.")
+    return ImageSource("arrays", _check_array(X))
+
+
+def _check_path(p, check_files: bool) -> str:
+    if not isinstance(p, (str, os.PathLike)):
+        raise ValueError(f"Expected a file path, got {type(p).__name__} {p!r}.")
+    p = os.fspath(p)
+    ext = os.path.splitext(p)[1].lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise ValueError(
+            f"Unsupported image file extension {ext!r} for {p!r}; supported: "
+            f"{', '.join(SUPPORTED_EXTENSIONS)}."
+        )
+    if not os.path.isfile(p):
+        what = "is a directory, not an image file" if os.path.isdir(p) else "does not exist"
+        raise FileNotFoundError(f"Image file {p!r} {what} (working directory {os.getcwd()!r}).")
+    if os.path.getsize(p) == 0:
+        raise ImageReadError(f"Image file {p!r} is empty (0 bytes).")
+    if check_files:
+        if ext in DICOM_EXTENSIONS:
+            pydicom = _import_pydicom(p)
+            try:
+                pydicom.dcmread(p, stop_before_pixels=True)
+            except Exception as exc:
+                raise ImageReadError(f"Cannot read DICOM file {p!r}: {exc}") from exc
+        else:
+            try:
+                with Image.open(p):
+                    pass
+            except (UnidentifiedImageError, OSError) as exc:
+                raise ImageReadError(
+                    f"Cannot read image file {p!r}: not a valid PNG/JPEG/BMP/TIFF ({exc})."
+                ) from exc
+    return p
+
+
+def _check_array(X: np.ndarray) -> np.ndarray:
+    if X.ndim == 4 and X.shape[-1] not in (1, 3) and X.shape[1] in (1, 3):
+        raise ValueError(
+            f"Image arrays must be channels-last (n, H, W, C); got shape {X.shape}, which looks "
+            "channels-first. Use X.transpose(0, 2, 3, 1)."
+        )
+    if X.ndim == 4 and X.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"Image arrays of shape (n, H, W, C) must have C in {{1, 3}}; got C={X.shape[-1]}."
+        )
+    if X.ndim not in (3, 4):
+        raise ValueError(
+            f"Image arrays must have shape (n, H, W) or (n, H, W, C); got {X.ndim}-D array of "
+            f"shape {X.shape}. For a single image use X[None]."
+        )
+    if X.shape[1] < 2 or X.shape[2] < 2:
+        raise ValueError(f"Images must be at least 2x2 pixels; got shape {X.shape}.")
+    if X.dtype.kind == "f":
+        if not np.isfinite(X).all():
+            bad = np.flatnonzero(~np.isfinite(X.reshape(len(X), -1)).all(axis=1))
+            raise ValueError(
+                f"Image array contains NaN or infinite pixels in {len(bad)} image(s) "
+                f"(first indices {bad[:5].tolist()})."
+            )
+        lo, hi = float(X.min()), float(X.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"Float image arrays must lie in [0, 1]; got values in [{lo:.4g}, {hi:.4g}]. "
+                "Pass uint8/uint16 arrays as they are, or scale floats, e.g. X / 255."
+            )
+    elif X.dtype.kind == "i":
+        if X.min() < 0:
+            raise ValueError("Integer image arrays must be non-negative.")
+        X = X.astype(np.uint16 if X.max() > 255 else np.uint8)
+    elif X.dtype == np.bool_:
+        X = X.astype(np.uint8) * 255
+    return X
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _import_pydicom(path: str):
+    try:
+        import pydicom
+    except ImportError as exc:
+        raise ImportError(
+            f"Reading DICOM file {path!r} needs pydicom: pip install 'skcxr[dicom]'."
+        ) from exc
+    return pydicom
+
+
+def read_image(path: str) -> np.ndarray:
+    """Decode one image file to ``(H, W)`` or ``(H, W, 3)``.
+
+    8-bit images come back as ``uint8``; 16-bit PNG/TIFF and DICOM as ``float32`` in
+    ``[0, 1]``. Alpha is composited onto black; palettes are expanded.
+    """
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext in DICOM_EXTENSIONS:
+            return _read_dicom(path)
+        return _read_pil(path)
+    except (ImageReadError, ImportError):
+        raise
+    except Exception as exc:
+        raise ImageReadError(f"Cannot decode image file {path!r}: {exc}") from exc
+
+
+def _read_pil(path: str) -> np.ndarray:
+    with Image.open(path) as im:
+        im.load()
+        mode = im.mode
+        if mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im).astype(np.float32)
+            return np.clip(arr / 65535.0, 0.0, 1.0)
+        if mode == "F":
+            return np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
+        if mode in ("1", "L"):
+            return np.asarray(im.convert("L"))
+        if mode == "P":
+            im = im.convert("RGBA")
+            mode = "RGBA"
+        if mode in ("RGBA", "LA", "PA"):
+            im = im.convert("RGBA")
+            black = Image.new("RGBA", im.size, (0, 0, 0, 255))
+            return np.asarray(Image.alpha_composite(black, im).convert("RGB"))
+        return np.asarray(im.convert("RGB"))
+
+
+def _read_dicom(path: str) -> np.ndarray:
+    pydicom = _import_pydicom(path)
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = pydicom.dcmread(path)
+    arr = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+    if arr.ndim == 3 and ds.get("SamplesPerPixel", 1) == 1:
+        arr = arr[0]  # multi-frame: first frame
+    if "VOILUTSequence" in ds:
+        arr = apply_voi_lut(arr, ds).astype(np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        center = float(np.atleast_1d(ds.WindowCenter)[0])
+        width = float(np.atleast_1d(ds.WindowWidth)[0])
+        # DICOM PS3.3 C.11.2.1.2.1 linear window
+        lo, hi = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
+    else:
+        lo, hi = float(arr.min()), float(arr.max())
+    arr = np.clip((arr - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    if ds.get("PhotometricInterpretation", "") == "MONOCHROME1":
+        arr = 1.0 - arr
+    return arr.astype(np.float32)
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """``(H, W)`` / ``(H, W, C)`` numpy image -> ``(C, H, W)`` tensor (uint8 or float32 [0, 1])."""
+    if img.dtype == np.uint16:
+        img = img.astype(np.float32) / 65535.0
+    elif img.dtype.kind == "f" and img.dtype != np.float32:
+        img = img.astype(np.float32)
+    if not img.flags.writeable or not img.flags.c_contiguous:
+        img = np.array(img, order="C")  # torch wants writable, contiguous memory
+    t = torch.from_numpy(img)
+    return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything that turns a decoded image into the backbone's input tensor.
+
+    Per image (in the data loader): resize to ``size`` and convert to ``in_chans``
+    channels, keeping ``uint8`` where the source is 8-bit. Per batch (on the compute
+    device): scale to ``[0, 1]`` and normalise with ``mean``/``std``.
+    """
+
+    size: tuple[int, int]
+    in_chans: int = 3
+    resize: str = "stretch"
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+    def load(self, source: ImageSource, i: int) -> torch.Tensor:
+        img = read_image(source.data[i]) if source.kind == "paths" else source.data[i]
+        return self.transform(to_tensor(img))
+
+    def transform(self, t: torch.Tensor) -> torch.Tensor:
+        """Resize and set channels of one ``(C, H, W)`` image tensor."""
+        t = self._resize(t)
+        c = t.shape[0]
+        if c == 1 and self.in_chans == 3:
+            t = t.expand(3, -1, -1)
+        elif c == 3 and self.in_chans == 1:
+            # CXR stored as RGB are grey; the channel mean is the grey level either way
+            g = t.float().mean(0, keepdim=True)
+            t = g.round().to(torch.uint8) if t.dtype == torch.uint8 else g
+        return t.contiguous()
+
+    def _resize(self, t: torch.Tensor) -> torch.Tensor:
+        h, w = self.size
+        ih, iw = t.shape[-2:]
+        interp = TF.InterpolationMode(self.interpolation)
+        if self.resize == "stretch":
+            if (ih, iw) == (h, w):
+                return t
+            return TF.resize(t, [h, w], interpolation=interp, antialias=True)
+        if self.resize == "crop":
+            scale = (int(h / self.crop_pct), int(w / self.crop_pct))
+            ratio = max(scale[0] / ih, scale[1] / iw)
+            t = TF.resize(t, [round(ih * ratio), round(iw * ratio)], interpolation=interp,
+                          antialias=True)
+            return TF.center_crop(t, [h, w])
+        # pad: fit inside (h, w) keeping the aspect ratio, pad the rest with black
+        ratio = min(h / ih, w / iw)
+        nh, nw = max(1, round(ih * ratio)), max(1, round(iw * ratio))
+        if (nh, nw) != (ih, iw):
+            t = TF.resize(t, [nh, nw], interpolation=interp, antialias=True)
+        top, left = (h - nh) // 2, (w - nw) // 2
+        return TF.pad(t, [left, top, w - nw - left, h - nh - top], fill=0)
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """Scale a batch to [0, 1] floats and normalise with mean/std."""
+        x = batch.float()
+        if batch.dtype == torch.uint8:
+            x = x / 255.0
+        mean = torch.tensor(self.mean[: x.shape[1]], device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std[: x.shape[1]], device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+def make_preprocessing(
+    data_config: dict,
+    *,
+    image_size=None,
+    in_chans: int = 3,
+    resize: str = "stretch",
+    normalize="backbone",
+    interpolation=None,
+) -> Preprocessing:
+    """Build :class:`Preprocessing` from a timm-style data config plus user overrides."""
+    if image_size is None:
+        size = tuple(data_config.get("input_size", (3, 224, 224))[-2:])
+    elif isinstance(image_size, (int, np.integer)) and image_size >= 8:
+        size = (int(image_size), int(image_size))
+    elif (
+        isinstance(image_size, (tuple, list))
+        and len(image_size) == 2
+        and all(isinstance(s, (int, np.integer)) and s >= 8 for s in image_size)
+    ):
+        size = (int(image_size[0]), int(image_size[1]))
+    else:
+        raise ValueError(
+            f"image_size must be None, an int >= 8 or a (height, width) pair; got {image_size!r}."
+        )
+    if in_chans not in (1, 3):
+        raise ValueError(f"in_chans must be 1 or 3; got {in_chans!r}.")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}; got {resize!r}.")
+    if isinstance(normalize, str):
+        if normalize == "backbone":
+            mean, std = data_config.get("mean", IMAGENET_MEAN), data_config.get("std", IMAGENET_STD)
+        elif normalize == "imagenet":
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        elif normalize == "centered":  # x / 255 - 0.5, as in study 000
+            mean, std = (0.5,) * 3, (1.0,) * 3
+        elif normalize == "unit":
+            mean, std = (0.0,) * 3, (1.0,) * 3
+        else:
+            raise ValueError(
+                f"normalize must be one of {NORMALIZATIONS} or a (mean, std) pair; got "
+                f"{normalize!r}."
+            )
+    else:
+        try:
+            mean, std = normalize
+            mean = tuple(float(m) for m in np.broadcast_to(mean, (3,)))
+            std = tuple(float(s) for s in np.broadcast_to(std, (3,)))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"normalize must be one of {NORMALIZATIONS} or a (mean, std) pair; got "
+                f"{normalize!r}."
+            ) from None
+        if min(std) <= 0:
+            raise ValueError(f"normalize std must be positive; got {std}.")
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    if in_chans == 1:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    interp = interpolation or data_config.get("interpolation", "bilinear")
+    if interp not in ("nearest", "bilinear", "bicubic"):
+        interp = "bilinear"
+    return Preprocessing(
+        size=size,
+        in_chans=in_chans,
+        resize=resize,
+        interpolation=interp,
+        crop_pct=float(data_config.get("crop_pct", 0.875)),
+        mean=mean,
+        std=std,
+    )
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A map-style dataset that decodes and preprocesses one image per item."""
+
+    def __init__(self, source: ImageSource, preprocessing: Preprocessing):
+        self.source = source
+        self.preprocessing = preprocessing
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.preprocessing.load(self.source, i)
+
+
+def collate_images(items: list[torch.Tensor]) -> torch.Tensor:
+    """Stack images, keeping uint8 (4x less to move between processes) when all are 8-bit."""
+    if all(t.dtype == torch.uint8 for t in items):
+        return torch.stack(items)
+    return torch.stack([t.float() / 255.0 if t.dtype == torch.uint8 else t for t in items])
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+def make_loader(
+    source: ImageSource,
+    preprocessing: Preprocessing,
+    *,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader that streams preprocessed batches of ``source`` in order."""
+    return torch.utils.data.DataLoader(
+        ImageDataset(source, preprocessing),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_images,
+        pin_memory=pin_memory,
+        worker_init_fn=_worker_init if num_workers else None,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
+    )
