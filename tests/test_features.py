@@ -1,0 +1,161 @@
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY
+from PIL import Image
+from sklearn.base import clone
+
+from skcxr import FeatureExtractorTransformer
+
+
+class ForwardCounter:
+    """Counts the images that go through a fitted transformer's backbone."""
+
+    def __init__(self, fe):
+        self.n = 0
+        fe.model_.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self.n += inputs[0].shape[0]
+
+
+def test_transform_shape_dtype_and_feature_names(sample_paths):
+    paths, _ = sample_paths
+    fe = FeatureExtractorTransformer(**TINY, batch_size=5)
+    out = fe.fit_transform(paths)
+    assert out.shape == (12, 256) and out.dtype == np.float32
+    assert fe.n_features_out_ == 256
+    names = fe.get_feature_names_out()
+    assert names.shape == (256,) and names[0] == "featureextractortransformer0"
+    assert not fe.model_.training
+    assert not any(p.requires_grad for p in fe.model_.parameters())
+    # batch size does not change the result
+    np.testing.assert_allclose(fe.set_params(batch_size=32).transform(paths), out, atol=1e-6)
+
+
+def test_set_output_pandas_keeps_the_index(sample_paths):
+    paths, _ = sample_paths
+    X = pd.Series(paths, index=[f"img{i}" for i in range(len(paths))])
+    fe = FeatureExtractorTransformer(**TINY).set_output(transform="pandas")
+    df = fe.fit_transform(X)
+    assert isinstance(df, pd.DataFrame)
+    assert list(df.index) == list(X.index)
+    assert list(df.columns) == list(fe.get_feature_names_out())
+
+
+def test_bf16_features_agree_with_fp32(sample):
+    X = sample.data[::25]  # 12 real CXRs
+    f32 = FeatureExtractorTransformer(precision="fp32").fit(X[:1]).transform(X)
+    bf16 = FeatureExtractorTransformer(precision="bf16").fit(X[:1])
+    assert bf16.precision_ == "bf16"
+    f16 = bf16.transform(X)
+    cos = (f32 * f16).sum(1) / np.linalg.norm(f32, axis=1) / np.linalg.norm(f16, axis=1)
+    assert cos.min() > 0.99, cos
+    assert f16.dtype == np.float32
+
+
+def test_auto_precision_follows_the_cpu(sample_paths, monkeypatch):
+    from skcxr import _runtime
+
+    paths, _ = sample_paths
+    fe = FeatureExtractorTransformer(**{**TINY, "precision": "auto"}).fit(paths)
+    assert fe.device_.type in ("cpu", "cuda")
+    if fe.device_.type == "cpu":
+        assert fe.precision_ == ("bf16" if _runtime.cpu_has_native_bf16() else "fp32")
+
+
+def test_memory_cache_computes_each_image_once(sample_paths, tmp_path):
+    paths, _ = sample_paths
+    fe = FeatureExtractorTransformer(**TINY, memory=tmp_path).fit(paths)
+    counter = ForwardCounter(fe)
+    first = fe.transform(paths[:8])
+    assert counter.n == 8
+    # overlapping subsets, as CV folds ask: only the 4 new images are computed
+    both = fe.transform(paths)
+    assert counter.n == 12
+    np.testing.assert_array_equal(both[:8], first)
+    # a clone (as cross_val_score makes) shares the directory: nothing is recomputed
+    other = clone(fe).fit(paths)
+    other_counter = ForwardCounter(other)
+    np.testing.assert_array_equal(other.transform(paths[::-1]), both[::-1])
+    assert other_counter.n == 0
+    # joblib.Memory is accepted as well
+    mem = FeatureExtractorTransformer(**TINY, memory=joblib.Memory(tmp_path, verbose=0))
+    np.testing.assert_array_equal(mem.fit(paths).transform(paths), both)
+
+
+def test_memory_cache_is_invalidated_by_weights_preprocessing_and_content(sample_paths, tmp_path):
+    paths, _ = sample_paths
+    base = FeatureExtractorTransformer(**TINY, memory=tmp_path).fit(paths)
+    ref = base.transform(paths[:4])
+    for change in ({"random_state": 1}, {"image_size": 48}, {"normalize": "unit"},
+                   {"resize": "pad"}):
+        fe = clone(base).set_params(**change).fit(paths)
+        counter = ForwardCounter(fe)
+        fe.transform(paths[:4])
+        assert counter.n == 4, change
+    # same path, new pixels: the content hash changes, so the entry is not reused
+    img = tmp_path / "img.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(img)
+    a = base.transform([str(img)])
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(img)
+    b = base.transform([str(img)])
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(base.transform(paths[:4]), ref)
+
+
+def test_pickle_round_trip_gives_identical_features(sample_paths, tmp_path):
+    paths, _ = sample_paths
+    fe = FeatureExtractorTransformer(**TINY).fit(paths)
+    joblib.dump(fe, tmp_path / "fe.joblib")
+    loaded = joblib.load(tmp_path / "fe.joblib")
+    np.testing.assert_array_equal(loaded.transform(paths), fe.transform(paths))
+    assert loaded.provenance_ == fe.provenance_
+
+
+def test_workers_give_the_same_features(sample_paths):
+    paths, _ = sample_paths
+    fe = FeatureExtractorTransformer(**TINY).fit(paths)
+    ref = fe.transform(paths)
+    np.testing.assert_array_equal(fe.set_params(num_workers=2).transform(paths), ref)
+
+
+def test_verbose_shows_a_progress_bar(sample_paths, capsys):
+    paths, _ = sample_paths
+    FeatureExtractorTransformer(**TINY, verbose=1).fit_transform(paths)
+    assert "features" in capsys.readouterr().err
+
+
+def test_one_channel_stem_on_grey_images(sample_paths):
+    paths, _ = sample_paths
+    out = FeatureExtractorTransformer(**{**TINY, "in_chans": 1}).fit_transform(paths)
+    assert out.shape == (12, 256) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    "params, exc, match",
+    [
+        ({"batch_size": 0}, ValueError, "batch_size must be a positive int"),
+        ({"num_workers": -1}, ValueError, "num_workers must be"),
+        ({"precision": "int8"}, ValueError, "precision must be one of"),
+        ({"device": "tpu"}, ValueError, "device must be"),
+        ({"memory": 3}, ValueError, "memory must be None"),
+        ({"backbone": "resnet5O"}, ValueError, "Did you mean"),
+    ],
+)
+def test_bad_parameters_fail_in_fit(sample_paths, params, exc, match):
+    paths, _ = sample_paths
+    with pytest.raises(exc, match=match):
+        FeatureExtractorTransformer(**{**TINY, **params}).fit(paths)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fitted_pickle_loads_on_cpu(sample_paths, tmp_path):
+    paths, _ = sample_paths
+    fe = FeatureExtractorTransformer(**TINY, device="cuda").fit(paths)
+    gpu = fe.transform(paths)
+    joblib.dump(fe, tmp_path / "fe.joblib")
+    cpu = joblib.load(tmp_path / "fe.joblib").set_params(device="cpu").transform(paths)
+    np.testing.assert_allclose(cpu, gpu, rtol=1e-3, atol=1e-4)
