@@ -1,0 +1,131 @@
+"""Feature extraction from JPEG files: the naive loop a user writes today vs skcxr.
+
+Both sides run on the same images in one run, each in its own process (so each reports its
+own peak RSS), end to end from JPEG files in ../shared/data/kermany224 to pooled
+tf_efficientnet_lite0 features with the same weights:
+
+(a) naive: PIL load -> torchvision Resize/ToTensor/Normalize -> timm model in fp32, default
+    memory format, batch 32, ``torch.no_grad``;
+(b) skcxr: ``FeatureExtractorTransformer()`` with its defaults.
+
+It also measures the machine's bf16 matmul throughput (a large bf16 GEMM) and reports skcxr's
+speed as a fraction of the roofline it implies for lite0 (0.77 GFLOP per 224x224 image,
+i.e. 0.385 G multiply-adds).
+
+    python benchmarks/bench_features.py [--n 512] [--data ../shared/data/kermany224]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import time
+from pathlib import Path
+
+LITE0_GFLOP = 0.77
+
+
+def _paths(data: str, n: int) -> list[str]:
+    files = sorted(Path(data, "train", "NORMAL").glob("*.jpeg"))[: n // 2]
+    files += sorted(Path(data, "train", "PNEUMONIA").glob("*.jpeg"))[: n - len(files)]
+    return [str(f) for f in files]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def naive(paths: list[str], queue) -> None:
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    from skcxr.backbones import load_backbone
+
+    model = load_backbone("tf_efficientnet_lite0", "imagenet").module.eval()  # same weights
+    tf = transforms.Compose([
+        transforms.Resize((224, 224)),
+        transforms.ToTensor(),
+        transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ])
+    model(torch.zeros(2, 3, 224, 224))  # warm-up, as skcxr's fit probes the model too
+    start = time.perf_counter()
+    feats = []
+    with torch.no_grad():
+        for i in range(0, len(paths), 32):
+            batch = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths[i:i + 32]])
+            feats.append(model(batch))
+    elapsed = time.perf_counter() - start
+    queue.put({"seconds": elapsed, "rss": _peak_rss_mb(),
+               "features": torch.cat(feats).numpy()})
+
+
+def skcxr_defaults(paths: list[str], queue) -> None:
+    from skcxr import FeatureExtractorTransformer
+
+    fe = FeatureExtractorTransformer().fit(paths)
+    fe.transform(paths[:2])  # warm-up (oneDNN primitive creation)
+    start = time.perf_counter()
+    feats = fe.transform(paths)
+    elapsed = time.perf_counter() - start
+    queue.put({"seconds": elapsed, "rss": _peak_rss_mb(), "features": feats,
+               "precision": fe.precision_})
+
+
+def bf16_matmul_gflops(size: int = 4096, repeats: int = 10) -> float:
+    import torch
+
+    a = torch.randn(size, size, dtype=torch.bfloat16)
+    b = torch.randn(size, size, dtype=torch.bfloat16)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def _run(target, paths):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(paths, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=512, help="number of images")
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2]
+                                              / "shared" / "data" / "kermany224"))
+    args = parser.parse_args()
+    import numpy as np
+
+    paths = _paths(args.data, args.n)
+    a = _run(naive, paths)
+    b = _run(skcxr_defaults, paths)
+    gflops = bf16_matmul_gflops()
+    roofline = gflops / LITE0_GFLOP
+    fa, fb = a["features"], b["features"]
+    cos = (fa * fb).sum(1) / np.linalg.norm(fa, axis=1) / np.linalg.norm(fb, axis=1)
+    rows = [
+        ("naive loop (PIL, fp32, NCHW)", a),
+        (f"skcxr defaults ({b['precision']}, channels_last)", b),
+    ]
+    print(f"\n{len(paths)} JPEG images from {args.data}, tf_efficientnet_lite0 at 224x224\n")
+    print(f"{'':<40}{'img/s':>10}{'seconds':>10}{'peak RSS MB':>14}{'% roofline':>12}")
+    for label, r in rows:
+        ips = len(paths) / r["seconds"]
+        print(f"{label:<40}{ips:>10.1f}{r['seconds']:>10.1f}{r['rss']:>14.0f}"
+              f"{100 * ips / roofline:>11.1f}%")
+    print(f"\nspeed-up skcxr / naive: {a['seconds'] / b['seconds']:.2f}x")
+    print(f"bf16 matmul: {gflops:.0f} GFLOP/s -> lite0 roofline {roofline:.0f} img/s "
+          f"({LITE0_GFLOP} GFLOP/img)")
+    print(f"feature agreement (cosine, skcxr vs naive): min {cos.min():.4f}, "
+          f"mean {cos.mean():.4f}")
+
+
+if __name__ == "__main__":
+    main()
