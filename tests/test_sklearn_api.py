@@ -65,3 +65,30 @@ def test_works_in_cross_val_score_and_grid_search(sample, tmp_path):
     grid.fit(X, y)
     assert grid.best_params_["logisticregression__C"] in (0.1, 1.0)
     assert grid.predict(X[:5]).shape == (5,)
+
+
+def test_imbalanced_learn_pipeline_with_a_path_column(sample):
+    from imblearn.over_sampling import RandomOverSampler
+    from imblearn.pipeline import make_pipeline as make_imb_pipeline
+
+    X, y = sample.data[::5].reshape(-1, 1), sample.target[::5]  # (60, 1) column of paths
+    pipe = make_imb_pipeline(RandomOverSampler(random_state=0),
+                             FeatureExtractorTransformer(**TINY),
+                             LogisticRegression(max_iter=1000))
+    pipe.fit(X, y)
+    assert pipe.predict_proba(X).shape == (60, 2)
+    X_res, y_res = RandomOverSampler(random_state=0).fit_resample(X, y)
+    assert X_res.shape == (80, 1) and np.bincount(y_res).tolist() == [40, 40]
+
+
+def test_column_transformer_with_a_path_column_and_tabular_columns(sample):
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+
+    df = pd.DataFrame({"path": sample.data[::10], "age": np.arange(30.0)})
+    ct = ColumnTransformer([("img", FeatureExtractorTransformer(**TINY), ["path"]),
+                            ("age", "passthrough", ["age"])])
+    out = ct.fit_transform(df)
+    assert out.shape == (30, 257)
+    np.testing.assert_array_equal(out[:, -1], np.arange(30.0))
+    assert ct.get_feature_names_out()[0] == "img__featureextractortransformer0"
