@@ -1,5 +1,6 @@
 """skcxr: pretrained CNN backbones as scikit-learn estimators for chest X-ray classification."""
 
+from ._classifier import PretrainedCNNClassifier
 from ._features import FeatureExtractorTransformer
 from .backbones import WeightsUnavailableError, list_offline_backbones, load_backbone
 from .datasets import load_image_folder, load_sample_cxr
@@ -10,6 +11,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "FeatureExtractorTransformer",
     "ImageReadError",
+    "PretrainedCNNClassifier",
     "WeightsUnavailableError",
     "list_offline_backbones",
     "load_backbone",

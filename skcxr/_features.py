@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
-from tqdm.auto import tqdm
 
 from . import _runtime
 from ._cache import FeatureStore, resolve_location
@@ -201,34 +200,21 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         return out
 
     def _compute(self, source) -> np.ndarray:
-        device, precision = self.device_, self.precision_
+        device, precision, prep = self.device_, self.precision_, self.preprocessing_
         model = self.model_.to(device)
-        loader = make_loader(
-            source,
-            self.preprocessing_,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=device.type == "cuda",
-        )
-        out = np.empty((len(source), self.n_features_out_), dtype=np.float32)
-        start = 0
-        with (
-            torch.inference_mode(),
-            tqdm(total=len(source), disable=not self.verbose, unit="img",
-                 desc="features") as bar,
-        ):
-            for batch in loader:
-                x = batch.to(device, non_blocking=True)
-                x = self.preprocessing_.normalize(x).contiguous(memory_format=torch.channels_last)
-                with _runtime.autocast(device, precision):
-                    feats = model(x)
-                stop = start + len(x)
-                out[start:stop] = feats.float().reshape(len(x), -1).cpu().numpy()
-                start = stop
-                bar.update(len(x))
+
+        def features(batch):
+            x = prep.normalize(batch).contiguous(memory_format=torch.channels_last)
+            with _runtime.autocast(device, precision):
+                return model(x)
+
+        loader = make_loader(source, prep, batch_size=self.batch_size,
+                             num_workers=self.num_workers, pin_memory=device.type == "cuda")
+        out = _runtime.run_batches(features, loader, len(source), device=device,
+                                   verbose=self.verbose, desc="features")
         if device.type == "cuda":
             self.model_.to("cpu")
-            torch.cuda.empty_cache()
+            _runtime.release(device)
         return out
 
     def _cache_namespace(self) -> dict:

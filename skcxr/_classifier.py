@@ -1,0 +1,565 @@
+"""PretrainedCNNClassifier: fine-tune a pretrained CNN's last c layers as a sklearn classifier."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import train_test_split
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+
+from . import _runtime
+from ._training import (
+    EpochRecord,
+    TrainingDataset,
+    Unfreeze,
+    WeightedNet,
+    collate_training,
+    make_criterion,
+)
+from .augment import make_augment
+from .backbones import DEFAULT_BACKBONE, load_backbone
+from .images import check_images, make_loader, make_preprocessing
+from .layers import BATCHNORM_POLICIES, parameterised_layers, select_trainable
+from .network import CXRNet, make_head
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+SCHEDULERS = ("step", "cosine", "plateau")
+
+
+class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
+    """Fine-tune a pretrained CNN on chest X-rays, as a scikit-learn classifier.
+
+    The backbone's last ``n_trainable_layers`` parameterised layers (the studies' *c*) and a
+    new dense head train on a stratified subsample of ``train_size`` rows (the studies' *s*)
+    of the data ``fit`` receives. Everything that learns from data (the subsample, the inner
+    validation split used for early stopping and checkpoint selection, class weights) is
+    computed inside ``fit`` from the rows it is given, so ``cross_val_score`` and
+    ``GridSearchCV`` give honest estimates: the outer validation fold is never seen.
+
+    Parameters
+    ----------
+    backbone : str or torch.nn.Module, default="tf_efficientnet_lite0"
+        timm or torchvision model name, or a module (see :func:`skcxr.load_backbone`).
+    weights : {"imagenet"}, None or path, default="imagenet"
+        Pretrained weights, random initialisation (None) or a checkpoint file.
+    image_size : int, (int, int) or None, default=None
+        Input size; None uses the backbone's data config.
+    in_chans, resize, normalize :
+        Preprocessing, as in :class:`skcxr.FeatureExtractorTransformer`.
+    n_trainable_layers : int, "all" or str, default=0
+        The studies' *c*: how many of the backbone's last parameterised layers (counted in
+        forward order over layers that own parameters) train. ``0`` trains the head only,
+        ``-1`` or ``"all"`` every layer; a module name (``"blocks.5"``, ``"layer4"``,
+        ``"features.denseblock4"``) trains from that module on. The head always trains.
+    train_size : int, float or None, default=None
+        The studies' *s*: None uses every row; an int that many rows; a float in (0, 1] that
+        fraction. Drawn stratified, seeded by ``random_state``, inside ``fit``; the inner
+        validation split is carved from it.
+    class_weight : None, "balanced" or dict, default=None
+        Loss weights per class, computed from the training rows only (after the subsample
+        and the validation split). Multi-label: per-label positive weights
+        (``n_negative / n_positive`` for "balanced").
+    head_hidden_units : tuple of int, default=()
+        Hidden dense layers of the head (study 000: ``(1028,)``; study 003: ``(512, 512)``).
+    dropout : float, default=0.0
+        Dropout before each dense layer of the head (study 001: 0.4).
+    max_epochs : int, default=10
+    batch_size : int, default=32
+    lr : float, default=1e-3
+        Learning rate of the head (and of the backbone layers unless ``finetune_lr``).
+    optimizer : {"adam", "adamw", "sgd"}, default="adam"
+    optimizer_kwargs : dict or None, default=None
+        E.g. ``{"momentum": 0.9, "nesterov": True}`` for SGD (study 000; "sgd" defaults to
+        momentum 0.9), ``{"weight_decay": 1e-4}``.
+    lr_scheduler : {None, "step", "cosine", "plateau"}, default=None
+        StepLR (study 003: every 10 epochs), cosine annealing over ``max_epochs``, or
+        ReduceLROnPlateau on the validation loss.
+    lr_scheduler_kwargs : dict or None, default=None
+        E.g. ``{"step_size": 10, "gamma": 0.1}``.
+    freeze_epochs : int, default=0
+        Epochs that train the head alone before the backbone layers unfreeze (study 000's
+        phase 1, study 003's saturation threshold).
+    finetune_lr : float or None, default=None
+        Learning rate of the backbone layers once unfrozen (study 000: ``lr / 100``).
+    batchnorm : {"frozen", "eval", "train"}, default="frozen"
+        BatchNorm policy. "frozen": BN layers that do not train stay in eval mode (their
+        running statistics never change), re-applied after every ``.train()`` call.
+        "eval": every BN layer stays in eval mode with fixed affine parameters, even in
+        unfrozen layers (study 000). "train": BN statistics update everywhere (the plain
+        ``requires_grad=False`` behaviour, for comparison).
+    validation_fraction : float, default=0.1
+        Stratified fraction of the (subsampled) training rows held out for early stopping and
+        best-checkpoint selection; 0 trains on everything for ``max_epochs``.
+    early_stopping : bool, default=True
+        Stop when the validation loss has not improved by ``min_delta`` for ``patience``
+        epochs, and restore the best-validation-loss weights at the end.
+    patience : int, default=3
+    min_delta : float, default=1e-3
+    augment : None, {"flip", "standard", "crop"} or callable, default=None
+        Training-time augmentation (see :func:`skcxr.augment.make_augment`).
+    device : {"auto", "cpu", "cuda"}, default="auto"
+    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+    num_workers : int, default=0
+        DataLoader worker processes decoding images.
+    random_state : int or None, default=None
+        Seeds weight initialisation, subsampling, splits, shuffling, dropout and
+        augmentation. With an int, two CPU fits give identical predictions.
+    verbose : int, default=0
+        1 prints skorch's per-epoch table; 2 adds progress bars.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        Class labels (multi-label: ``arange(n_labels)``).
+    target_type_ : {"binary", "multiclass", "multilabel"}
+    module_ : skcxr.network.CXRNet
+        The trained network on the CPU, in eval mode.
+    history_ : pandas.DataFrame
+        Per epoch: train_loss, valid_loss, valid_acc, valid_auc, lr, backbone_lr,
+        n_trainable_layers, dur.
+    best_epoch_ : int
+        Epoch whose weights were kept (lowest validation loss; the last epoch without
+        validation).
+    trainable_layers_ : list of str
+        Backbone layers that trained.
+    n_trainable_params_ : int
+        Parameters that trained (head + trainable layers).
+    class_weight_ : ndarray or None
+        Weights used in the loss, computed on the training rows.
+    provenance_ : dict
+        Backbone and weights provenance.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skcxr import PretrainedCNNClassifier
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.randint(0, 255, size=(16, 32, 32), dtype=np.uint8)
+    >>> y = np.array([0, 1] * 8)
+    >>> clf = PretrainedCNNClassifier("test_efficientnet", weights=None, image_size=32,
+    ...                               n_trainable_layers=2, max_epochs=2, random_state=0)
+    >>> clf.fit(X, y).predict_proba(X).shape
+    (16, 2)
+    """
+
+    def __init__(
+        self,
+        backbone=DEFAULT_BACKBONE,
+        *,
+        weights="imagenet",
+        image_size=None,
+        in_chans=3,
+        resize="stretch",
+        normalize="backbone",
+        n_trainable_layers=0,
+        train_size=None,
+        class_weight=None,
+        head_hidden_units=(),
+        dropout=0.0,
+        max_epochs=10,
+        batch_size=32,
+        lr=1e-3,
+        optimizer="adam",
+        optimizer_kwargs=None,
+        lr_scheduler=None,
+        lr_scheduler_kwargs=None,
+        freeze_epochs=0,
+        finetune_lr=None,
+        batchnorm="frozen",
+        validation_fraction=0.1,
+        early_stopping=True,
+        patience=3,
+        min_delta=1e-3,
+        augment=None,
+        device="auto",
+        precision="auto",
+        num_workers=0,
+        random_state=None,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.image_size = image_size
+        self.in_chans = in_chans
+        self.resize = resize
+        self.normalize = normalize
+        self.n_trainable_layers = n_trainable_layers
+        self.train_size = train_size
+        self.class_weight = class_weight
+        self.head_hidden_units = head_hidden_units
+        self.dropout = dropout
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.optimizer = optimizer
+        self.optimizer_kwargs = optimizer_kwargs
+        self.lr_scheduler = lr_scheduler
+        self.lr_scheduler_kwargs = lr_scheduler_kwargs
+        self.freeze_epochs = freeze_epochs
+        self.finetune_lr = finetune_lr
+        self.batchnorm = batchnorm
+        self.validation_fraction = validation_fraction
+        self.early_stopping = early_stopping
+        self.patience = patience
+        self.min_delta = min_delta
+        self.augment = augment
+        self.device = device
+        self.precision = precision
+        self.num_workers = num_workers
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, X, y, sample_weight=None):
+        """Fine-tune on images ``X`` with targets ``y``.
+
+        Parameters
+        ----------
+        X : array-like of paths, (n, 1) column of paths, or array of images
+        y : array-like of shape (n_samples,) or (n_samples, n_labels)
+            Class labels (binary, multiclass, strings) or a 0/1 indicator matrix
+            (multi-label).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Per-row loss weights (multiplied with the class weights).
+
+        Returns
+        -------
+        self : PretrainedCNNClassifier
+        """
+        self._check_params()
+        source = check_images(X)
+        y_enc, task = self._encode_targets(y, len(source))
+        sample_weight = _check_sample_weight(sample_weight, np.empty((len(source), 1)),
+                                             dtype=np.float32)
+        seed = _seed(self.random_state)
+        train_idx, valid_idx = self._split(y_enc, task, seed)
+        device = _runtime.resolve_device(self.device)
+        precision = _runtime.resolve_precision(self.precision, device)
+
+        bb = load_backbone(self.backbone, self.weights, in_chans=self.in_chans,
+                           random_state=seed)
+        prep = make_preprocessing(bb.data_config, image_size=self.image_size,
+                                  in_chans=self.in_chans, resize=self.resize,
+                                  normalize=self.normalize)
+        example = torch.zeros(1, self.in_chans, *prep.size)
+        layers = parameterised_layers(bb.module, example)
+        trainable = select_trainable(layers, self.n_trainable_layers)
+        augment = make_augment(self.augment, prep.size)
+        class_w = self._class_weights(y_enc[train_idx], task)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            n_out = y_enc.shape[1] if task == "multilabel" else len(self.classes_)
+            head = make_head(bb.num_features, n_out, tuple(self.head_hidden_units),
+                             float(self.dropout))
+            module = CXRNet(bb.module, head, prep.mean, prep.std, trainable,
+                            batchnorm=self.batchnorm, precision=precision)
+            if self.freeze_epochs == 0:
+                module.unfreeze()
+            weights = sample_weight.copy()
+            if class_w is not None and task != "multilabel":
+                weights *= class_w[y_enc]
+            train_ds = TrainingDataset(source.subset(train_idx), prep, y_enc[train_idx],
+                                       weights[train_idx], augment)
+            valid_ds = (TrainingDataset(source.subset(valid_idx), prep, y_enc[valid_idx],
+                                        weights[valid_idx])
+                        if len(valid_idx) else None)
+            pos_weight = (torch.as_tensor(class_w, dtype=torch.float32)
+                          if class_w is not None and task == "multilabel" else None)
+            net = self._make_net(module, task, train_ds, valid_ds, pos_weight, device)
+            net.fit(train_ds, y=None)
+
+        self._finish(net, module, trainable, bb, prep, device, precision, class_w,
+                     has_valid=valid_ds is not None)
+        return self
+
+    def _make_net(self, module, task, train_ds, valid_ds, pos_weight, device) -> WeightedNet:
+        from skorch.callbacks import EarlyStopping
+        from skorch.helper import predefined_split
+
+        callbacks = [("unfreeze", Unfreeze(int(self.freeze_epochs))),
+                     ("record", EpochRecord(task))]
+        if self.early_stopping and valid_ds is not None:
+            callbacks.append(("early_stopping", EarlyStopping(
+                monitor="valid_loss", patience=int(self.patience), threshold=float(self.min_delta),
+                threshold_mode="abs", load_best=True, sink=_noop)))
+        if self.lr_scheduler is not None:
+            callbacks.append(("lr_scheduler", self._scheduler()))
+        opt_kwargs = dict(self.optimizer_kwargs or {})
+        if self.optimizer == "sgd":
+            opt_kwargs.setdefault("momentum", 0.9)
+        if self.finetune_lr is not None:
+            opt_kwargs["param_groups"] = [("backbone.*", {"lr": float(self.finetune_lr)})]
+        loader_kwargs = dict(num_workers=int(self.num_workers), collate_fn=collate_training,
+                             pin_memory=device.type == "cuda")
+        return WeightedNet(
+            module=module,
+            criterion=make_criterion(task, pos_weight),
+            optimizer=OPTIMIZERS[self.optimizer],
+            lr=float(self.lr),
+            max_epochs=int(self.max_epochs),
+            batch_size=int(self.batch_size),
+            train_split=predefined_split(valid_ds) if valid_ds is not None else None,
+            callbacks=callbacks,
+            device=str(device),
+            iterator_train__shuffle=True,
+            iterator_train__drop_last=len(train_ds) > self.batch_size
+            and len(train_ds) % self.batch_size == 1,  # a batch of 1 breaks BatchNorm
+            **{f"iterator_train__{k}": v for k, v in loader_kwargs.items()},
+            **{f"iterator_valid__{k}": v for k, v in loader_kwargs.items()},
+            **{f"optimizer__{k}": v for k, v in opt_kwargs.items()},
+            verbose=int(self.verbose),
+        )
+
+    def _scheduler(self):
+        from skorch.callbacks import LRScheduler
+
+        kwargs = dict(self.lr_scheduler_kwargs or {})
+        if self.lr_scheduler == "step":
+            kwargs.setdefault("step_size", 10)
+            kwargs.setdefault("gamma", 0.1)
+            return LRScheduler(torch.optim.lr_scheduler.StepLR, **kwargs)
+        if self.lr_scheduler == "cosine":
+            kwargs.setdefault("T_max", int(self.max_epochs))
+            return LRScheduler(torch.optim.lr_scheduler.CosineAnnealingLR, **kwargs)
+        kwargs.setdefault("patience", 1)
+        return LRScheduler(torch.optim.lr_scheduler.ReduceLROnPlateau, monitor="valid_loss",
+                           **kwargs)
+
+    def _finish(self, net, module, trainable, bb, prep, device, precision, class_w, has_valid):
+        history = pd.DataFrame(list(net.history)).drop(
+            columns=["batches", "train_batch_count", "valid_batch_count"], errors="ignore")
+        history = history.drop(columns=[c for c in history if c.endswith("_best")])
+        self.history_ = history
+        if has_valid and self.early_stopping:
+            self.best_epoch_ = int(history.loc[history["valid_loss"].idxmin(), "epoch"])
+        else:
+            self.best_epoch_ = int(history["epoch"].iloc[-1])
+        # keep the weights, drop the optimizer, the callbacks and any accelerator memory
+        self.module_ = module.to("cpu").eval()
+        self.trainable_layers_ = list(trainable)
+        self.n_trainable_params_ = int(sum(p.numel() for p in module.parameters()
+                                           if p.requires_grad))
+        self.class_weight_ = class_w
+        self.provenance_ = bb.provenance
+        self.preprocessing_ = prep
+        self.device_, self.precision_ = device, precision
+        del net
+        _runtime.release(device)
+
+    # ------------------------------------------------------------------ helpers for fit
+
+    def _check_params(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer must be one of {tuple(OPTIMIZERS)}; got {self.optimizer!r}.")
+        if self.lr_scheduler is not None and self.lr_scheduler not in SCHEDULERS:
+            raise ValueError(
+                f"lr_scheduler must be None or one of {SCHEDULERS}; got {self.lr_scheduler!r}.")
+        if self.batchnorm not in BATCHNORM_POLICIES:
+            raise ValueError(
+                f"batchnorm must be one of {BATCHNORM_POLICIES}; got {self.batchnorm!r}.")
+        for name in ("max_epochs", "batch_size", "patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}.")
+        if not isinstance(self.freeze_epochs, (int, np.integer)) or self.freeze_epochs < 0:
+            raise ValueError(f"freeze_epochs must be an int >= 0; got {self.freeze_epochs!r}.")
+        if not 0 <= float(self.validation_fraction) < 1:
+            raise ValueError("validation_fraction must be in [0, 1); got "
+                             f"{self.validation_fraction!r}.")
+        if not 0 <= float(self.dropout) < 1:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout!r}.")
+        if float(self.lr) <= 0 or (self.finetune_lr is not None and float(self.finetune_lr) < 0):
+            raise ValueError("lr must be > 0 and finetune_lr >= 0.")
+        units = self.head_hidden_units
+        if not isinstance(units, (tuple, list)) or not all(
+                isinstance(u, (int, np.integer)) and u > 0 for u in units):
+            raise ValueError(
+                f"head_hidden_units must be a tuple of positive ints; got {units!r}.")
+        if isinstance(self.class_weight, str) and self.class_weight != "balanced":
+            raise ValueError(
+                f"class_weight must be None, 'balanced' or a dict; got {self.class_weight!r}.")
+        make_augment(self.augment, (32, 32))
+
+    def _encode_targets(self, y, n: int):
+        if y is None:
+            raise ValueError("y is required: PretrainedCNNClassifier is supervised.")
+        y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
+        if len(y) != n:
+            raise ValueError(f"X and y have different lengths: {n} images but {len(y)} targets.")
+        if y.dtype.kind == "f" and np.isnan(y).any():
+            rows = int(np.isnan(y.reshape(len(y), -1)).any(axis=1).sum())
+            raise ValueError(f"y contains NaN in {rows} row(s); drop those rows first.")
+        if y.dtype == object and pd.isna(y).any():
+            raise ValueError("y contains missing values (None/NaN); drop those rows first.")
+        kind = type_of_target(y)
+        if kind == "multilabel-indicator":
+            y = y.astype(np.float32)
+            empty = np.flatnonzero(y.sum(0) == 0)
+            if len(empty):
+                raise ValueError(
+                    f"Multi-label y has label column(s) {empty.tolist()} with no positive "
+                    "example; drop those columns (nothing can be learned from them).")
+            self.classes_ = np.arange(y.shape[1])
+            self.target_type_ = "multilabel"
+            return y, "multilabel"
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise ValueError(f"y must be 1-D labels or a 0/1 indicator matrix; got shape {y.shape}"
+                             f" ({kind}).")
+        if kind not in ("binary", "multiclass"):
+            raise ValueError(f"y must hold class labels; got a {kind} target. Continuous targets "
+                             "are not supported (this is a classifier).")
+        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"y has a single class ({self.classes_[0]!r}); a classifier needs "
+                             "at least 2.")
+        self.target_type_ = "binary" if len(self.classes_) == 2 else "multiclass"
+        return y_enc.astype(np.int64), self.target_type_
+
+    def _split(self, y, task, seed):
+        n = len(y)
+        idx = np.arange(n)
+        stratify = y if task != "multilabel" else None
+        size = self.train_size
+        if size is not None:
+            if isinstance(size, (float, np.floating)) and not isinstance(size, bool):
+                if not 0 < size <= 1:
+                    raise ValueError(f"train_size as a float must be in (0, 1]; got {size}.")
+                size = int(round(size * n))
+            elif not isinstance(size, (int, np.integer)) or isinstance(size, bool):
+                raise ValueError(f"train_size must be None, an int or a float; got {size!r}.")
+            if size > n:
+                raise ValueError(
+                    f"train_size={self.train_size} asks for {size} rows but fit received only "
+                    f"{n}.")
+            n_classes = len(self.classes_) if task != "multilabel" else 1
+            if size < 2 * n_classes:
+                raise ValueError(
+                    f"train_size={self.train_size} gives {size} rows, too few for "
+                    f"{n_classes} classes: use at least {2 * n_classes}.")
+            if size < n:
+                idx, _ = _stratified_split(idx, size, stratify, seed, "train_size")
+        if not self.validation_fraction:
+            return idx, np.array([], dtype=int)
+        n_valid = max(1, int(round(self.validation_fraction * len(idx))))
+        sub_strat = stratify[idx] if stratify is not None else None
+        if sub_strat is not None:
+            n_valid = max(n_valid, len(np.unique(sub_strat)))
+        valid, train = _stratified_split(idx, n_valid, sub_strat, seed + 1,
+                                         "validation_fraction")
+        return train, valid
+
+    def _class_weights(self, y_train, task):
+        cw = self.class_weight
+        if cw is None:
+            return None
+        if task == "multilabel":
+            pos = y_train.sum(0)
+            if cw == "balanced":
+                return ((len(y_train) - pos) / np.maximum(pos, 1)).astype(np.float32)
+            return np.array([float(cw.get(j, 1.0)) for j in range(y_train.shape[1])],
+                            dtype=np.float32)
+        classes = np.arange(len(self.classes_))
+        if cw == "balanced":
+            present = np.unique(y_train)
+            w = np.ones(len(classes), dtype=np.float32)
+            w[present] = compute_class_weight("balanced", classes=present, y=y_train)
+            return w
+        unknown = set(cw) - set(self.classes_.tolist())
+        if unknown:
+            raise ValueError(f"class_weight names unknown classes {sorted(unknown)}; classes "
+                             f"are {self.classes_.tolist()}.")
+        return np.array([float(cw.get(c, 1.0)) for c in self.classes_], dtype=np.float32)
+
+    # ------------------------------------------------------------------ predict
+
+    def _logits(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        source = check_images(X)
+        device = _runtime.resolve_device(self.device)
+        module = self.module_.to(device).eval()
+        loader = make_loader(source, self.preprocessing_, batch_size=self.batch_size,
+                             num_workers=self.num_workers, pin_memory=device.type == "cuda")
+        out = _runtime.run_batches(module, loader, len(source), device=device,
+                                   verbose=self.verbose > 1, desc="predict")
+        if device.type == "cuda":
+            self.module_.to("cpu")
+            _runtime.release(device)
+        return out
+
+    def decision_function(self, X):
+        """Logits: (n,) for binary targets (positive minus negative), else (n, n_outputs)."""
+        logits = self._logits(X)
+        if self._task() == "binary":
+            return logits[:, 1] - logits[:, 0]
+        return logits
+
+    def predict_proba(self, X):
+        """Class probabilities (softmax), or per-label probabilities (sigmoid) if multi-label."""
+        logits = torch.from_numpy(self._logits(X))
+        if self._task() == "multilabel":
+            return torch.sigmoid(logits).numpy()
+        return torch.softmax(logits, dim=1).numpy()
+
+    def predict(self, X):
+        """Class labels, or the 0/1 indicator matrix if multi-label (threshold 0.5)."""
+        proba = self.predict_proba(X)
+        if self._task() == "multilabel":
+            return (proba >= 0.5).astype(np.int64)
+        return self.classes_[proba.argmax(1)]
+
+    def _task(self) -> str:
+        return self.target_type_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        tags.classifier_tags.multi_label = True
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        module = state.get("module_")
+        if module is not None and any(t.device.type != "cpu"
+                                      for t in module.state_dict().values()):
+            state["module_"] = copy.deepcopy(module).to("cpu")
+        return state
+
+
+def _noop(*args, **kwargs):
+    pass
+
+
+def _seed(random_state) -> int:
+    if random_state is None:
+        return int(np.random.randint(2**31 - 1))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(2**31 - 1))
+    return int(random_state)
+
+
+def _stratified_split(idx, n_first, stratify, seed, param):
+    """Split ``idx`` into (n_first rows, the rest), stratified when possible."""
+    try:
+        first, rest = train_test_split(idx, train_size=n_first, stratify=stratify,
+                                       random_state=seed % (2**32))
+    except ValueError as exc:
+        raise ValueError(
+            f"Cannot make a stratified split of {len(idx)} rows into {n_first} and "
+            f"{len(idx) - n_first} for {param}: {exc} Use more rows, a different {param}, or "
+            "validation_fraction=0."
+        ) from None
+    return np.sort(first), np.sort(rest)
+

@@ -1,0 +1,109 @@
+"""Which layers of a backbone train: parameterised layers in forward order, and BatchNorm policy.
+
+The studies count a backbone's *c last layers* over the layers that own parameters (a ReLU or
+a pooling layer does not count), in the order the forward pass runs them. This module finds
+those layers with a probe forward pass and turns ``n_trainable_layers`` (an int, ``-1`` /
+``"all"``, or a module name such as ``"blocks.5"``) into the set of layer names that train.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+BATCHNORM_POLICIES = ("frozen", "eval", "train")
+
+
+def parameterised_layers(module: nn.Module, example: torch.Tensor) -> list[str]:
+    """Names of the leaf modules that own parameters, in the order forward() runs them.
+
+    Layers that the probe forward pass never reaches come last, in registration order.
+    """
+    owners = {
+        name: m for name, m in module.named_modules()
+        if name and any(True for _ in m.parameters(recurse=False))
+    }
+    order: list[str] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, _i, name=name: order.append(name))
+        for name, m in owners.items()
+    ]
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.inference_mode():
+            module(example)
+    finally:
+        for h in hooks:
+            h.remove()
+        module.train(was_training)
+    seen: dict[str, None] = dict.fromkeys(order)  # first call wins (shared layers)
+    return list(seen) + [n for n in owners if n not in seen]
+
+
+def select_trainable(layers: list[str], n_trainable_layers) -> list[str]:
+    """The layer names that train for a given ``n_trainable_layers``.
+
+    Parameters
+    ----------
+    layers : list of str
+        Parameterised layers in forward order (:func:`parameterised_layers`).
+    n_trainable_layers : int, "all" or str
+        ``0``: none (head only); ``k > 0``: the last ``k``; ``-1`` or ``"all"``: every layer;
+        a module name: every layer from the first one inside that module on.
+    """
+    n = len(layers)
+    if isinstance(n_trainable_layers, str) and n_trainable_layers != "all":
+        prefix = n_trainable_layers.rstrip(".")
+        for i, name in enumerate(layers):
+            if name == prefix or name.startswith(prefix + "."):
+                return layers[i:]
+        tops = sorted({name.split(".")[0] for name in layers})
+        raise ValueError(
+            f"n_trainable_layers={n_trainable_layers!r} names no parameterised module of this "
+            f"backbone. Top-level modules: {tops}; pass e.g. {layers[-1].rsplit('.', 1)[0]!r}."
+        )
+    if n_trainable_layers in ("all", -1):
+        return list(layers)
+    if isinstance(n_trainable_layers, bool) or not isinstance(n_trainable_layers, int) and not (
+        hasattr(n_trainable_layers, "__index__")
+    ):
+        raise ValueError(
+            "n_trainable_layers must be an int, -1, 'all' or a module name; got "
+            f"{n_trainable_layers!r}."
+        )
+    k = int(n_trainable_layers)
+    if k < -1 or k > n:
+        raise ValueError(
+            f"n_trainable_layers={k} is out of range: this backbone has {n} parameterised "
+            f"layers, so use 0..{n}, -1 or 'all'."
+        )
+    return layers[n - k:] if k else []
+
+
+def set_trainable(module: nn.Module, names, trainable: bool = True) -> None:
+    """Set ``requires_grad`` of the parameters owned directly by the named layers."""
+    for name in names:
+        for p in module.get_submodule(name).parameters(recurse=False):
+            p.requires_grad_(trainable)
+
+
+def apply_batchnorm_policy(module: nn.Module, policy: str) -> None:
+    """Put BatchNorm layers in eval mode as ``policy`` says; call after every ``.train()``.
+
+    ``"frozen"``: BN layers whose parameters do not train keep their running statistics
+    (eval mode); trainable BN layers train. ``"eval"``: every BN layer is in eval mode and its
+    affine parameters are fixed, even in unfrozen layers (study 000). ``"train"``: every BN
+    layer updates its running statistics in training mode, frozen or not (what a plain
+    ``requires_grad=False`` freeze does; offered for comparison).
+    """
+    if policy == "train" or not module.training:
+        return
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if policy == "eval":
+                m.eval()
+                for p in m.parameters(recurse=False):
+                    p.requires_grad_(False)
+            elif not any(p.requires_grad for p in m.parameters(recurse=False)):
+                m.eval()
