@@ -132,6 +132,8 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         Parameters that trained (head + trainable layers).
     class_weight_ : ndarray or None
         Weights used in the loss, computed on the training rows.
+    n_train_samples_, n_valid_samples_ : int
+        Rows trained on and rows of the inner validation split.
     provenance_ : dict
         Backbone and weights provenance.
 
@@ -278,6 +280,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
 
         self._finish(net, module, trainable, bb, prep, device, precision, class_w,
                      has_valid=valid_ds is not None)
+        self.n_train_samples_, self.n_valid_samples_ = len(train_idx), len(valid_idx)
         return self
 
     def _make_net(self, module, task, train_ds, valid_ds, pos_weight, device) -> WeightedNet:

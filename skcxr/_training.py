@@ -97,11 +97,11 @@ class EpochRecord(Callback):
             self.trues_.append(batch[1].cpu())
 
     def on_epoch_end(self, net, **kwargs):
-        groups = net.optimizer_.param_groups
-        net.history.record("lr", groups[0]["lr"])
-        if len(groups) > 1:
-            net.history.record("backbone_lr", groups[-1]["lr"])
         module = net.module_
+        head = {id(p) for p in module.head.parameters()}
+        for group in net.optimizer_.param_groups:
+            is_head = any(id(p) in head for p in group["params"])
+            net.history.record("lr" if is_head else "backbone_lr", group["lr"])
         net.history.record(
             "n_trainable_layers", len(module.trainable_layers) if module.backbone_unfrozen else 0
         )

@@ -10,9 +10,10 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_sco
 from sklearn.pipeline import make_pipeline
 from sklearn.utils import estimator_checks as ec
 
-from skcxr import FeatureExtractorTransformer
+from skcxr import FeatureExtractorTransformer, PretrainedCNNClassifier
 
-ESTIMATORS = [FeatureExtractorTransformer(**TINY)]
+TINYC = {**TINY, "image_size": 48, "max_epochs": 2, "batch_size": 16}
+ESTIMATORS = [FeatureExtractorTransformer(**TINY), PretrainedCNNClassifier(**TINYC)]
 
 # parametrize_with_checks runs nothing for image input (two_d_array=False), so the
 # data-free checks are called here and the data-dependent ones are written below.
@@ -41,18 +42,22 @@ def test_data_free_api_checks(estimator, check):
 def test_fit_returns_self_clone_then_fit_and_idempotent_fit(estimator, sample_paths):
     X, y = sample_paths
     est = clone(estimator)
+    out = est.transform if hasattr(est, "transform") else est.predict_proba
     assert est.fit(X, y) is est
-    first = est.transform(X)
-    np.testing.assert_array_equal(est.fit(X, y).transform(X), first)  # idempotent
-    np.testing.assert_array_equal(clone(est).fit(X, y).transform(X), first)  # clone-then-fit
+    first = out(X)
+    est.fit(X, y)
+    np.testing.assert_array_equal(out(X), first)  # idempotent
+    again = clone(est).fit(X, y)  # clone-then-fit
+    np.testing.assert_array_equal(getattr(again, out.__name__)(X), first)
     assert est.get_params() == clone(est).get_params()
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: type(e).__name__)
 def test_unfitted_transform_raises(estimator, sample_paths):
     X, _ = sample_paths
+    est = clone(estimator)
     with pytest.raises(NotFittedError):
-        clone(estimator).transform(X)
+        est.transform(X) if hasattr(est, "transform") else est.predict(X)
 
 
 def test_works_in_cross_val_score_and_grid_search(sample, tmp_path):
@@ -92,3 +97,59 @@ def test_column_transformer_with_a_path_column_and_tabular_columns(sample):
     assert out.shape == (30, 257)
     np.testing.assert_array_equal(out[:, -1], np.arange(30.0))
     assert ct.get_feature_names_out()[0] == "img__featureextractortransformer0"
+
+
+@pytest.fixture(scope="module")
+def small(sample):
+    idx = np.r_[0:40:2, 100:200:5]  # 20 + 20 images
+    return sample.data[idx], sample.target[idx]
+
+
+def test_classifier_in_cross_val_score_and_pipeline(small):
+    X, y = small
+    clf = PretrainedCNNClassifier(**TINYC)
+    scores = cross_val_score(make_pipeline(clf), X, y, cv=StratifiedKFold(3), scoring="roc_auc")
+    assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
+
+
+def test_grid_search_over_c_and_s(small):
+    X, y = small
+    grid = GridSearchCV(PretrainedCNNClassifier(**TINYC),
+                        {"n_trainable_layers": [0, 2, 8], "train_size": [12, 24]},
+                        cv=StratifiedKFold(3), scoring="roc_auc")
+    grid.fit(X, y)
+    res = grid.cv_results_
+    assert list(res["param_n_trainable_layers"]) == [0, 0, 2, 2, 8, 8]
+    assert list(res["param_train_size"]) == [12, 24] * 3
+    assert np.isfinite(res["mean_test_score"]).all()
+    best = grid.best_estimator_
+    assert best.n_trainable_layers == grid.best_params_["n_trainable_layers"]
+    assert best.predict_proba(X[:4]).shape == (4, 2)
+    assert best.n_train_samples_ + best.n_valid_samples_ == grid.best_params_["train_size"]
+
+
+def test_threshold_tuning_and_calibration(small):
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.model_selection import TunedThresholdClassifierCV
+
+    X, y = small
+    tuned = TunedThresholdClassifierCV(PretrainedCNNClassifier(**TINYC), cv=2,
+                                       scoring="balanced_accuracy").fit(X, y)
+    assert 0 <= tuned.best_threshold_ <= 1 and tuned.predict(X).shape == (40,)
+    cal = CalibratedClassifierCV(PretrainedCNNClassifier(**TINYC), cv=2).fit(X, y)
+    proba = cal.predict_proba(X)
+    assert proba.shape == (40, 2) and np.allclose(proba.sum(1), 1)
+
+
+def test_imbalanced_learn_oversampling_with_augmented_copies(sample):
+    from imblearn.over_sampling import RandomOverSampler
+    from imblearn.pipeline import make_pipeline as make_imb_pipeline
+
+    idx = np.r_[0:10, 100:140]  # 10 NORMAL vs 40 PNEUMONIA
+    X, y = sample.data[idx].reshape(-1, 1), sample.target[idx]
+    pipe = make_imb_pipeline(RandomOverSampler(random_state=0),
+                             PretrainedCNNClassifier(**TINYC, augment="standard"))
+    pipe.fit(X, y)
+    clf = pipe[-1]
+    assert clf.n_train_samples_ + clf.n_valid_samples_ == 80  # oversampled to 40 + 40
+    assert pipe.predict(X).shape == (50,)
