@@ -19,10 +19,10 @@ SCORING = {
 
 
 def _table(rows: list[tuple[str, dict]], metrics: list[str]) -> str:
-    head = f"{'':<26}" + "".join(f"{m:>14}" for m in metrics)
+    head = f"{'':<34}" + "".join(f"{m:>14}" for m in metrics)
     lines = [head, "-" * len(head)]
     for label, scores in rows:
-        lines.append(f"{label:<26}" + "".join(f"{scores[m]:>14}" for m in metrics))
+        lines.append(f"{label:<34}" + "".join(f"{scores[m]:>14}" for m in metrics))
     return "\n".join(lines)
 
 
@@ -32,7 +32,12 @@ def demo(args) -> int:
     from sklearn.model_selection import StratifiedKFold, cross_validate
     from sklearn.pipeline import make_pipeline
 
-    from . import FeatureExtractorTransformer, load_image_folder, load_sample_cxr
+    from . import (
+        FeatureExtractorTransformer,
+        PretrainedCNNClassifier,
+        load_image_folder,
+        load_sample_cxr,
+    )
 
     data = load_image_folder(args.data) if args.data else load_sample_cxr()
     X, y = data.data, data.target
@@ -41,41 +46,44 @@ def demo(args) -> int:
         return 2
     counts = np.bincount(y)
     print(f"skcxr demo: {len(y)} images, classes {dict(zip(data.target_names, counts.tolist()))}")
+    short = args.backbone.split(":")[-1].replace("tf_efficientnet_", "")
+    cv = StratifiedKFold(n_splits=args.n_splits, shuffle=True, random_state=args.random_state)
     with tempfile.TemporaryDirectory(prefix="skcxr-demo-") as cache:
-        # The feature cache makes the 5 folds compute each image's features once.
-        features = FeatureExtractorTransformer(
-            args.backbone, num_workers=args.num_workers, memory=cache, verbose=args.verbose
-        )
-        model = make_pipeline(
-            features, LogisticRegression(class_weight="balanced", C=args.C, max_iter=5000)
-        )
-        cv = StratifiedKFold(n_splits=args.n_splits, shuffle=True, random_state=args.random_state)
-        start = time.perf_counter()
-        results = {
-            name: cross_validate(est, X, y, cv=cv, scoring=SCORING, return_estimator=True)
-            for name, est in [("skcxr", model), ("majority", DummyClassifier())]
+        models = {
+            # the feature cache makes the folds compute each image's features once
+            f"{short} features + logistic": make_pipeline(
+                FeatureExtractorTransformer(args.backbone, num_workers=args.num_workers,
+                                            memory=cache, verbose=args.verbose),
+                LogisticRegression(class_weight="balanced", C=args.C, max_iter=5000)),
+            f"{short} fine-tuned, c={args.c}": PretrainedCNNClassifier(
+                args.backbone, n_trainable_layers=args.c, class_weight="balanced",
+                max_epochs=args.epochs, image_size=args.image_size,
+                num_workers=args.num_workers, random_state=args.random_state),
+            "majority class": DummyClassifier(),
         }
-        elapsed = time.perf_counter() - start
-    fitted = results["skcxr"]["estimator"][0][0]
+        results, seconds = {}, {}
+        for name, est in models.items():
+            start = time.perf_counter()
+            results[name] = cross_validate(est, X, y, cv=cv, scoring=SCORING,
+                                           return_estimator=True)
+            seconds[name] = time.perf_counter() - start
+    fitted = results[next(iter(models))]["estimator"][0][0]
     prov = fitted.provenance_
     print(f"backbone {prov['backbone']}: weights from {prov['weights_origin']}, "
           f"sha256 {prov.get('weights_sha256', 'n/a')[:16]}..., "
           f"{fitted.n_features_out_} features, precision {fitted.precision_}\n")
     metrics = list(SCORING)
-    rows = []
-    for fold in range(args.n_splits):
-        rows.append((f"fold {fold + 1}", {
-            m: f"{results['skcxr'][f'test_{m}'][fold]:.3f}" for m in metrics}))
-    short = args.backbone.split(":")[-1].replace("tf_efficientnet_", "")
-    labels = [("skcxr", f"{short} + logistic (mean)"), ("majority", "majority class (mean)")]
-    for name, label in labels:
-        rows.append((label, {
-            m: f"{results[name][f'test_{m}'].mean():.3f}+-{results[name][f'test_{m}'].std():.3f}"
-            for m in metrics}))
     print(f"Stratified {args.n_splits}-fold cross-validation, positive class "
           f"{data.target_names[1]!r}:")
+    rows = []
+    for name, res in results.items():
+        if name != "majority class":
+            rows += [(f"  fold {k + 1}", {m: f"{res[f'test_{m}'][k]:.3f}" for m in metrics})
+                     for k in range(args.n_splits)]
+        rows.append((f"{name} (mean)", {
+            m: f"{res[f'test_{m}'].mean():.3f}+-{res[f'test_{m}'].std():.3f}" for m in metrics}))
     print(_table(rows, metrics))
-    print(f"\ncross-validation took {elapsed:.1f} s")
+    print("\ncross-validation time: " + ", ".join(f"{n} {s:.1f} s" for n, s in seconds.items()))
     return 0
 
 
@@ -84,15 +92,21 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command")
     d = sub.add_parser(
         "demo",
-        help="cross-validate pretrained features + logistic regression on CXR images",
+        help="cross-validate pretrained CNN classifiers on CXR images",
         description="Stratified k-fold cross_validate of FeatureExtractorTransformer + "
-        "LogisticRegression(class_weight='balanced') against a majority-class baseline, on "
-        "the bundled Kermany sample or on a class-folder directory.",
+        "LogisticRegression(class_weight='balanced') and of a fine-tuned "
+        "PretrainedCNNClassifier against a majority-class baseline, on the bundled Kermany "
+        "sample or on a class-folder directory.",
     )
     d.add_argument("--data", help="class-folder directory (default: bundled Kermany sample)")
     d.add_argument("--backbone", default="tf_efficientnet_lite0")
     d.add_argument("--n-splits", type=int, default=5)
     d.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the classifier")
+    d.add_argument("--c", type=int, default=2,
+                   help="trainable last layers of the fine-tuned model (the studies' c)")
+    d.add_argument("--epochs", type=int, default=3, help="max epochs of the fine-tuned model")
+    d.add_argument("--image-size", type=int, default=160,
+                   help="input size of the fine-tuned model (the sample is 160x160)")
     d.add_argument("--num-workers", type=int, default=0)
     d.add_argument("--random-state", type=int, default=0)
     d.add_argument("--verbose", "-v", action="count", default=0)

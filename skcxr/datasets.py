@@ -113,3 +113,45 @@ def load_sample_cxr(*, return_X_y=False, as_arrays=False):
     if return_X_y:
         return bunch.data, bunch.target
     return bunch
+
+
+def load_nih_csv(csv_path, *, root=None, label_column="finding_labels", sep="|",
+                 path_column="path", group_column="patient_id"):
+    """Load an NIH ChestX-ray14-style label file as a multi-label problem.
+
+    Parameters
+    ----------
+    csv_path : str or path
+        CSV with one row per image: an image path column (relative to ``root``) and a
+        column of ``sep``-separated findings (``"Effusion|Infiltration"``, ``"No Finding"``).
+    root : str or path, default=None
+        Directory the paths are relative to; defaults to the CSV's directory.
+    label_column, sep, path_column, group_column : str
+        Column names and the findings separator.
+
+    Returns
+    -------
+    data : Bunch
+        ``data`` (paths), ``target`` (``(n, n_labels)`` 0/1 indicator matrix, for
+        :class:`~skcxr.PretrainedCNNClassifier`'s multi-label mode), ``target_names``
+        (labels, sorted), ``groups`` (patient ids, for ``GroupKFold`` / patient-grouped
+        splits: images of one patient must not straddle folds), ``frame`` (the CSV),
+        ``DESCR``.
+    """
+    import pandas as pd
+
+    csv_path = Path(csv_path)
+    frame = pd.read_csv(csv_path)
+    for col in (path_column, label_column):
+        if col not in frame:
+            raise ValueError(f"{csv_path} has no column {col!r}; columns: {list(frame.columns)}.")
+    root = Path(root) if root is not None else csv_path.parent
+    findings = frame[label_column].fillna("").astype(str).str.split(sep)
+    names = sorted({f.strip() for row in findings for f in row if f.strip()})
+    target = np.array([[int(n in {f.strip() for f in row}) for n in names] for row in findings],
+                      dtype=np.int64)
+    data = np.array([os.fspath(root / p) for p in frame[path_column]], dtype=object)
+    groups = frame[group_column].to_numpy() if group_column in frame else None
+    return Bunch(data=data, target=target, target_names=np.array(names, dtype=object),
+                 groups=groups, frame=frame, filenames=data,
+                 DESCR=f"Multi-label chest X-rays from {os.fspath(csv_path)}.")
