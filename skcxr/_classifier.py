@@ -295,6 +295,10 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
                 threshold_mode="abs", load_best=True, sink=_noop)))
         if self.lr_scheduler is not None:
             callbacks.append(("lr_scheduler", self._scheduler()))
+        if self.verbose > 1:
+            from skorch.callbacks import ProgressBar
+
+            callbacks.append(("progress_bar", ProgressBar()))
         opt_kwargs = dict(self.optimizer_kwargs or {})
         if self.optimizer == "sgd":
             opt_kwargs.setdefault("momentum", 0.9)

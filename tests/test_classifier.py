@@ -274,3 +274,35 @@ def test_fold_safety_class_weights_and_validation_use_training_rows_only(sample,
         # class weights come from the training rows (not the validation rows, not all of y)
         assert counts.sum() == len(train_rows)
         assert counts.tolist() == np.bincount(y[np.isin(X, list(train_rows))]).tolist()
+
+
+def test_fitted_estimator_keeps_no_optimizer_state_and_fits_do_not_leak(data):
+    import gc
+    import pickle
+
+    X, y = data
+    clf = PretrainedCNNClassifier(**TINYC, n_trainable_layers="all").fit(X, y)
+    weights = sum(t.numel() * t.element_size() for t in clf.module_.state_dict().values())
+    # Adam keeps two moments per trained parameter: a kept optimizer would double the size
+    assert len(pickle.dumps(clf)) < 1.3 * weights + 200_000
+    assert not any("optim" in type(v).__name__.lower() for v in vars(clf).values())
+
+    def live_tensors():
+        gc.collect()
+        kinds = (torch.Tensor, torch.nn.Parameter)
+        return sum(1 for o in gc.get_objects() if type(o) in kinds)
+
+    PretrainedCNNClassifier(**TINYC).fit(X, y)  # warm caches
+    before = live_tensors()
+    for seed in range(3):
+        PretrainedCNNClassifier(**{**TINYC, "random_state": seed}).fit(X, y)
+    assert live_tensors() <= before + 5
+
+
+def test_verbose_prints_the_epoch_table(data, capsys):
+    X, y = data
+    PretrainedCNNClassifier(**TINYC, verbose=1).fit(X, y)
+    out = capsys.readouterr().out
+    assert "train_loss" in out and "valid_loss" in out
+    PretrainedCNNClassifier(**TINYC).fit(X, y)
+    assert capsys.readouterr().out == ""
