@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pandas as pd
 import torch
@@ -537,12 +535,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
     def __getstate__(self):
-        state = self.__dict__.copy()
-        module = state.get("module_")
-        if module is not None and any(t.device.type != "cpu"
-                                      for t in module.state_dict().values()):
-            state["module_"] = copy.deepcopy(module).to("cpu")
-        return state
+        return _runtime.cpu_state(self.__dict__)
 
 
 def _noop(*args, **kwargs):

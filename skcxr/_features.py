@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
@@ -251,8 +249,4 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         return tags
 
     def __getstate__(self):
-        state = self.__dict__.copy()
-        model = state.get("model_")
-        if model is not None and any(t.device.type != "cpu" for t in model.state_dict().values()):
-            state["model_"] = copy.deepcopy(model).to("cpu")
-        return state
+        return _runtime.cpu_state(self.__dict__)
