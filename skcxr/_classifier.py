@@ -13,6 +13,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from . import _runtime
 from ._training import (
+    ActivationDataset,
     EpochRecord,
     TrainingDataset,
     Unfreeze,
@@ -22,8 +23,15 @@ from ._training import (
 )
 from .augment import make_augment
 from .backbones import DEFAULT_BACKBONE, load_backbone
+from .cache import cached_rows, resolve_location
 from .images import check_images, make_loader, make_preprocessing
-from .layers import BATCHNORM_POLICIES, parameterised_layers, select_trainable
+from .layers import (
+    BATCHNORM_POLICIES,
+    cut_index,
+    parameterised_layers,
+    select_trainable,
+    sequential_chain,
+)
 from .network import CXRNet, make_head
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -101,6 +109,17 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
     min_delta : float, default=1e-3
     augment : None, {"flip", "standard", "crop"} or callable, default=None
         Training-time augmentation (see :func:`skcxr.augment.make_augment`).
+    cache : bool, default=True
+        Compute the frozen prefix of the backbone (every layer before the first trainable
+        one) once per image and train the rest on its cached output, in memory shared by
+        all clones (see :mod:`skcxr.cache`). Used only where it is exact: without
+        augmentation (whose random views change the prefix output every epoch), with a
+        ``batchnorm`` policy other than "train", and for backbones that split into a chain of
+        modules (timm models do; see :func:`skcxr.layers.sequential_chain`). Otherwise
+        every epoch runs the whole network.
+    memory : str, path, joblib.Memory or None, default=None
+        Directory for an on-disk copy of the cache, shared by joblib worker processes
+        (``GridSearchCV(n_jobs=...)``) and later sessions.
     device : {"auto", "cpu", "cuda"}, default="auto"
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
     num_workers : int, default=0
@@ -134,6 +153,8 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         Rows trained on and rows of the inner validation split.
     provenance_ : dict
         Backbone and weights provenance.
+    prefix_namespace_ : dict or None
+        What keys the cached frozen-prefix outputs (None when the cache was not used).
 
     Examples
     --------
@@ -177,6 +198,8 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         patience=3,
         min_delta=1e-3,
         augment=None,
+        cache=True,
+        memory=None,
         device="auto",
         precision="auto",
         num_workers=0,
@@ -209,6 +232,8 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         self.patience = patience
         self.min_delta = min_delta
         self.augment = augment
+        self.cache = cache
+        self.memory = memory
         self.device = device
         self.precision = precision
         self.num_workers = num_workers
@@ -248,11 +273,18 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         prep = make_preprocessing(bb.data_config, image_size=self.image_size,
                                   in_chans=self.in_chans, resize=self.resize,
                                   normalize=self.normalize)
-        example = torch.zeros(1, self.in_chans, *prep.size)
-        layers = parameterised_layers(bb.module, example)
+        probe = torch.rand(1, self.in_chans, *prep.size,
+                           generator=torch.Generator().manual_seed(0))
+        layers = parameterised_layers(bb.module, probe)
         trainable = select_trainable(layers, self.n_trainable_layers)
         augment = make_augment(self.augment, prep.size)
         class_w = self._class_weights(y_enc[train_idx], task)
+        chain = sequential_chain(bb.module, prep.normalize(probe))
+        cut = cut_index(chain, trainable) if chain is not None else None
+        # the prefix output is a fixed function of the image only without augmentation and
+        # with the prefix's BatchNorm statistics frozen
+        use_cache = bool(self.cache) and bool(cut) and augment is None \
+            and self.batchnorm != "train"
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -260,26 +292,71 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
             head = make_head(bb.num_features, n_out, tuple(self.head_hidden_units),
                              float(self.dropout))
             module = CXRNet(bb.module, head, prep.mean, prep.std, trainable,
-                            batchnorm=self.batchnorm, precision=precision)
+                            batchnorm=self.batchnorm, precision=precision,
+                            chain_names=[n for n, _ in chain] if chain else None, cut=cut)
             if self.freeze_epochs == 0:
                 module.unfreeze()
             weights = sample_weight.copy()
             if class_w is not None and task != "multilabel":
                 weights *= class_w[y_enc]
-            train_ds = TrainingDataset(source.subset(train_idx), prep, y_enc[train_idx],
-                                       weights[train_idx], augment)
-            valid_ds = (TrainingDataset(source.subset(valid_idx), prep, y_enc[valid_idx],
-                                        weights[valid_idx])
-                        if len(valid_idx) else None)
+            self.prefix_namespace_ = (
+                self._prefix_namespace(bb, prep, precision, device, module) if use_cache else None
+            )
+            if use_cache:
+                rows = np.concatenate([train_idx, valid_idx])
+                acts = self._prefix_outputs(module, source, rows, prep, device)
+                module.input_is_prefix = True
+                train_ds = ActivationDataset(acts[:len(train_idx)], y_enc[train_idx],
+                                             weights[train_idx])
+                valid_ds = (ActivationDataset(acts[len(train_idx):], y_enc[valid_idx],
+                                              weights[valid_idx]) if len(valid_idx) else None)
+            else:
+                train_ds = TrainingDataset(source.subset(train_idx), prep, y_enc[train_idx],
+                                           weights[train_idx], augment)
+                valid_ds = (TrainingDataset(source.subset(valid_idx), prep, y_enc[valid_idx],
+                                            weights[valid_idx])
+                            if len(valid_idx) else None)
             pos_weight = (torch.as_tensor(class_w, dtype=torch.float32)
                           if class_w is not None and task == "multilabel" else None)
             net = self._make_net(module, task, train_ds, valid_ds, pos_weight, device)
             net.fit(train_ds, y=None)
+            module.input_is_prefix = False
 
         self._finish(net, module, trainable, bb, prep, device, precision, class_w,
                      has_valid=valid_ds is not None)
         self.n_train_samples_, self.n_valid_samples_ = len(train_idx), len(valid_idx)
         return self
+
+    def _prefix_namespace(self, bb, prep, precision, device, module) -> dict:
+        return {
+            "kind": "frozen-prefix",
+            "backbone": bb.provenance.get("backbone"),
+            "state_sha256": bb.provenance["state_sha256"],
+            "preprocessing": repr(prep),
+            "precision": precision,
+            "device_type": device.type,
+            "cut": module.chain_names[:module.cut],
+            "dtype": str(module.prefix_dtype).replace("torch.", ""),
+        }
+
+    def _prefix_outputs(self, module, source, rows, prep, device) -> torch.Tensor:
+        """Frozen-prefix outputs of ``source[rows]``, computed once per image and cut point."""
+        keys = source.keys()
+
+        def compute(missing):
+            loader = make_loader(source.subset(rows[missing]), prep, batch_size=self.batch_size,
+                                 num_workers=self.num_workers,
+                                 pin_memory=device.type == "cuda")
+            was_training = module.training
+            module.to(device).eval()
+            with torch.inference_mode():
+                out = torch.cat([module.prefix(b.to(device, non_blocking=True)).cpu()
+                                 for b in loader])
+            module.train(was_training)
+            return out
+
+        return torch.stack(cached_rows(self.prefix_namespace_, [keys[i] for i in rows], compute,
+                                       location=resolve_location(self.memory)))
 
     def _make_net(self, module, task, train_ds, valid_ds, pos_weight, device) -> WeightedNet:
         from skorch.callbacks import EarlyStopping
@@ -493,10 +570,20 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         source = check_images(X)
         device = _runtime.resolve_device(self.device)
         module = self.module_.to(device).eval()
-        loader = make_loader(source, self.preprocessing_, batch_size=self.batch_size,
-                             num_workers=self.num_workers, pin_memory=device.type == "cuda")
-        out = _runtime.run_batches(module, loader, len(source), device=device,
-                                   verbose=self.verbose > 1, desc="predict")
+        if self.prefix_namespace_ is not None:
+            # the prefix is still the pretrained one: its cached outputs serve predict too
+            acts = self._prefix_outputs(module, source, np.arange(len(source)),
+                                        self.preprocessing_, device)
+            loader = torch.utils.data.DataLoader(acts, batch_size=self.batch_size)
+            module.input_is_prefix = True
+        else:
+            loader = make_loader(source, self.preprocessing_, batch_size=self.batch_size,
+                                 num_workers=self.num_workers, pin_memory=device.type == "cuda")
+        try:
+            out = _runtime.run_batches(module, loader, len(source), device=device,
+                                       verbose=self.verbose > 1, desc="predict")
+        finally:
+            module.input_is_prefix = False
         if device.type == "cuda":
             self.module_.to("cpu")
             _runtime.release(device)

@@ -8,8 +8,8 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted
 
 from . import _runtime
-from ._cache import FeatureStore, resolve_location
 from .backbones import DEFAULT_BACKBONE, load_backbone
+from .cache import FeatureStore, resolve_location
 from .images import check_images, make_loader, make_preprocessing
 
 

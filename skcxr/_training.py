@@ -32,6 +32,21 @@ class TrainingDataset(torch.utils.data.Dataset):
         return {"x": x, "sample_weight": self.weights[i]}, self.y[i]
 
 
+class ActivationDataset(torch.utils.data.Dataset):
+    """Items ``({"x": frozen-prefix output, "sample_weight": w}, y)`` from a cached tensor."""
+
+    def __init__(self, acts: torch.Tensor, y: np.ndarray, weights: np.ndarray):
+        self.acts = acts
+        self.y = torch.as_tensor(y)
+        self.weights = torch.as_tensor(weights, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.acts)
+
+    def __getitem__(self, i):
+        return {"x": self.acts[i], "sample_weight": self.weights[i]}, self.y[i]
+
+
 def collate_training(items):
     xs, ys = zip(*items)
     return (

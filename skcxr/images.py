@@ -472,4 +472,7 @@ def make_loader(
         worker_init_fn=_worker_init if num_workers else None,
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,
+        # a private generator: iterating must not consume the global RNG, or a fit that
+        # finds its inputs cached would shuffle differently from one that computes them
+        generator=torch.Generator(),
     )

@@ -107,3 +107,56 @@ def apply_batchnorm_policy(module: nn.Module, policy: str) -> None:
                     p.requires_grad_(False)
             elif not any(p.requires_grad for p in m.parameters(recurse=False)):
                 m.eval()
+
+
+def sequential_chain(module: nn.Module, example: torch.Tensor, atol: float = 1e-4):
+    """Split a backbone into an ordered chain of sub-modules whose composition is its forward.
+
+    Children are taken in registration order, descending into ``nn.Sequential`` containers
+    (timm's EfficientNet stages and blocks, ResNet layers). The chain is accepted only if
+    running it reproduces ``module(example)`` in eval mode; otherwise None is returned and
+    callers fall back to running the module whole (e.g. torchvision DenseNet, whose forward
+    applies a functional ReLU that no child holds).
+
+    Returns
+    -------
+    chain : list of (name, module) or None
+    """
+
+    def unroll(prefix: str, m: nn.Module):
+        for name, child in m.named_children():
+            full = f"{prefix}{name}"
+            if isinstance(child, nn.Sequential) and len(child):
+                yield from unroll(full + ".", child)
+            else:
+                yield full, child
+
+    chain = list(unroll("", module))
+    if not chain:
+        return None
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            want = module(example)
+            got = example
+            for _, m in chain:
+                got = m(got)
+        ok = (isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor)
+              and got.shape == want.shape and torch.allclose(got, want, atol=atol, rtol=1e-4))
+    except Exception:  # a chain that cannot even run is simply not a chain
+        ok = False
+    finally:
+        module.train(was_training)
+    return chain if ok else None
+
+
+def cut_index(chain, trainable_layers) -> int:
+    """Index of the first chain element that holds a trainable layer (len(chain) if none).
+
+    Everything before it is the frozen prefix, whose output can be computed once.
+    """
+    for i, (name, _) in enumerate(chain):
+        if any(t == name or t.startswith(name + ".") for t in trainable_layers):
+            return i
+    return len(chain)

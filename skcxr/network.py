@@ -1,4 +1,4 @@
-"""The network a PretrainedCNNClassifier trains: normalise -> backbone -> head.
+"""The network a PretrainedCNNClassifier trains: normalise -> frozen prefix -> suffix -> head.
 
 The backbone's parameterised layers split into a *frozen prefix* (everything before the
 first trainable layer) and a *trainable suffix*; the new *head* always trains. The split is
@@ -32,7 +32,12 @@ def make_head(in_features: int, n_outputs: int, hidden_units=(), dropout: float 
 
 
 class CXRNet(nn.Module):
-    """``head(backbone(normalise(x)))`` with a freezing plan and a BatchNorm policy.
+    """``head(suffix(prefix(x)))``: a backbone split at a cut point, a freezing plan, a BN policy.
+
+    ``prefix`` normalises the images and runs the backbone's chain up to ``cut`` (the frozen
+    prefix, in eval mode even while training); ``suffix`` runs the rest of the backbone (the
+    trainable suffix); ``head`` maps pooled features to logits. When the backbone cannot be
+    split into a chain (``chain_names=None``), the prefix is the normalisation alone.
 
     Parameters
     ----------
@@ -48,10 +53,14 @@ class CXRNet(nn.Module):
         See :func:`skcxr.layers.apply_batchnorm_policy`.
     precision : {"fp32", "bf16", "fp16"}
         Autocast precision of the forward pass; logits are returned in float32.
+    chain_names : list of str or None
+        The backbone as a chain of sub-modules (:func:`skcxr.layers.sequential_chain`).
+    cut : int or None
+        Chain elements ``[:cut]`` form the frozen prefix.
     """
 
     def __init__(self, backbone, head, mean, std, trainable_layers=(), batchnorm="frozen",
-                 precision="fp32"):
+                 precision="fp32", chain_names=None, cut=None):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -60,9 +69,21 @@ class CXRNet(nn.Module):
         self.trainable_layers = list(trainable_layers)
         self.batchnorm = batchnorm
         self.precision = precision
+        self.chain_names = list(chain_names) if chain_names is not None else None
+        self.cut = (cut if cut is not None else 0) if self.chain_names is not None else 0
+        #: True while training on cached prefix outputs instead of images
+        self.input_is_prefix = False
         for p in self.backbone.parameters():
             p.requires_grad_(False)
         self.backbone_unfrozen = False
+
+    @property
+    def prefix_dtype(self) -> torch.dtype:
+        """dtype of the prefix output, cached or not (the compute dtype halves its memory)."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+
+    def _chain(self, start, stop):
+        return [self.backbone.get_submodule(n) for n in self.chain_names[start:stop]]
 
     def unfreeze(self) -> None:
         """Let the planned backbone layers train (the head always does)."""
@@ -72,16 +93,32 @@ class CXRNet(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
+        if mode and self.cut and self.batchnorm != "train":
+            for m in self._chain(0, self.cut):  # frozen layers compute as at inference
+                m.eval()
         apply_batchnorm_policy(self.backbone, self.batchnorm)
         return self
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> output of the frozen prefix (what the activation cache stores)."""
         if x.dtype == torch.uint8:
             x = x.float() / 255.0
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         with _runtime.autocast(x.device, self.precision):
-            return self.backbone(x)
+            for m in self._chain(0, self.cut) if self.cut else ():
+                x = m(x)
+        return x.to(self.prefix_dtype)
+
+    def suffix(self, h: torch.Tensor) -> torch.Tensor:
+        """Frozen-prefix output -> pooled features."""
+        with _runtime.autocast(h.device, self.precision):
+            if self.chain_names is None:
+                return self.backbone(h)
+            for m in self._chain(self.cut, None):
+                h = m(h)
+            return h
 
     def forward(self, x, sample_weight=None):
-        with _runtime.autocast(x.device, self.precision):
-            return self.head(self.features(x)).float()
+        h = x if self.input_is_prefix else self.prefix(x)
+        with _runtime.autocast(h.device, self.precision):
+            return self.head(self.suffix(h)).float()

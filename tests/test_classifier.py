@@ -242,13 +242,16 @@ def test_bad_input_fails_before_training(data, no_training, params, y_kind, matc
         PretrainedCNNClassifier(**{**TINYC, **params}).fit(X, y)
 
 
-def test_fold_safety_class_weights_and_validation_use_training_rows_only(sample, monkeypatch):
+@pytest.mark.parametrize("cache", [False, True])
+def test_fold_safety_class_weights_and_validation_use_training_rows_only(sample, monkeypatch,
+                                                                          cache):
     """Instrument fit: every row that trains, validates or weighs comes from the training fold."""
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
     X, y = sample.data[::5], sample.target[::5]
     seen = []
-    real_weights = classifier_module.PretrainedCNNClassifier._class_weights
+    cls = classifier_module.PretrainedCNNClassifier
+    real_weights, real_prefix = cls._class_weights, cls._prefix_outputs
     real_dataset = classifier_module.TrainingDataset
 
     def spy_weights(self, y_train, task):
@@ -259,21 +262,31 @@ def test_fold_safety_class_weights_and_validation_use_training_rows_only(sample,
         seen.append(("rows", set(source.data)))
         return real_dataset(source, *args, **kwargs)
 
-    monkeypatch.setattr(classifier_module.PretrainedCNNClassifier, "_class_weights", spy_weights)
+    def spy_prefix(self, module, source, rows, *args):
+        seen.append(("prefix rows", set(source.data[rows])))
+        return real_prefix(self, module, source, rows, *args)
+
+    monkeypatch.setattr(cls, "_class_weights", spy_weights)
+    monkeypatch.setattr(cls, "_prefix_outputs", spy_prefix)
     monkeypatch.setattr(classifier_module, "TrainingDataset", spy_dataset)
     cv = StratifiedKFold(3, shuffle=True, random_state=0)
-    cross_val_score(PretrainedCNNClassifier(**TINYC, class_weight="balanced"), X, y, cv=cv)
-    folds = list(cv.split(X, y))
-    assert len(seen) == 3 * 3  # per fit: class weights, train rows, validation rows
-    for (train, test), start in zip(folds, range(0, 9, 3)):
-        (_, counts), (_, train_rows), (_, valid_rows) = seen[start:start + 3]
-        test_rows = set(X[test])
-        assert not (train_rows | valid_rows) & test_rows  # the outer fold is never seen
-        assert not train_rows & valid_rows
-        assert train_rows | valid_rows == set(X[train])
-        # class weights come from the training rows (not the validation rows, not all of y)
-        assert counts.sum() == len(train_rows)
-        assert counts.tolist() == np.bincount(y[np.isin(X, list(train_rows))]).tolist()
+    est = PretrainedCNNClassifier(**TINYC, n_trainable_layers=2, class_weight="balanced",
+                                  cache=cache)
+    cross_val_score(est, X, y, cv=cv)
+    per_fit = 3  # class weights; train rows + validation rows, or fit rows + test rows
+    assert len(seen) == 3 * per_fit
+    for k, (train, test) in enumerate(cv.split(X, y)):
+        (_, counts), (_, first), (_, second) = seen[k * per_fit:(k + 1) * per_fit]
+        if cache:  # prefix outputs: the fit's rows, then (in predict) the test fold's
+            fit_rows, test_rows = first, second
+            assert test_rows == set(X[test])
+        else:
+            assert not first & second  # training and inner validation rows
+            fit_rows = first | second
+        assert fit_rows == set(X[train])  # the outer fold is never seen by fit
+        # class weights come from the training rows only (not validation, not all of y)
+        n_valid = max(2, round(0.1 * len(train)))
+        assert counts.sum() == len(train) - n_valid
 
 
 def test_fitted_estimator_keeps_no_optimizer_state_and_fits_do_not_leak(data):
@@ -287,10 +300,12 @@ def test_fitted_estimator_keeps_no_optimizer_state_and_fits_do_not_leak(data):
     assert len(pickle.dumps(clf)) < 1.3 * weights + 200_000
     assert not any("optim" in type(v).__name__.lower() for v in vars(clf).values())
 
-    def live_tensors():
+    from skcxr.cache import cache_info
+
+    def live_tensors():  # not counting the (byte-bounded) shared activation cache
         gc.collect()
         kinds = (torch.Tensor, torch.nn.Parameter)
-        return sum(1 for o in gc.get_objects() if type(o) in kinds)
+        return sum(1 for o in gc.get_objects() if type(o) in kinds) - cache_info()["entries"]
 
     PretrainedCNNClassifier(**TINYC).fit(X, y)  # warm caches
     before = live_tensors()

@@ -1,0 +1,116 @@
+"""The frozen-prefix activation cache: exactness, sharing, invalidation, processes, budget."""
+
+import joblib
+import numpy as np
+import pytest
+from conftest import TINY
+from PIL import Image
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+from skcxr import PretrainedCNNClassifier
+from skcxr.cache import cache_info, clear_cache, set_cache_budget
+
+TINYC = {**TINY, "image_size": 48, "max_epochs": 3, "batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def data(sample):
+    idx = np.r_[0:30, 100:130]
+    return sample.data[idx], sample.target[idx]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    clear_cache()
+    yield
+    clear_cache()
+
+
+@pytest.mark.parametrize("params", [
+    {"n_trainable_layers": 0},
+    {"n_trainable_layers": 2, "class_weight": "balanced"},
+    {"n_trainable_layers": 8, "freeze_epochs": 1, "finetune_lr": 1e-4, "dropout": 0.3},
+    {"n_trainable_layers": 2, "precision": "bf16"},
+])
+def test_cached_and_uncached_fits_agree(data, params):
+    X, y = data
+    cached = PretrainedCNNClassifier(**{**TINYC, **params}).fit(X, y)
+    assert cached.prefix_namespace_ is not None
+    assert cache_info()["computed"] == 60
+    plain = PretrainedCNNClassifier(**{**TINYC, **params}, cache=False).fit(X, y)
+    assert plain.prefix_namespace_ is None
+    tol = 2e-2 if params.get("precision") == "bf16" else 1e-4
+    np.testing.assert_allclose(cached.predict_proba(X), plain.predict_proba(X), atol=tol)
+    np.testing.assert_allclose(cached.history_["train_loss"], plain.history_["train_loss"],
+                               rtol=tol)
+
+
+def test_grid_search_computes_the_prefix_once_per_cut_point(data):
+    X, y = data
+    grid = GridSearchCV(PretrainedCNNClassifier(**TINYC),
+                        {"n_trainable_layers": [0, 2], "train_size": [20, 40]},
+                        cv=StratifiedKFold(3))
+    grid.fit(X, y)
+    # 2 cut points x 60 images, whatever the folds, train sizes, candidates and refit
+    assert cache_info()["computed"] == 2 * 60
+    assert cache_info()["hits"] >= 400  # every other lookup of 12 fits, their scoring, refit
+
+
+def test_stale_entries_are_never_hit(data, tmp_path):
+    X, y = data
+    base = PretrainedCNNClassifier(**TINYC, n_trainable_layers=2).fit(X, y)
+    for change in ({"random_state": 1},  # other (random) weights
+                   {"image_size": 40}, {"normalize": "unit"}, {"resize": "pad"},
+                   {"precision": "bf16"}, {"n_trainable_layers": 8}):  # other cut point
+        before = cache_info()["computed"]
+        clone(base).set_params(**change).fit(X, y)
+        assert cache_info()["computed"] - before == 60, change
+    # same path, new pixels
+    img = tmp_path / "img.png"
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(img)
+    a = base.predict_proba([str(img)])
+    Image.fromarray(np.full((48, 48), 255, np.uint8)).save(img)
+    b = base.predict_proba([str(img)])
+    assert not np.allclose(a, b)
+
+
+def test_cache_is_skipped_where_it_would_not_be_exact(data):
+    X, y = data
+    assert PretrainedCNNClassifier(**TINYC, augment="flip").fit(X, y).prefix_namespace_ is None
+    assert PretrainedCNNClassifier(**TINYC, batchnorm="train").fit(X, y).prefix_namespace_ is None
+    tv = PretrainedCNNClassifier(**{**TINYC, "backbone": "torchvision:resnet18"}).fit(X, y)
+    assert tv.prefix_namespace_ is None  # its forward is not a chain of its children
+    assert cache_info()["computed"] == 0
+
+
+def _fit_in_worker(X, y, location):
+    PretrainedCNNClassifier(**TINYC, n_trainable_layers=2, memory=location).fit(X, y)
+    return cache_info()["computed"]
+
+
+def test_disk_cache_is_shared_across_processes(data, tmp_path):
+    X, y = data
+    halves = [(X[::2], y[::2]), (X[1::2], y[1::2])]
+    computed = joblib.Parallel(n_jobs=2, backend="loky")(
+        joblib.delayed(_fit_in_worker)(Xh, yh, tmp_path) for Xh, yh in halves)
+    assert computed == [30, 30]
+    clf = PretrainedCNNClassifier(**TINYC, n_trainable_layers=2, memory=tmp_path).fit(X, y)
+    info = cache_info()
+    assert info["computed"] == 0 and info["disk_hits"] == 60
+    assert clf.predict_proba(X).shape == (60, 2)
+
+
+def test_byte_budget_is_respected(data):
+    X, y = data
+    try:
+        set_cache_budget(100_000)
+        PretrainedCNNClassifier(**TINYC, n_trainable_layers=8).fit(X, y)
+        info = cache_info()
+        assert 0 < info["bytes"] <= 100_000 and info["evicted"] > 0
+        set_cache_budget(0)
+        assert cache_info()["bytes"] == 0
+        with pytest.raises(ValueError, match="nbytes"):
+            set_cache_budget(-1)
+    finally:
+        set_cache_budget(2 * 1024**3)
