@@ -6,7 +6,10 @@ tf_efficientnet_lite0 features with the same weights:
 
 (a) naive: PIL load -> torchvision Resize/ToTensor/Normalize -> timm model in fp32, default
     memory format, batch 32, ``torch.no_grad``;
-(b) skcxr: ``FeatureExtractorTransformer()`` with its defaults.
+(b) skcxr: ``FeatureExtractorTransformer(engine="torch")`` (bf16 autocast where native,
+    channels_last);
+(c) skcxr: ``FeatureExtractorTransformer(engine="openvino")`` (the default when the
+    ``openvino`` extra is installed), if openvino is installed.
 
 It also measures the machine's bf16 matmul throughput (a large bf16 GEMM) and reports skcxr's
 speed as a fraction of the roofline it implies for lite0 (0.77 GFLOP per 224x224 image,
@@ -61,16 +64,20 @@ def naive(paths: list[str], queue) -> None:
                "features": torch.cat(feats).numpy()})
 
 
-def skcxr_defaults(paths: list[str], queue) -> None:
+def skcxr_defaults(paths: list[str], queue, engine="torch") -> None:
     from skcxr import FeatureExtractorTransformer
 
-    fe = FeatureExtractorTransformer().fit(paths)
+    fe = FeatureExtractorTransformer(engine=engine).fit(paths)
     fe.transform(paths[:2])  # warm-up (oneDNN primitive creation)
     start = time.perf_counter()
     feats = fe.transform(paths)
     elapsed = time.perf_counter() - start
     queue.put({"seconds": elapsed, "rss": _peak_rss_mb(), "features": feats,
-               "precision": fe.precision_})
+               "precision": fe.precision_, "engine": fe.engine_})
+
+
+def skcxr_openvino(paths: list[str], queue) -> None:
+    skcxr_defaults(paths, queue, engine="openvino")
 
 
 def bf16_matmul_gflops(size: int = 4096, repeats: int = 10) -> float:
@@ -86,6 +93,11 @@ def bf16_matmul_gflops(size: int = 4096, repeats: int = 10) -> float:
 
 
 def _run(target, paths):
+    if target is skcxr_openvino:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return None
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(paths, queue))
@@ -106,25 +118,27 @@ def main() -> None:
     paths = _paths(args.data, args.n)
     a = _run(naive, paths)
     b = _run(skcxr_defaults, paths)
+    c = _run(skcxr_openvino, paths)
     gflops = bf16_matmul_gflops()
     roofline = gflops / LITE0_GFLOP
-    fa, fb = a["features"], b["features"]
-    cos = (fa * fb).sum(1) / np.linalg.norm(fa, axis=1) / np.linalg.norm(fb, axis=1)
     rows = [
         ("naive loop (PIL, fp32, NCHW)", a),
-        (f"skcxr defaults ({b['precision']}, channels_last)", b),
+        (f"skcxr engine='torch' ({b['precision']}, channels_last)", b),
     ]
+    if c is not None:
+        rows.append((f"skcxr engine='openvino' ({c['precision']})", c))
     print(f"\n{len(paths)} JPEG images from {args.data}, tf_efficientnet_lite0 at 224x224\n")
-    print(f"{'':<40}{'img/s':>10}{'seconds':>10}{'peak RSS MB':>14}{'% roofline':>12}")
+    print(f"{'':<44}{'img/s':>8}{'seconds':>9}{'vs naive':>10}{'peak RSS MB':>13}"
+          f"{'% roofline':>12}{'cos vs naive':>14}")
+    fa = a["features"]
     for label, r in rows:
         ips = len(paths) / r["seconds"]
-        print(f"{label:<40}{ips:>10.1f}{r['seconds']:>10.1f}{r['rss']:>14.0f}"
-              f"{100 * ips / roofline:>11.1f}%")
-    print(f"\nspeed-up skcxr / naive: {a['seconds'] / b['seconds']:.2f}x")
+        fb = r["features"]
+        cos = (fa * fb).sum(1) / np.linalg.norm(fa, axis=1) / np.linalg.norm(fb, axis=1)
+        print(f"{label:<44}{ips:>8.1f}{r['seconds']:>9.1f}{a['seconds'] / r['seconds']:>9.2f}x"
+              f"{r['rss']:>13.0f}{100 * ips / roofline:>11.1f}%{cos.min():>14.4f}")
     print(f"bf16 matmul: {gflops:.0f} GFLOP/s -> lite0 roofline {roofline:.0f} img/s "
           f"({LITE0_GFLOP} GFLOP/img)")
-    print(f"feature agreement (cosine, skcxr vs naive): min {cos.min():.4f}, "
-          f"mean {cos.mean():.4f}")
 
 
 if __name__ == "__main__":

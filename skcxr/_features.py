@@ -56,6 +56,11 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
     num_workers : int, default=0
         DataLoader worker processes that decode images in parallel. 0 decodes in the main
         process, which is fastest on small CPUs with small images.
+    engine : {"auto", "torch", "openvino"}, default="auto"
+        What runs the frozen backbone. "openvino" compiles it with OpenVINO (CPU only;
+        ``pip install "skcxr[openvino]"``), 3-4x faster than eager torch on CPUs with
+        AVX-512 BF16; "auto" uses it when installed and the device is the CPU, torch
+        otherwise. Features agree with torch fp32 ones to cosine > 0.99.
     memory : str, path, joblib.Memory or None, default=None
         Directory in which pooled features are cached per image, keyed by backbone, weights
         digest, preprocessing, precision and image content: a cross-validation or a grid
@@ -81,6 +86,8 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         Device of the last ``transform``.
     precision_ : str
         Precision of the last ``transform``.
+    engine_ : str
+        Engine of the last ``transform`` ("torch" or "openvino").
 
     Examples
     --------
@@ -107,6 +114,7 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         device="auto",
         precision="auto",
         num_workers=0,
+        engine="auto",
         memory=None,
         random_state=None,
         verbose=0,
@@ -122,6 +130,7 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         self.device = device
         self.precision = precision
         self.num_workers = num_workers
+        self.engine = engine
         self.memory = memory
         self.random_state = random_state
         self.verbose = verbose
@@ -165,6 +174,7 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         )
         self.device_ = _runtime.resolve_device(self.device)
         self.precision_ = _runtime.resolve_precision(self.precision, self.device_)
+        self.engine_ = _runtime.resolve_engine(self.engine, self.device_)
         return self
 
     def transform(self, X):
@@ -182,6 +192,7 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         source = check_images(X)
         self.device_ = _runtime.resolve_device(self.device)
         self.precision_ = _runtime.resolve_precision(self.precision, self.device_)
+        self.engine_ = _runtime.resolve_engine(self.engine, self.device_)
         location = resolve_location(self.memory)
         if location is None:
             return self._compute(source)
@@ -199,6 +210,28 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
 
     def _compute(self, source) -> np.ndarray:
         device, precision, prep = self.device_, self.precision_, self.preprocessing_
+        loader = make_loader(source, prep, batch_size=self.batch_size,
+                             num_workers=self.num_workers, pin_memory=device.type == "cuda")
+        if self.engine_ == "openvino":
+            from tqdm.auto import tqdm
+
+            from ._openvino import compile_frozen, run_pipelined
+
+            key = self.provenance_["state_sha256"] + repr(prep)
+            shape = (prep.in_chans, *prep.size)
+
+            def batches():  # 8-bit batches go in raw; 16-bit/DICOM ones are normalised here
+                for b in loader:
+                    if b.dtype == torch.uint8:
+                        yield compile_frozen(self.model_, shape, precision, key,
+                                             prep.mean, prep.std), b
+                    else:
+                        yield (compile_frozen(self.model_, shape, precision, key),
+                               prep.normalize(b))
+
+            with tqdm(total=len(source), disable=not self.verbose, unit="img",
+                      desc="features") as bar:
+                return run_pipelined(batches(), len(source), bar)
         model = self.model_.to(device)
 
         def features(batch):
@@ -206,8 +239,6 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
             with _runtime.autocast(device, precision):
                 return model(x)
 
-        loader = make_loader(source, prep, batch_size=self.batch_size,
-                             num_workers=self.num_workers, pin_memory=device.type == "cuda")
         out = _runtime.run_batches(features, loader, len(source), device=device,
                                    verbose=self.verbose, desc="features")
         if device.type == "cuda":
@@ -224,6 +255,7 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
             "preprocessing": repr(self.preprocessing_),
             "precision": self.precision_,
             "device_type": self.device_.type,
+            "engine": self.engine_,
         }
 
     @property

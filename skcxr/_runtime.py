@@ -67,6 +67,22 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def resolve_engine(engine: str, device: torch.device) -> str:
+    """Turn the ``engine`` parameter into 'torch' or 'openvino'."""
+    from . import _openvino
+
+    if engine not in ("auto", "torch", "openvino"):
+        raise ValueError(f"engine must be 'auto', 'torch' or 'openvino'; got {engine!r}.")
+    if engine == "openvino":
+        if device.type != "cpu":
+            raise ValueError("engine='openvino' runs on the CPU; use device='cpu'.")
+        _openvino._import()
+        return "openvino"
+    if engine == "auto" and device.type == "cpu" and _openvino.available():
+        return "openvino"
+    return "torch"
+
+
 def autocast(device: torch.device, precision: str):
     """Autocast context for ``precision`` ('fp32' gives a no-op context)."""
     if precision == "fp32":

@@ -43,3 +43,6 @@ def kermany_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data not found at {path}")
     return path
+
+#: TINY for the feature transformer, on the torch engine (forward hooks count its calls)
+TINY_FE = {**TINY, "engine": "torch"}

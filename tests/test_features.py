@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY_FE
 from PIL import Image
 from sklearn.base import clone
 
@@ -23,7 +23,7 @@ class ForwardCounter:
 
 def test_transform_shape_dtype_and_feature_names(sample_paths):
     paths, _ = sample_paths
-    fe = FeatureExtractorTransformer(**TINY, batch_size=5)
+    fe = FeatureExtractorTransformer(**TINY_FE, batch_size=5)
     out = fe.fit_transform(paths)
     assert out.shape == (12, 256) and out.dtype == np.float32
     assert fe.n_features_out_ == 256
@@ -38,7 +38,7 @@ def test_transform_shape_dtype_and_feature_names(sample_paths):
 def test_set_output_pandas_keeps_the_index(sample_paths):
     paths, _ = sample_paths
     X = pd.Series(paths, index=[f"img{i}" for i in range(len(paths))])
-    fe = FeatureExtractorTransformer(**TINY).set_output(transform="pandas")
+    fe = FeatureExtractorTransformer(**TINY_FE).set_output(transform="pandas")
     df = fe.fit_transform(X)
     assert isinstance(df, pd.DataFrame)
     assert list(df.index) == list(X.index)
@@ -47,8 +47,8 @@ def test_set_output_pandas_keeps_the_index(sample_paths):
 
 def test_bf16_features_agree_with_fp32(sample):
     X = sample.data[::25]  # 12 real CXRs
-    f32 = FeatureExtractorTransformer(precision="fp32").fit(X[:1]).transform(X)
-    bf16 = FeatureExtractorTransformer(precision="bf16").fit(X[:1])
+    f32 = FeatureExtractorTransformer(precision="fp32", engine="torch").fit(X[:1]).transform(X)
+    bf16 = FeatureExtractorTransformer(precision="bf16", engine="torch").fit(X[:1])
     assert bf16.precision_ == "bf16"
     f16 = bf16.transform(X)
     cos = (f32 * f16).sum(1) / np.linalg.norm(f32, axis=1) / np.linalg.norm(f16, axis=1)
@@ -60,7 +60,7 @@ def test_auto_precision_follows_the_cpu(sample_paths, monkeypatch):
     from skcxr import _runtime
 
     paths, _ = sample_paths
-    fe = FeatureExtractorTransformer(**{**TINY, "precision": "auto"}).fit(paths)
+    fe = FeatureExtractorTransformer(**{**TINY_FE, "precision": "auto"}).fit(paths)
     assert fe.device_.type in ("cpu", "cuda")
     if fe.device_.type == "cpu":
         assert fe.precision_ == ("bf16" if _runtime.cpu_has_native_bf16() else "fp32")
@@ -68,7 +68,7 @@ def test_auto_precision_follows_the_cpu(sample_paths, monkeypatch):
 
 def test_memory_cache_computes_each_image_once(sample_paths, tmp_path):
     paths, _ = sample_paths
-    fe = FeatureExtractorTransformer(**TINY, memory=tmp_path).fit(paths)
+    fe = FeatureExtractorTransformer(**TINY_FE, memory=tmp_path).fit(paths)
     counter = ForwardCounter(fe)
     first = fe.transform(paths[:8])
     assert counter.n == 8
@@ -82,13 +82,13 @@ def test_memory_cache_computes_each_image_once(sample_paths, tmp_path):
     np.testing.assert_array_equal(other.transform(paths[::-1]), both[::-1])
     assert other_counter.n == 0
     # joblib.Memory is accepted as well
-    mem = FeatureExtractorTransformer(**TINY, memory=joblib.Memory(tmp_path, verbose=0))
+    mem = FeatureExtractorTransformer(**TINY_FE, memory=joblib.Memory(tmp_path, verbose=0))
     np.testing.assert_array_equal(mem.fit(paths).transform(paths), both)
 
 
 def test_memory_cache_is_invalidated_by_weights_preprocessing_and_content(sample_paths, tmp_path):
     paths, _ = sample_paths
-    base = FeatureExtractorTransformer(**TINY, memory=tmp_path).fit(paths)
+    base = FeatureExtractorTransformer(**TINY_FE, memory=tmp_path).fit(paths)
     ref = base.transform(paths[:4])
     for change in ({"random_state": 1}, {"image_size": 48}, {"normalize": "unit"},
                    {"resize": "pad"}):
@@ -108,7 +108,7 @@ def test_memory_cache_is_invalidated_by_weights_preprocessing_and_content(sample
 
 def test_pickle_round_trip_gives_identical_features(sample_paths, tmp_path):
     paths, _ = sample_paths
-    fe = FeatureExtractorTransformer(**TINY).fit(paths)
+    fe = FeatureExtractorTransformer(**TINY_FE).fit(paths)
     joblib.dump(fe, tmp_path / "fe.joblib")
     loaded = joblib.load(tmp_path / "fe.joblib")
     np.testing.assert_array_equal(loaded.transform(paths), fe.transform(paths))
@@ -117,20 +117,20 @@ def test_pickle_round_trip_gives_identical_features(sample_paths, tmp_path):
 
 def test_workers_give_the_same_features(sample_paths):
     paths, _ = sample_paths
-    fe = FeatureExtractorTransformer(**TINY).fit(paths)
+    fe = FeatureExtractorTransformer(**TINY_FE).fit(paths)
     ref = fe.transform(paths)
     np.testing.assert_array_equal(fe.set_params(num_workers=2).transform(paths), ref)
 
 
 def test_verbose_shows_a_progress_bar(sample_paths, capsys):
     paths, _ = sample_paths
-    FeatureExtractorTransformer(**TINY, verbose=1).fit_transform(paths)
+    FeatureExtractorTransformer(**TINY_FE, verbose=1).fit_transform(paths)
     assert "features" in capsys.readouterr().err
 
 
 def test_one_channel_stem_on_grey_images(sample_paths):
     paths, _ = sample_paths
-    out = FeatureExtractorTransformer(**{**TINY, "in_chans": 1}).fit_transform(paths)
+    out = FeatureExtractorTransformer(**{**TINY_FE, "in_chans": 1}).fit_transform(paths)
     assert out.shape == (12, 256) and np.isfinite(out).all()
 
 
@@ -148,13 +148,13 @@ def test_one_channel_stem_on_grey_images(sample_paths):
 def test_bad_parameters_fail_in_fit(sample_paths, params, exc, match):
     paths, _ = sample_paths
     with pytest.raises(exc, match=match):
-        FeatureExtractorTransformer(**{**TINY, **params}).fit(paths)
+        FeatureExtractorTransformer(**{**TINY_FE, **params}).fit(paths)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_fitted_pickle_loads_on_cpu(sample_paths, tmp_path):
     paths, _ = sample_paths
-    fe = FeatureExtractorTransformer(**TINY, device="cuda").fit(paths)
+    fe = FeatureExtractorTransformer(**TINY_FE, device="cuda").fit(paths)
     gpu = fe.transform(paths)
     joblib.dump(fe, tmp_path / "fe.joblib")
     cpu = joblib.load(tmp_path / "fe.joblib").set_params(device="cpu").transform(paths)

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY_FE
 from PIL import Image
 
 from skcxr import FeatureExtractorTransformer, ImageReadError
@@ -21,7 +21,7 @@ def _save(img, path, **kw):
 
 def test_every_input_form_gives_the_same_features(sample_paths):
     paths, _ = sample_paths
-    fe = FeatureExtractorTransformer(**TINY).fit(paths)
+    fe = FeatureExtractorTransformer(**TINY_FE).fit(paths)
     expected = fe.transform(paths)
     arrays = np.stack([read_image(p) for p in paths])  # (n, 160, 160) uint8 grey
     forms = {
@@ -120,7 +120,7 @@ def test_dicom_modality_lut_window_and_monochrome1(tmp_path):
     inside = (modality > 2900) & (modality < 4900)
     np.testing.assert_allclose(win[inside], (modality[inside] - 2900) / 2000, atol=2e-3)
     # and it flows through the estimator like any other file
-    fe = FeatureExtractorTransformer(**TINY).fit([str(tmp_path / "m2.dcm")])
+    fe = FeatureExtractorTransformer(**TINY_FE).fit([str(tmp_path / "m2.dcm")])
     assert fe.transform([str(tmp_path / "m2.dcm"), str(tmp_path / "m1.dcm")]).shape == (2, 256)
 
 
@@ -195,14 +195,14 @@ def test_bad_files_fail_at_validation_naming_the_file(bad_files, name, exc, matc
     root, good = bad_files
     with pytest.raises(exc, match=match):
         check_images([good, str(root / name)])
-    fe = FeatureExtractorTransformer(**TINY)
+    fe = FeatureExtractorTransformer(**TINY_FE)
     with pytest.raises(exc, match=match):
         fe.fit([good, str(root / name)])
 
 
 def test_truncated_image_raises_naming_the_file(bad_files):
     root, good = bad_files
-    fe = FeatureExtractorTransformer(**TINY).fit([good])
+    fe = FeatureExtractorTransformer(**TINY_FE).fit([good])
     with pytest.raises(ImageReadError, match="truncated.jpg"):
         fe.transform([good, str(root / "truncated.jpg")])
 

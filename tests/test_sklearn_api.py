@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY, TINY_FE
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
@@ -13,7 +13,7 @@ from sklearn.utils import estimator_checks as ec
 from skcxr import FeatureExtractorTransformer, PretrainedCNNClassifier
 
 TINYC = {**TINY, "image_size": 48, "max_epochs": 2, "batch_size": 16}
-ESTIMATORS = [FeatureExtractorTransformer(**TINY), PretrainedCNNClassifier(**TINYC)]
+ESTIMATORS = [FeatureExtractorTransformer(**TINY_FE), PretrainedCNNClassifier(**TINYC)]
 
 # parametrize_with_checks runs nothing for image input (two_d_array=False), so the
 # data-free checks are called here and the data-dependent ones are written below.
@@ -62,7 +62,7 @@ def test_unfitted_transform_raises(estimator, sample_paths):
 
 def test_works_in_cross_val_score_and_grid_search(sample, tmp_path):
     X, y = sample.data[::5], sample.target[::5]  # 60 images
-    pipe = make_pipeline(FeatureExtractorTransformer(**TINY, memory=tmp_path),
+    pipe = make_pipeline(FeatureExtractorTransformer(**TINY_FE, memory=tmp_path),
                          LogisticRegression(max_iter=1000))
     scores = cross_val_score(pipe, X, y, cv=StratifiedKFold(3), scoring="accuracy")
     assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
@@ -78,7 +78,7 @@ def test_imbalanced_learn_pipeline_with_a_path_column(sample):
 
     X, y = sample.data[::5].reshape(-1, 1), sample.target[::5]  # (60, 1) column of paths
     pipe = make_imb_pipeline(RandomOverSampler(random_state=0),
-                             FeatureExtractorTransformer(**TINY),
+                             FeatureExtractorTransformer(**TINY_FE),
                              LogisticRegression(max_iter=1000))
     pipe.fit(X, y)
     assert pipe.predict_proba(X).shape == (60, 2)
@@ -91,7 +91,7 @@ def test_column_transformer_with_a_path_column_and_tabular_columns(sample):
     from sklearn.compose import ColumnTransformer
 
     df = pd.DataFrame({"path": sample.data[::10], "age": np.arange(30.0)})
-    ct = ColumnTransformer([("img", FeatureExtractorTransformer(**TINY), ["path"]),
+    ct = ColumnTransformer([("img", FeatureExtractorTransformer(**TINY_FE), ["path"]),
                             ("age", "passthrough", ["age"])])
     out = ct.fit_transform(df)
     assert out.shape == (30, 257)

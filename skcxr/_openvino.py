@@ -1,0 +1,123 @@
+"""Optional OpenVINO engine for frozen networks on the CPU (``pip install "skcxr[openvino]"``).
+
+A frozen module (feature extraction, a frozen prefix) is a fixed function, so it can be
+compiled once by OpenVINO, which runs EfficientNet-Lite0 3-4x faster than eager PyTorch on
+CPUs with AVX-512 BF16 (measured here: 296 vs 83 img/s). Training always stays in torch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+
+def available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _import():
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise ImportError(
+            "engine='openvino' needs the openvino package: pip install 'skcxr[openvino]'."
+        ) from exc
+    return ov
+
+
+class CompiledModule:
+    """A torch module compiled by OpenVINO for one input shape ``(c, h, w)``, batch-agnostic.
+
+    ``__call__`` takes a float32 NCHW tensor (already normalised) and returns a float32
+    tensor; batches are split into per-image requests that OpenVINO runs in parallel streams.
+    """
+
+    def __init__(self, module: torch.nn.Module, input_shape: tuple[int, int, int],
+                 precision: str, mean=None, std=None):
+        ov = _import()
+        module = module.eval()
+        with torch.no_grad(), warnings.catch_warnings():
+            # the converter traces with torch.jit, which torch deprecates; that is its business
+            warnings.simplefilter("ignore", FutureWarning)
+            model = ov.convert_model(module, example_input=torch.zeros(1, *input_shape),
+                                     input=[(1, *input_shape)])
+        if mean is not None:
+            # uint8 in, normalisation inside the graph: 4x less to copy and no Python-side
+            # arithmetic competing with the inference threads for the cores
+            ppp = ov.preprocess.PrePostProcessor(model)
+            ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NCHW"))
+            ppp.input().model().set_layout(ov.Layout("NCHW"))
+            ppp.input().preprocess().convert_element_type(ov.Type.f32) \
+                .mean([255.0 * m for m in mean]).scale([255.0 * s for s in std])
+            model = ppp.build()
+        config = {
+            "PERFORMANCE_HINT": "THROUGHPUT",
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        }
+        self.compiled = ov.Core().compile_model(model, "CPU", config)
+        self.n_requests = self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        self.queue = ov.AsyncInferQueue(self.compiled, self.n_requests)
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        """Outputs for one batch (waits for it)."""
+        return run_pipelined(iter([(self, x)]), len(x))
+
+    def __getstate__(self):
+        raise TypeError("an OpenVINO compiled model is not picklable; it is rebuilt on demand")
+
+
+_COMPILED: OrderedDict = OrderedDict()
+
+
+def compile_frozen(module: torch.nn.Module, input_shape, precision: str, key: str,
+                   mean=None, std=None):
+    """Compile a frozen module once per process and ``key`` (an identity of its weights).
+
+    With ``mean``/``std`` the compiled model takes uint8 images and normalises them itself.
+    Clones with identical weights share one compiled model; the 8 most recent are kept.
+    """
+    k = (key, tuple(input_shape), precision, mean, std)
+    if k not in _COMPILED:
+        _COMPILED[k] = CompiledModule(module, tuple(input_shape), precision, mean, std)
+        while len(_COMPILED) > 8:
+            _COMPILED.popitem(last=False)
+    _COMPILED.move_to_end(k)
+    return _COMPILED[k]
+
+
+def run_pipelined(items, n: int, bar=None) -> np.ndarray:
+    """Outputs for a stream of ``(compiled module, batch)`` pairs, as one ``(n, d)`` array.
+
+    Requests run in OpenVINO's threads while the caller's iterator decodes the next batch,
+    so decoding overlaps inference instead of alternating with it.
+    """
+    sink: dict = {}
+
+    def done(request, i):
+        r = request.get_output_tensor(0).data
+        if "out" not in sink:
+            sink["out"] = np.empty((n, int(np.prod(r.shape[1:]))), dtype=np.float32)
+        sink["out"][i] = r.reshape(-1)
+
+    used = []
+    start = 0
+    for compiled, batch in items:
+        if compiled not in used:
+            compiled.queue.set_callback(done)
+            used.append(compiled)
+        x = batch.detach().contiguous().cpu().numpy()
+        for j in range(len(x)):
+            compiled.queue.start_async({0: x[j:j + 1]}, userdata=start + j)
+        start += len(x)
+        if bar is not None:
+            bar.update(len(x))
+    for compiled in used:
+        compiled.queue.wait_all()
+    return sink["out"]
