@@ -6,9 +6,6 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.model_selection import train_test_split
-from sklearn.utils.class_weight import compute_class_weight
-from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from . import _runtime
@@ -33,6 +30,7 @@ from .layers import (
     sequential_chain,
 )
 from .network import CXRNet, make_head
+from .protocol import class_weights, encode_targets, split_rows
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULERS = ("step", "cosine", "plateau")
@@ -472,96 +470,14 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         make_augment(self.augment, (32, 32))
 
     def _encode_targets(self, y, n: int):
-        if y is None:
-            raise ValueError("y is required: PretrainedCNNClassifier is supervised.")
-        y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
-        if len(y) != n:
-            raise ValueError(f"X and y have different lengths: {n} images but {len(y)} targets.")
-        if y.dtype.kind == "f" and np.isnan(y).any():
-            rows = int(np.isnan(y.reshape(len(y), -1)).any(axis=1).sum())
-            raise ValueError(f"y contains NaN in {rows} row(s); drop those rows first.")
-        if y.dtype == object and pd.isna(y).any():
-            raise ValueError("y contains missing values (None/NaN); drop those rows first.")
-        kind = type_of_target(y)
-        if kind == "multilabel-indicator":
-            y = y.astype(np.float32)
-            empty = np.flatnonzero(y.sum(0) == 0)
-            if len(empty):
-                raise ValueError(
-                    f"Multi-label y has label column(s) {empty.tolist()} with no positive "
-                    "example; drop those columns (nothing can be learned from them).")
-            self.classes_ = np.arange(y.shape[1])
-            self.target_type_ = "multilabel"
-            return y, "multilabel"
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]
-        if y.ndim != 1:
-            raise ValueError(f"y must be 1-D labels or a 0/1 indicator matrix; got shape {y.shape}"
-                             f" ({kind}).")
-        if kind not in ("binary", "multiclass"):
-            raise ValueError(f"y must hold class labels; got a {kind} target. Continuous targets "
-                             "are not supported (this is a classifier).")
-        self.classes_, y_enc = np.unique(y, return_inverse=True)
-        if len(self.classes_) < 2:
-            raise ValueError(f"y has a single class ({self.classes_[0]!r}); a classifier needs "
-                             "at least 2.")
-        self.target_type_ = "binary" if len(self.classes_) == 2 else "multiclass"
-        return y_enc.astype(np.int64), self.target_type_
+        self.classes_, y_enc, self.target_type_ = encode_targets(y, n)
+        return y_enc, self.target_type_
 
     def _split(self, y, task, seed):
-        n = len(y)
-        idx = np.arange(n)
-        stratify = y if task != "multilabel" else None
-        size = self.train_size
-        if size is not None:
-            if isinstance(size, (float, np.floating)) and not isinstance(size, bool):
-                if not 0 < size <= 1:
-                    raise ValueError(f"train_size as a float must be in (0, 1]; got {size}.")
-                size = int(round(size * n))
-            elif not isinstance(size, (int, np.integer)) or isinstance(size, bool):
-                raise ValueError(f"train_size must be None, an int or a float; got {size!r}.")
-            if size > n:
-                raise ValueError(
-                    f"train_size={self.train_size} asks for {size} rows but fit received only "
-                    f"{n}.")
-            n_classes = len(self.classes_) if task != "multilabel" else 1
-            if size < 2 * n_classes:
-                raise ValueError(
-                    f"train_size={self.train_size} gives {size} rows, too few for "
-                    f"{n_classes} classes: use at least {2 * n_classes}.")
-            if size < n:
-                idx, _ = _stratified_split(idx, size, stratify, seed, "train_size")
-        if not self.validation_fraction:
-            return idx, np.array([], dtype=int)
-        n_valid = max(1, int(round(self.validation_fraction * len(idx))))
-        sub_strat = stratify[idx] if stratify is not None else None
-        if sub_strat is not None:
-            n_valid = max(n_valid, len(np.unique(sub_strat)))
-        valid, train = _stratified_split(idx, n_valid, sub_strat, seed + 1,
-                                         "validation_fraction")
-        return train, valid
+        return split_rows(y, task, self.train_size, self.validation_fraction, seed)
 
     def _class_weights(self, y_train, task):
-        cw = self.class_weight
-        if cw is None:
-            return None
-        if task == "multilabel":
-            pos = y_train.sum(0)
-            if cw == "balanced":
-                return ((len(y_train) - pos) / np.maximum(pos, 1)).astype(np.float32)
-            return np.array([float(cw.get(j, 1.0)) for j in range(y_train.shape[1])],
-                            dtype=np.float32)
-        classes = np.arange(len(self.classes_))
-        if cw == "balanced":
-            present = np.unique(y_train)
-            w = np.ones(len(classes), dtype=np.float32)
-            w[present] = compute_class_weight("balanced", classes=present, y=y_train)
-            return w
-        unknown = set(cw) - set(self.classes_.tolist())
-        if unknown:
-            raise ValueError(f"class_weight names unknown classes {sorted(unknown)}; classes "
-                             f"are {self.classes_.tolist()}.")
-        return np.array([float(cw.get(c, 1.0)) for c in self.classes_], dtype=np.float32)
+        return class_weights(self.class_weight, y_train, task, self.classes_)
 
     # ------------------------------------------------------------------ predict
 
@@ -635,18 +551,3 @@ def _seed(random_state) -> int:
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(2**31 - 1))
     return int(random_state)
-
-
-def _stratified_split(idx, n_first, stratify, seed, param):
-    """Split ``idx`` into (n_first rows, the rest), stratified when possible."""
-    try:
-        first, rest = train_test_split(idx, train_size=n_first, stratify=stratify,
-                                       random_state=seed % (2**32))
-    except ValueError as exc:
-        raise ValueError(
-            f"Cannot make a stratified split of {len(idx)} rows into {n_first} and "
-            f"{len(idx) - n_first} for {param}: {exc} Use more rows, a different {param}, or "
-            "validation_fraction=0."
-        ) from None
-    return np.sort(first), np.sort(rest)
-
