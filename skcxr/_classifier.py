@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+from sklearn.utils.validation import check_is_fitted
 
 from . import _runtime
 from ._training import (
@@ -30,7 +30,7 @@ from .layers import (
     sequential_chain,
 )
 from .network import CXRNet, make_head
-from .protocol import class_weights, encode_targets, split_rows
+from .protocol import check_sample_weight, class_weights, encode_targets, split_rows
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULERS = ("step", "cosine", "plateau")
@@ -259,8 +259,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         self._check_params()
         source = check_images(X)
         y_enc, task = self._encode_targets(y, len(source))
-        sample_weight = _check_sample_weight(sample_weight, np.empty((len(source), 1)),
-                                             dtype=np.float32)
+        sample_weight = check_sample_weight(sample_weight, len(source))
         seed = _seed(self.random_state)
         train_idx, valid_idx = self._split(y_enc, task, seed)
         device = _runtime.resolve_device(self.device)

@@ -54,6 +54,22 @@ def encode_targets(y, n: int):
     return classes, y_enc.astype(np.int64), ("binary" if len(classes) == 2 else "multiclass")
 
 
+def check_sample_weight(sample_weight, n: int) -> np.ndarray:
+    """``sample_weight`` as a float32 array of ``n`` finite, non-negative weights."""
+    if sample_weight is None:
+        return np.ones(n, dtype=np.float32)
+    w = np.asarray(sample_weight, dtype=np.float32)
+    if w.ndim == 0:
+        return np.full(n, float(w), dtype=np.float32)
+    if w.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},); got {w.shape}.")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("sample_weight must be finite and non-negative.")
+    if w.sum() == 0:
+        raise ValueError("sample_weight sums to 0: no row would count in the loss.")
+    return w
+
+
 def split_rows(y, task: str, train_size, validation_fraction, seed: int):
     """Indices ``(train, valid)``: the ``train_size`` subsample, then the inner split of it.
 

@@ -321,3 +321,15 @@ def test_verbose_prints_the_epoch_table(data, capsys):
     assert "train_loss" in out and "valid_loss" in out
     PretrainedCNNClassifier(**TINYC).fit(X, y)
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("weights, match", [
+    (np.ones(59), r"shape \(60,\)"),
+    (np.r_[np.ones(59), -1.0], "non-negative"),
+    (np.r_[np.ones(59), np.nan], "finite"),
+    (np.zeros(60), "sums to 0"),
+])
+def test_bad_sample_weight(data, no_training, weights, match):
+    X, y = data
+    with pytest.raises(ValueError, match=match):
+        PretrainedCNNClassifier(**TINYC).fit(X, y, sample_weight=weights)
