@@ -10,7 +10,8 @@ own process (so each reports its own peak RSS):
   every layer but the last c, fp32, default memory format, its own PIL data loading, every
   epoch running the whole network;
 * skcxr: ``PretrainedCNNClassifier`` defaults (bf16 where the CPU has it, channels_last,
-  frozen-prefix activations computed once per image and cut point and shared by all fits).
+  frozen-prefix activations computed once per image and cut point and shared by all fits),
+  with the prefix computed by torch and, if openvino is installed, by OpenVINO.
 
     python benchmarks/bench_grid.py            # c in {0,2,8,16} x s in {100,200,400}, 5 folds
     python benchmarks/bench_grid.py --quick    # c in {0,8} x s in {50,100}, 3 folds
@@ -136,7 +137,7 @@ def _grid(side, X, y, grid, folds, epochs, queue):
 
         est = PretrainedCNNClassifier(max_epochs=epochs, batch_size=32, lr=1e-3,
                                       early_stopping=False, validation_fraction=0.1,
-                                      random_state=0)
+                                      engine=side.split("-")[1], random_state=0)
     start = time.perf_counter()
     search = GridSearchCV(est, grid, cv=StratifiedKFold(folds, shuffle=True, random_state=0),
                           scoring="roc_auc", refit=False, error_score="raise")
@@ -183,21 +184,27 @@ def main() -> None:
     fits = np.prod([len(v) for v in grid.values()]) * folds
     print(f"GridSearchCV {grid}, {folds}-fold ({fits} fits), {n} images, "
           f"{args.epochs} epochs, batch 32, Adam lr 1e-3, tf_efficientnet_lite0 at 224\n")
-    results = {"skcxr": _run("skcxr", X, y, grid, folds, args.epochs)}
+    sides = ["skcxr-torch"]
+    try:
+        import openvino  # noqa: F401
+
+        sides.append("skcxr-openvino")
+    except ImportError:
+        pass
+    results = {side: _run(side, X, y, grid, folds, args.epochs) for side in sides}
     if not args.skip_baseline:
         results["skorch"] = _run("skorch", X, y, grid, folds, args.epochs)
-    print(f"{'':<44}{'wall s':>10}{'best mean AUC':>15}{'peak RSS MB':>13}")
+    print(f"{'':<50}{'wall s':>9}{'vs skorch':>11}{'best mean AUC':>15}{'peak RSS MB':>13}")
     labels = {"skorch": "skorch + timm + Freezer (fp32, uncached)",
-              "skcxr": "skcxr PretrainedCNNClassifier (defaults)"}
-    for side in ("skorch", "skcxr"):
+              "skcxr-torch": "skcxr PretrainedCNNClassifier (engine='torch')",
+              "skcxr-openvino": "skcxr PretrainedCNNClassifier (engine='openvino')"}
+    base = results.get("skorch")
+    for side in ("skorch", *sides):
         if side in results:
             r = results[side]
-            print(f"{labels[side]:<44}{r['seconds']:>10.1f}{r['best_auc']:>15.4f}"
+            ratio = f"{base['seconds'] / r['seconds']:.1f}x" if base else "-"
+            print(f"{labels[side]:<50}{r['seconds']:>9.1f}{ratio:>11}{r['best_auc']:>15.4f}"
                   f"{r['rss']:>13.0f}")
-    if "skorch" in results:
-        a, b = results["skorch"], results["skcxr"]
-        print(f"\nspeed-up: {a['seconds'] / b['seconds']:.1f}x; best-AUC difference "
-              f"{b['best_auc'] - a['best_auc']:+.4f}")
     for side, r in results.items():
         print(f"\n{side}: best {r['best']}")
         for params, auc in r["table"]:

@@ -8,7 +8,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from . import _runtime
+from . import _openvino, _runtime
 from ._training import (
     ActivationDataset,
     EpochRecord,
@@ -118,6 +118,12 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
     memory : str, path, joblib.Memory or None, default=None
         Directory for an on-disk copy of the cache, shared by joblib worker processes
         (``GridSearchCV(n_jobs=...)``) and later sessions.
+    engine : {"auto", "torch", "openvino"}, default="auto"
+        What computes the cached frozen prefix: "openvino" compiles it with OpenVINO (CPU;
+        ``pip install "skcxr[openvino]"``; 2-3x faster than eager torch on CPUs with
+        AVX-512 BF16), "auto" uses it when installed and the device is the CPU. Training
+        always runs in torch. With "torch", a cached fit equals an uncached one; with
+        "openvino" it agrees to bf16 rounding.
     device : {"auto", "cpu", "cuda"}, default="auto"
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
     num_workers : int, default=0
@@ -198,6 +204,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         augment=None,
         cache=True,
         memory=None,
+        engine="auto",
         device="auto",
         precision="auto",
         num_workers=0,
@@ -232,6 +239,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         self.augment = augment
         self.cache = cache
         self.memory = memory
+        self.engine = engine
         self.device = device
         self.precision = precision
         self.num_workers = num_workers
@@ -334,16 +342,22 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
             "device_type": device.type,
             "cut": module.chain_names[:module.cut],
             "dtype": str(module.prefix_dtype).replace("torch.", ""),
+            "engine": _runtime.resolve_engine(self.engine, device),
         }
 
     def _prefix_outputs(self, module, source, rows, prep, device) -> torch.Tensor:
         """Frozen-prefix outputs of ``source[rows]``, computed once per image and cut point."""
         keys = source.keys()
+        namespace = self.prefix_namespace_
+        if namespace["engine"] == "openvino" and not _openvino.available():
+            namespace = {**namespace, "engine": "torch"}  # e.g. unpickled elsewhere
 
         def compute(missing):
             loader = make_loader(source.subset(rows[missing]), prep, batch_size=self.batch_size,
                                  num_workers=self.num_workers,
                                  pin_memory=device.type == "cuda")
+            if namespace["engine"] == "openvino":
+                return self._prefix_openvino(module, loader, prep, namespace, len(missing))
             was_training = module.training
             module.to(device).eval()
             with torch.inference_mode():
@@ -352,8 +366,28 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
             module.train(was_training)
             return out
 
-        return torch.stack(cached_rows(self.prefix_namespace_, [keys[i] for i in rows], compute,
+        return torch.stack(cached_rows(namespace, [keys[i] for i in rows], compute,
                                        location=resolve_location(self.memory)))
+
+    @staticmethod
+    def _prefix_openvino(module, loader, prep, namespace, n) -> torch.Tensor:
+        """The frozen prefix compiled by OpenVINO (uint8 in, normalisation in the graph)."""
+        from .cache import namespace_digest
+
+        net = module.prefix_module()
+        key, shape = namespace_digest(namespace), (prep.in_chans, *prep.size)
+
+        def items():
+            for b in loader:
+                if b.dtype == torch.uint8:
+                    yield _openvino.compile_frozen(net, shape, module.precision, key,
+                                                   prep.mean, prep.std), b
+                else:
+                    yield (_openvino.compile_frozen(net, shape, module.precision, key),
+                           prep.normalize(b))
+
+        out = _openvino.run_pipelined(items(), n)
+        return torch.from_numpy(out).to(module.prefix_dtype)
 
     def _make_net(self, module, task, train_ds, valid_ds, pos_weight, device) -> WeightedNet:
         from skorch.callbacks import EarlyStopping
@@ -436,6 +470,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ helpers for fit
 
     def _check_params(self):
+        _runtime.resolve_engine(self.engine, _runtime.resolve_device(self.device))
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"optimizer must be one of {tuple(OPTIMIZERS)}; got {self.optimizer!r}.")

@@ -110,7 +110,13 @@ def check_images(X, *, check_files: bool = True) -> ImageSource:
         if X and all(isinstance(x, (str, os.PathLike)) for x in X):
             X = np.array([os.fspath(x) for x in X], dtype=object)
         else:
-            X = np.asarray(X)
+            try:
+                X = np.asarray(X)
+            except ValueError:
+                raise ValueError(
+                    "X is a list of images of different shapes; pass file paths, or resize "
+                    "the images to one size and stack them into an (n, H, W[, C]) array."
+                ) from None
     if X.size == 0 or len(X) == 0:
         raise ValueError("X is empty: found 0 images; at least 1 is required.")
     if X.dtype.kind in "OUS":

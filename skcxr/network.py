@@ -99,6 +99,10 @@ class CXRNet(nn.Module):
         apply_batchnorm_policy(self.backbone, self.batchnorm)
         return self
 
+    def prefix_module(self) -> nn.Sequential:
+        """The frozen prefix as a module of its own (sharing weights), in eval mode."""
+        return nn.Sequential(*self._chain(0, self.cut)).eval()
+
     def prefix(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> output of the frozen prefix (what the activation cache stores)."""
         if x.dtype == torch.uint8:

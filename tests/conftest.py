@@ -46,3 +46,6 @@ def kermany_dir() -> Path:
 
 #: TINY for the feature transformer, on the torch engine (forward hooks count its calls)
 TINY_FE = {**TINY, "engine": "torch"}
+
+#: TINY for the classifier: small images, 2 epochs, prefix computed by torch (exactness)
+TINYC = {**TINY, "image_size": 48, "max_epochs": 2, "batch_size": 16, "engine": "torch"}

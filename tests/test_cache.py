@@ -3,7 +3,7 @@
 import joblib
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINYC
 from PIL import Image
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
@@ -11,7 +11,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from skcxr import PretrainedCNNClassifier
 from skcxr.cache import cache_info, clear_cache, set_cache_budget
 
-TINYC = {**TINY, "image_size": 48, "max_epochs": 3, "batch_size": 16}
+TINYC = {**TINYC, "max_epochs": 3}
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,11 @@ import joblib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINYC
 
 from skcxr import PretrainedCNNClassifier
 from skcxr import _classifier as classifier_module
 from skcxr._training import WeightedNet
-
-#: tiny random-weight backbone, small images, 2 epochs: seconds per fit
-TINYC = {**TINY, "image_size": 48, "max_epochs": 2, "batch_size": 16}
 
 
 @pytest.fixture(scope="module")

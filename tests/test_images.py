@@ -220,6 +220,7 @@ def test_truncated_image_raises_naming_the_file(bad_files):
         ("image.png", "single path"),
         (pd.DataFrame({"a": ["x.png"], "b": ["y.png"]}), "exactly one column"),
         (np.array([["a.png", "b.png"]], dtype=object), "1-D sequence"),
+        ([np.zeros((8, 8)), np.zeros((9, 9))], "different shapes"),
     ],
 )
 def test_bad_arrays_and_containers(X, match):

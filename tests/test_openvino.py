@@ -60,3 +60,19 @@ def test_openvino_estimator_pickles(sample_paths, tmp_path):
 def test_bad_engine():
     with pytest.raises(ValueError, match="engine must be"):
         FeatureExtractorTransformer(**{**TINY_FE, "engine": "tensorrt"}).fit(np.zeros((2, 8, 8)))
+
+
+def test_classifier_prefix_on_openvino_matches_torch(sample):
+    from conftest import TINYC
+
+    from skcxr import PretrainedCNNClassifier
+    from skcxr.cache import clear_cache
+
+    idx = np.r_[0:20, 100:120]
+    X, y = sample.data[idx], sample.target[idx]
+    clear_cache()
+    ov = PretrainedCNNClassifier(**{**TINYC, "engine": "openvino"}, n_trainable_layers=2)
+    ov.fit(X, y)
+    assert ov.prefix_namespace_["engine"] == "openvino"
+    torch_ = PretrainedCNNClassifier(**TINYC, n_trainable_layers=2).fit(X, y)
+    np.testing.assert_allclose(ov.predict_proba(X), torch_.predict_proba(X), atol=2e-3)

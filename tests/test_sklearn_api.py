@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import TINY, TINY_FE
+from conftest import TINY_FE, TINYC
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
@@ -12,7 +12,6 @@ from sklearn.utils import estimator_checks as ec
 
 from skcxr import FeatureExtractorTransformer, PretrainedCNNClassifier
 
-TINYC = {**TINY, "image_size": 48, "max_epochs": 2, "batch_size": 16}
 ESTIMATORS = [FeatureExtractorTransformer(**TINY_FE), PretrainedCNNClassifier(**TINYC)]
 
 # parametrize_with_checks runs nothing for image input (two_d_array=False), so the
