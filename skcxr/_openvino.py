@@ -36,8 +36,9 @@ def _import():
 class CompiledModule:
     """A torch module compiled by OpenVINO for one input shape ``(c, h, w)``, batch-agnostic.
 
-    ``__call__`` takes a float32 NCHW tensor (already normalised) and returns a float32
-    tensor; batches are split into per-image requests that OpenVINO runs in parallel streams.
+    Without ``mean``/``std`` it takes normalised float32 NCHW images; with them, uint8 images
+    that the compiled graph normalises itself. Run it through :func:`run_pipelined`, which
+    splits batches into per-image requests that OpenVINO runs in parallel streams.
     """
 
     def __init__(self, module: torch.nn.Module, input_shape: tuple[int, int, int],
@@ -65,10 +66,6 @@ class CompiledModule:
         self.compiled = ov.Core().compile_model(model, "CPU", config)
         self.n_requests = self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
         self.queue = ov.AsyncInferQueue(self.compiled, self.n_requests)
-
-    def __call__(self, x: torch.Tensor) -> np.ndarray:
-        """Outputs for one batch (waits for it)."""
-        return run_pipelined(iter([(self, x)]), len(x))
 
     def __getstate__(self):
         raise TypeError("an OpenVINO compiled model is not picklable; it is rebuilt on demand")
