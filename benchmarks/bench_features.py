@@ -21,10 +21,10 @@ i.e. 0.385 G multiply-adds).
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
 import time
 from pathlib import Path
+
+from _harness import peak_rss_mb, run_in_process
 
 LITE0_GFLOP = 0.77
 
@@ -33,10 +33,6 @@ def _paths(data: str, n: int) -> list[str]:
     files = sorted(Path(data, "train", "NORMAL").glob("*.jpeg"))[: n // 2]
     files += sorted(Path(data, "train", "PNEUMONIA").glob("*.jpeg"))[: n - len(files)]
     return [str(f) for f in files]
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def naive(paths: list[str], queue) -> None:
@@ -60,7 +56,7 @@ def naive(paths: list[str], queue) -> None:
             batch = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths[i:i + 32]])
             feats.append(model(batch))
     elapsed = time.perf_counter() - start
-    queue.put({"seconds": elapsed, "rss": _peak_rss_mb(),
+    queue.put({"seconds": elapsed, "rss": peak_rss_mb(),
                "features": torch.cat(feats).numpy()})
 
 
@@ -72,7 +68,7 @@ def skcxr_defaults(paths: list[str], queue, engine="torch") -> None:
     start = time.perf_counter()
     feats = fe.transform(paths)
     elapsed = time.perf_counter() - start
-    queue.put({"seconds": elapsed, "rss": _peak_rss_mb(), "features": feats,
+    queue.put({"seconds": elapsed, "rss": peak_rss_mb(), "features": feats,
                "precision": fe.precision_, "engine": fe.engine_})
 
 
@@ -98,13 +94,7 @@ def _run(target, paths):
             import openvino  # noqa: F401
         except ImportError:
             return None
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(paths, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    return run_in_process(target, paths)
 
 
 def main() -> None:

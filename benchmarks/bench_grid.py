@@ -20,16 +20,11 @@ own process (so each reports its own peak RSS):
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
 import time
 from pathlib import Path
 
 import numpy as np
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from _harness import peak_rss_mb, run_in_process
 
 
 class SkorchBaseline:
@@ -144,20 +139,14 @@ def _grid(side, X, y, grid, folds, epochs, queue):
     search.fit(X, y)
     elapsed = time.perf_counter() - start
     res = search.cv_results_
-    queue.put({"seconds": elapsed, "rss": _peak_rss_mb(),
+    queue.put({"seconds": elapsed, "rss": peak_rss_mb(),
                "best_auc": float(res["mean_test_score"].max()),
                "best": search.best_params_,
                "table": [(p, float(m)) for p, m in zip(res["params"], res["mean_test_score"])]})
 
 
 def _run(side, *args):
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_grid, args=(side, *args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    return run_in_process(_grid, side, *args)
 
 
 def main() -> None:
