@@ -49,3 +49,16 @@ TINY_FE = {**TINY, "engine": "torch"}
 
 #: TINY for the classifier: small images, 2 epochs, prefix computed by torch (exactness)
 TINYC = {**TINY, "image_size": 48, "max_epochs": 2, "batch_size": 16, "engine": "torch"}
+
+
+def outputs_before_and_after_rewrite(predict, path: Path, size: int):
+    """``predict([path])`` for a black image, then again after the same file turns white.
+
+    Caches key images by content, so the second call must not reuse the first's entry.
+    """
+    from PIL import Image
+
+    Image.fromarray(np.zeros((size, size), np.uint8)).save(path)
+    before = predict([str(path)])
+    Image.fromarray(np.full((size, size), 255, np.uint8)).save(path)
+    return before, predict([str(path)])

@@ -3,8 +3,7 @@
 import joblib
 import numpy as np
 import pytest
-from conftest import TINYC
-from PIL import Image
+from conftest import TINYC, outputs_before_and_after_rewrite
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
@@ -67,11 +66,7 @@ def test_stale_entries_are_never_hit(data, tmp_path):
         clone(base).set_params(**change).fit(X, y)
         assert cache_info()["computed"] - before == 60, change
     # same path, new pixels
-    img = tmp_path / "img.png"
-    Image.fromarray(np.zeros((48, 48), np.uint8)).save(img)
-    a = base.predict_proba([str(img)])
-    Image.fromarray(np.full((48, 48), 255, np.uint8)).save(img)
-    b = base.predict_proba([str(img)])
+    a, b = outputs_before_and_after_rewrite(base.predict_proba, tmp_path / "img.png", 48)
     assert not np.allclose(a, b)
 
 

@@ -3,8 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_FE
-from PIL import Image
+from conftest import TINY_FE, outputs_before_and_after_rewrite
 from sklearn.base import clone
 
 from skcxr import FeatureExtractorTransformer
@@ -97,11 +96,7 @@ def test_memory_cache_is_invalidated_by_weights_preprocessing_and_content(sample
         fe.transform(paths[:4])
         assert counter.n == 4, change
     # same path, new pixels: the content hash changes, so the entry is not reused
-    img = tmp_path / "img.png"
-    Image.fromarray(np.zeros((64, 64), np.uint8)).save(img)
-    a = base.transform([str(img)])
-    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(img)
-    b = base.transform([str(img)])
+    a, b = outputs_before_and_after_rewrite(base.transform, tmp_path / "img.png", 64)
     assert not np.allclose(a, b)
     np.testing.assert_array_equal(base.transform(paths[:4]), ref)
 
