@@ -20,7 +20,7 @@ from ._training import (
 )
 from .augment import make_augment
 from .backbones import DEFAULT_BACKBONE, load_backbone
-from .cache import cached_rows, resolve_location
+from .cache import DecodedImages, cached_rows, resolve_location
 from .images import check_images, make_loader, make_preprocessing
 from .layers import (
     BATCHNORM_POLICIES,
@@ -316,10 +316,13 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
                 valid_ds = (ActivationDataset(acts[len(train_idx):], y_enc[valid_idx],
                                               weights[valid_idx]) if len(valid_idx) else None)
             else:
-                train_ds = TrainingDataset(source.subset(train_idx), prep, y_enc[train_idx],
-                                           weights[train_idx], augment)
-                valid_ds = (TrainingDataset(source.subset(valid_idx), prep, y_enc[valid_idx],
-                                            weights[valid_idx])
+                train_src, valid_src = source.subset(train_idx), source.subset(valid_idx)
+                train_ds = TrainingDataset(train_src, prep, y_enc[train_idx],
+                                           weights[train_idx], augment,
+                                           self._decoded(train_src, prep))
+                valid_ds = (TrainingDataset(valid_src, prep, y_enc[valid_idx],
+                                            weights[valid_idx],
+                                            decoded=self._decoded(valid_src, prep))
                             if len(valid_idx) else None)
             pos_weight = (torch.as_tensor(class_w, dtype=torch.float32)
                           if class_w is not None and task == "multilabel" else None)
@@ -331,6 +334,12 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
                      has_valid=valid_ds is not None)
         self.n_train_samples_, self.n_valid_samples_ = len(train_idx), len(valid_idx)
         return self
+
+    def _decoded(self, source, prep) -> DecodedImages | None:
+        """The decoded-image cache for the uncached path (every epoch reads every image)."""
+        if not self.cache:
+            return None
+        return DecodedImages(source, prep, resolve_location(self.memory))
 
     def _prefix_namespace(self, bb, prep, precision, device, module) -> dict:
         return {
@@ -528,7 +537,8 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
             module.input_is_prefix = True
         else:
             loader = make_loader(source, self.preprocessing_, batch_size=self.batch_size,
-                                 num_workers=self.num_workers, pin_memory=device.type == "cuda")
+                                 num_workers=self.num_workers, pin_memory=device.type == "cuda",
+                                 decoded=self._decoded(source, self.preprocessing_))
         try:
             out = _runtime.run_batches(module, loader, len(source), device=device,
                                        verbose=self.verbose > 1, desc="predict")

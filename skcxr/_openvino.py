@@ -34,22 +34,26 @@ def _import():
 
 
 class CompiledModule:
-    """A torch module compiled by OpenVINO for one input shape ``(c, h, w)``, batch-agnostic.
+    """A torch module compiled by OpenVINO for one input shape ``(c, h, w)``.
 
     Without ``mean``/``std`` it takes normalised float32 NCHW images; with them, uint8 images
     that the compiled graph normalises itself. Run it through :func:`run_pipelined`, which
-    splits batches into per-image requests that OpenVINO runs in parallel streams.
+    splits batches into requests of ``request_size`` images that OpenVINO runs in parallel
+    streams (4 images per request: ~15% more throughput than 1 for lite0 on 2 cores, and
+    small enough that two streams stay busy).
     """
+
+    request_size = 4
 
     def __init__(self, module: torch.nn.Module, input_shape: tuple[int, int, int],
                  precision: str, mean=None, std=None):
         ov = _import()
         module = module.eval()
+        shape = (self.request_size, *input_shape)
         with torch.no_grad(), warnings.catch_warnings():
             # the converter traces with torch.jit, which torch deprecates; that is its business
             warnings.simplefilter("ignore", FutureWarning)
-            model = ov.convert_model(module, example_input=torch.zeros(1, *input_shape),
-                                     input=[(1, *input_shape)])
+            model = ov.convert_model(module, example_input=torch.zeros(shape), input=[shape])
         if mean is not None:
             # uint8 in, normalisation inside the graph: 4x less to copy and no Python-side
             # arithmetic competing with the inference threads for the cores
@@ -99,25 +103,45 @@ def run_pipelined(items, n: int, bar=None) -> np.ndarray:
     sink: dict = {}
     lock = threading.Lock()
 
-    def done(request, i):  # runs in OpenVINO's threads, possibly two at once
+    def done(request, userdata):  # runs in OpenVINO's threads, possibly two at once
+        i, k = userdata
         r = request.get_output_tensor(0).data
         with lock:
             if "out" not in sink:
                 sink["out"] = np.empty((n, *r.shape[1:]), dtype=np.float32)
-        sink["out"][i] = r[0]
+        sink["out"][i:i + k] = r[:k]
 
     used = []
     start = 0
-    for compiled, batch in items:
-        if compiled not in used:
-            compiled.queue.set_callback(done)
-            used.append(compiled)
-        x = batch.detach().contiguous().cpu().numpy()
-        for j in range(len(x)):
-            compiled.queue.start_async({0: x[j:j + 1]}, userdata=start + j)
-        start += len(x)
-        if bar is not None:
-            bar.update(len(x))
-    for compiled in used:
-        compiled.queue.wait_all()
+    threads = torch.get_num_threads()
+    # OpenVINO's streams own the cores; the caller's side (decode, collate) stays on one
+    # torch thread instead of a pool that would fight them for every core
+    torch.set_num_threads(1)
+    try:
+        for compiled, batch in items:
+            start = _submit(compiled, batch, start, used, done, bar)
+        for compiled in used:
+            compiled.queue.wait_all()
+    finally:
+        torch.set_num_threads(threads)
     return sink["out"]
+
+
+def _submit(compiled, batch, start, used, done, bar) -> int:
+    """Queue one batch as requests of ``request_size`` images; return the next row."""
+    if compiled not in used:
+        compiled.queue.set_callback(done)
+        used.append(compiled)
+    x = batch.detach().cpu().numpy()
+    size = compiled.request_size
+    for j in range(0, len(x), size):
+        chunk = np.ascontiguousarray(x[j:j + size])
+        k = len(chunk)
+        if k < size:  # the compiled shape is static: pad the last request, drop its rows
+            chunk = np.concatenate([chunk, np.zeros((size - k, *chunk.shape[1:]),
+                                                    dtype=chunk.dtype)])
+        compiled.queue.start_async({0: chunk}, userdata=(start + j, k))
+    start += len(x)
+    if bar is not None:
+        bar.update(len(x))
+    return start

@@ -8,25 +8,28 @@ from skorch import NeuralNet
 from skorch.callbacks import Callback
 from torch import nn
 
-from .images import ImageSource, Preprocessing, collate_images
+from .images import ImageDataset, ImageSource, Preprocessing, collate_images
 
 
 class TrainingDataset(torch.utils.data.Dataset):
-    """Items ``({"x": image, "sample_weight": w}, y)``; ``augment`` applies to the image."""
+    """Items ``({"x": image, "sample_weight": w}, y)``; ``augment`` applies to the image.
+
+    ``decoded`` (a :class:`skcxr.cache.DecodedImages`) serves decoded, resized images, so
+    epochs after the first (and other folds and grid points) do not decode again.
+    """
 
     def __init__(self, source: ImageSource, preprocessing: Preprocessing, y: np.ndarray,
-                 weights: np.ndarray, augment=None):
-        self.source = source
-        self.preprocessing = preprocessing
+                 weights: np.ndarray, augment=None, decoded=None):
+        self.images = ImageDataset(source, preprocessing, decoded)
         self.y = torch.as_tensor(y)
         self.weights = torch.as_tensor(weights, dtype=torch.float32)
         self.augment = augment
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.images)
 
     def __getitem__(self, i):
-        x = self.preprocessing.load(self.source, i)
+        x = self.images[i]
         if self.augment is not None:
             x = self.augment(x)
         return {"x": x, "sample_weight": self.weights[i]}, self.y[i]

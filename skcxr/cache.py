@@ -1,4 +1,9 @@
-"""Per-image caches shared by estimator clones and processes: features, frozen-prefix outputs.
+"""Per-image caches shared by estimator clones and processes.
+
+What is cached: pooled features (``FeatureExtractorTransformer``), frozen-prefix outputs
+(``PretrainedCNNClassifier`` where the prefix cache is exact) and decoded, resized images
+(:class:`DecodedImages`, wherever images must be read again: augmented or ``batchnorm="train"``
+fits, whose every epoch would otherwise decode every file again).
 
 Every entry is keyed by a *namespace* (everything that determines the output: backbone,
 weights digest, preprocessing, precision, cut point) and a per-image content hash, so a
@@ -8,7 +13,7 @@ entry.
 
 Two stores:
 
-* an in-process LRU store with a byte budget (:func:`set_cache_budget`), living outside
+* in-process LRU stores with byte budgets (:func:`set_cache_budget`), living outside
   estimator instances, so the clones that ``cross_val_score`` and ``GridSearchCV`` make share
   it;
 * an optional on-disk store (a directory: the ``memory`` parameter), one ``.npy`` file per
@@ -150,24 +155,90 @@ class _MemoryLRU:
 
 
 _MEMORY = _MemoryLRU(int(os.environ.get("SKCXR_CACHE_BYTES", 2 * 1024**3)))
+_DECODED = _MemoryLRU(int(os.environ.get("SKCXR_DECODED_CACHE_BYTES", 1024**3)))
 
 
-def set_cache_budget(nbytes: int) -> None:
-    """Bound the in-process cache to ``nbytes`` (default 2 GiB, or ``$SKCXR_CACHE_BYTES``)."""
-    if not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
-        raise ValueError(f"nbytes must be an int >= 0; got {nbytes!r}.")
-    _MEMORY.set_budget(int(nbytes))
+def _check_budget(name, nbytes) -> int:
+    if not isinstance(nbytes, (int, np.integer)) or isinstance(nbytes, bool) or nbytes < 0:
+        raise ValueError(f"{name} must be an int >= 0 (bytes); got {nbytes!r}.")
+    return int(nbytes)
+
+
+def set_cache_budget(nbytes: int | None = None, *, decoded: int | None = None) -> None:
+    """Bound the in-process caches, in bytes; least recently used entries go first.
+
+    Parameters
+    ----------
+    nbytes : int, optional
+        Features and frozen-prefix outputs (default 2 GiB, or ``$SKCXR_CACHE_BYTES``).
+    decoded : int, optional
+        Decoded, resized images (default 1 GiB, or ``$SKCXR_DECODED_CACHE_BYTES``); 0 turns
+        the decoded-image cache off.
+    """
+    if nbytes is not None:
+        _MEMORY.set_budget(_check_budget("nbytes", nbytes))
+    if decoded is not None:
+        _DECODED.set_budget(_check_budget("decoded", decoded))
 
 
 def cache_info() -> dict:
-    """Entries, bytes, budget and hit/miss counters of the in-process cache."""
+    """Entries, bytes, budget and counters of the in-process caches.
+
+    The top-level keys describe the features / frozen-prefix store; ``"decoded"`` holds the
+    same for the decoded-image store (``"computed"`` there counts images decoded).
+    """
     return {"entries": len(_MEMORY.entries), "bytes": _MEMORY.nbytes,
-            "budget": _MEMORY.budget, **_MEMORY.stats}
+            "budget": _MEMORY.budget, **_MEMORY.stats,
+            "decoded": {"entries": len(_DECODED.entries), "bytes": _DECODED.nbytes,
+                        "budget": _DECODED.budget, **_DECODED.stats}}
 
 
 def clear_cache() -> None:
-    """Empty the in-process cache and reset its counters (the disk store is untouched)."""
+    """Empty the in-process caches and reset their counters (disk stores are untouched)."""
     _MEMORY.clear()
+    _DECODED.clear()
+
+
+class DecodedImages:
+    """Decoded, resized images of one source, from memory, then disk, else decoded.
+
+    Entries are the output of :meth:`skcxr.images.Preprocessing.decode` (before channel
+    conversion and augmentation: grey images stay one channel, a third of the bytes), keyed
+    by the decode settings and the image's content hash, so folds, epochs and grid points
+    decode each file once. With ``location``, entries also go to
+    ``<location>/skcxr-features/<namespace>/`` (shared by worker processes; with
+    ``num_workers > 0`` each DataLoader worker has its own in-process store, so the disk
+    store is what carries entries from one epoch's workers to the next).
+    """
+
+    def __init__(self, source, preprocessing, location: Path | None = None):
+        self.source = source
+        self.preprocessing = preprocessing
+        namespace = {"kind": "decoded", **preprocessing.decode_description()}
+        self.ns = namespace_digest(namespace)
+        self.keys = source.keys()
+        self.store = FeatureStore(location, namespace) if location is not None else None
+
+    def get(self, i: int) -> torch.Tensor:
+        key = (self.ns, self.keys[i])
+        t = _DECODED.get(key)
+        if t is not None:
+            _DECODED.stats["hits"] += 1
+            return t.clone()  # a user's augmentation may work in place
+        _DECODED.stats["misses"] += 1
+        if self.store is not None:
+            found, _ = self.store.get_many([self.keys[i]])
+            if found:
+                _DECODED.stats["disk_hits"] += 1
+                t = torch.from_numpy(found[0])
+                _DECODED.put(key, t)
+                return t.clone()
+        t = self.preprocessing.decode(self.source, i).contiguous()
+        _DECODED.stats["computed"] += 1
+        _DECODED.put(key, t)
+        if self.store is not None:
+            self.store.put_many([self.keys[i]], [t.numpy()])
+        return t.clone()
 
 
 def cached_rows(namespace: dict, keys: list[str], compute, *, location: Path | None = None,

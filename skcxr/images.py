@@ -55,7 +55,9 @@ class ImageSource:
         return len(self.data)
 
     def subset(self, indices) -> ImageSource:
-        return ImageSource(self.kind, self.data[np.asarray(indices)])
+        indices = np.asarray(indices, dtype=int)
+        keys = [self._keys[i] for i in indices] if self._keys else []
+        return ImageSource(self.kind, self.data[indices], keys)
 
     def keys(self) -> list[str]:
         """A content hash per image, for caches: equal keys mean identical pixels in."""
@@ -313,12 +315,24 @@ class Preprocessing:
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
 
     def load(self, source: ImageSource, i: int) -> torch.Tensor:
+        return self.channels(self.decode(source, i))
+
+    def decode(self, source: ImageSource, i: int) -> torch.Tensor:
+        """Image ``i`` decoded and resized, channels as stored: what the decoded cache keeps."""
         img = read_image(source.data[i]) if source.kind == "paths" else source.data[i]
-        return self.transform(to_tensor(img))
+        return self._resize(to_tensor(img))
+
+    def decode_description(self) -> dict:
+        """Everything :meth:`decode` depends on besides the pixels (a cache namespace)."""
+        return {"size": self.size, "resize": self.resize, "interpolation": self.interpolation,
+                "crop_pct": self.crop_pct}
 
     def transform(self, t: torch.Tensor) -> torch.Tensor:
         """Resize and set channels of one ``(C, H, W)`` image tensor."""
-        t = self._resize(t)
+        return self.channels(self._resize(t))
+
+    def channels(self, t: torch.Tensor) -> torch.Tensor:
+        """Convert a resized ``(C, H, W)`` image to ``in_chans`` channels, contiguous."""
         c = t.shape[0]
         if c == 1 and self.in_chans == 3:
             t = t.expand(3, -1, -1)
@@ -435,16 +449,23 @@ def make_preprocessing(
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """A map-style dataset that decodes and preprocesses one image per item."""
+    """A map-style dataset that decodes and preprocesses one image per item.
 
-    def __init__(self, source: ImageSource, preprocessing: Preprocessing):
+    With ``decoded`` (a :class:`skcxr.cache.DecodedImages`), decoded and resized images come
+    from that cache and are decoded only on a miss.
+    """
+
+    def __init__(self, source: ImageSource, preprocessing: Preprocessing, decoded=None):
         self.source = source
         self.preprocessing = preprocessing
+        self.decoded = decoded
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        if self.decoded is not None:
+            return self.preprocessing.channels(self.decoded.get(i))
         return self.preprocessing.load(self.source, i)
 
 
@@ -466,10 +487,11 @@ def make_loader(
     batch_size: int = 32,
     num_workers: int = 0,
     pin_memory: bool = False,
+    decoded=None,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader that streams preprocessed batches of ``source`` in order."""
     return torch.utils.data.DataLoader(
-        ImageDataset(source, preprocessing),
+        ImageDataset(source, preprocessing, decoded),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,

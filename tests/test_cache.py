@@ -109,3 +109,52 @@ def test_byte_budget_is_respected(data):
             set_cache_budget(-1)
     finally:
         set_cache_budget(2 * 1024**3)
+
+
+# --------------------------------------------------------------------------- decoded images
+
+
+def test_augmented_fits_decode_each_image_once(data):
+    X, y = data
+    params = {**TINYC, "n_trainable_layers": 2, "augment": "flip", "max_epochs": 3}
+    cached = PretrainedCNNClassifier(**params).fit(X, y)
+    info = cache_info()["decoded"]
+    # 3 epochs of 54 training + 6 validation images, decoded once each
+    assert info["computed"] == 60 and info["hits"] == 3 * 60 - 60
+    assert info["bytes"] == 60 * 48 * 48  # grey images kept at one channel, uint8
+    clone(cached).fit(X, y)  # a clone (another fold, grid point) decodes nothing
+    assert cache_info()["decoded"]["computed"] == 60
+    # exact: the decoded cache changes no pixel and no random draw
+    plain = PretrainedCNNClassifier(**params, cache=False).fit(X, y)
+    assert cache_info()["decoded"]["computed"] == 60
+    np.testing.assert_array_equal(cached.predict_proba(X), plain.predict_proba(X))
+    np.testing.assert_array_equal(cached.history_["train_loss"], plain.history_["train_loss"])
+
+
+def test_decoded_cache_is_never_stale_and_respects_its_budget(data, tmp_path):
+    X, y = data
+    clf = PretrainedCNNClassifier(**TINYC, augment="flip").fit(X, y)
+    a, b = outputs_before_and_after_rewrite(clf.predict_proba, tmp_path / "img.png", 48)
+    assert not np.allclose(a, b)  # same path, new pixels: decoded again
+    before = cache_info()["decoded"]["computed"]
+    clone(clf).set_params(image_size=40).fit(X, y)  # other decode settings
+    assert cache_info()["decoded"]["computed"] - before == 60
+    try:
+        set_cache_budget(decoded=10 * 48 * 48)
+        info = cache_info()["decoded"]
+        assert info["bytes"] <= 10 * 48 * 48 and info["evicted"] > 0
+        with pytest.raises(ValueError, match="decoded"):
+            set_cache_budget(decoded=-5)
+    finally:
+        set_cache_budget(decoded=1024**3)
+
+
+def test_decoded_cache_on_disk(data, tmp_path):
+    X, y = data
+    params = {**TINYC, "augment": "flip", "memory": tmp_path}
+    first = PretrainedCNNClassifier(**params).fit(X, y).predict_proba(X)
+    clear_cache()  # a new session: only the disk store remains
+    second = PretrainedCNNClassifier(**params).fit(X, y).predict_proba(X)
+    info = cache_info()["decoded"]
+    assert info["computed"] == 0 and info["disk_hits"] == 60
+    np.testing.assert_array_equal(first, second)
