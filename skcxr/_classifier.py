@@ -114,7 +114,10 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         augmentation (whose random views change the prefix output every epoch), with a
         ``batchnorm`` policy other than "train", and for backbones that split into a chain of
         modules (timm models do; see :func:`skcxr.layers.sequential_chain`). Otherwise
-        every epoch runs the whole network.
+        every epoch runs the whole network on true on-the-fly augmentation, and the cache
+        keeps decoded, resized images instead (:class:`skcxr.cache.DecodedImages`), so each
+        file is decoded once rather than once per epoch, fold and grid point.
+        ``cache=False`` turns both off.
     memory : str, path, joblib.Memory or None, default=None
         Directory for an on-disk copy of the cache, shared by joblib worker processes
         (``GridSearchCV(n_jobs=...)``) and later sessions.
