@@ -76,16 +76,20 @@ def skcxr_openvino(paths: list[str], queue) -> None:
     skcxr_defaults(paths, queue, engine="openvino")
 
 
-def bf16_matmul_gflops(size: int = 4096, repeats: int = 10) -> float:
+def bf16_matmul_gflops(size: int = 4096, repeats: int = 10, trials: int = 3) -> float:
+    """The best of ``trials`` timings of ``repeats`` large bf16 GEMMs (the attainable peak)."""
     import torch
 
     a = torch.randn(size, size, dtype=torch.bfloat16)
     b = torch.randn(size, size, dtype=torch.bfloat16)
     a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+    best = 0.0
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = max(best, 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def _run(target, paths):
