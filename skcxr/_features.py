@@ -186,7 +186,7 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
 
         Returns
         -------
-        features : ndarray of shape (n_samples, n_features_out_), dtype float32
+        features : ndarray of shape (n_samples, n_features), dtype float32
         """
         check_is_fitted(self)
         source = check_images(X)
