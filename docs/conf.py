@@ -24,11 +24,13 @@ extensions = [
     "myst_parser",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "studies/results/**"]
 myst_heading_anchors = 3
 
 autosummary_generate = False
-autodoc_default_options = {"exclude-members": "set_fit_request, set_score_request, set_transform_request, set_output"}
+autodoc_default_options = {
+    "exclude-members": "set_fit_request, set_score_request, set_transform_request, set_output",
+}
 autodoc_typehints = "none"
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False

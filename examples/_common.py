@@ -2,7 +2,8 @@
 
 Every example takes ``--quick`` (a small run that CI does in about a minute), ``--data``
 (default ``../shared/data`` beside the repository) and ``--out`` (default
-``examples/output/<example name>/``, where figures and the printed table are saved).
+``examples/output/<example name>/``, or ``<example name>-quick/`` with ``--quick``, where
+figures and the printed tables are saved).
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ def parse_args(doc: str, name: str, extra=None) -> argparse.Namespace:
                         help="small data, few epochs: a smoke run of about a minute")
     parser.add_argument("--data", type=Path, default=DATA,
                         help="the shared data folder (with kermany224/ and nih1000/)")
-    parser.add_argument("--out", type=Path, default=ROOT / "examples" / "output" / name,
-                        help="where figures and the table go")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where figures and the table go (default: examples/output/"
+                             f"{name}/, or {name}-quick/ with --quick)")
     if extra is not None:
         extra(parser)
     args = parser.parse_args()
+    if args.out is None:  # a smoke run never overwrites the results of a full one
+        args.out = ROOT / "examples" / "output" / (name + ("-quick" if args.quick else ""))
     if not args.data.is_dir():
         parser.error(f"data folder {args.data} not found; pass --data /path/to/shared/data")
     args.out.mkdir(parents=True, exist_ok=True)

