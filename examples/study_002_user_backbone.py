@@ -79,7 +79,7 @@ Where the study's protocol is flawed, and the careful variant
 Run it from the repository root::
 
     python examples/study_002_user_backbone.py --quick       # ~1 minute smoke run
-    python examples/study_002_user_backbone.py               # full run, ~5-10 min on 2 cores
+    python examples/study_002_user_backbone.py               # full run, ~2-3 min on 2 idle cores
     python examples/study_002_user_backbone.py --checkpoint /path/to/chexnet.pth.tar
 
 ``--checkpoint`` accepts a torchvision-style DenseNet-121 state dict or the arnoweng/CheXNet
@@ -118,8 +118,8 @@ FULL = {
 }
 QUICK = {
     "lite0": dict(n=48, folds=2, image_size=96, max_epochs=1, patience=1),
-    # a smoke test of the user-module path: one composition (the imblearn pipeline)
-    "densenet": dict(n=24, folds=2, image_size=48, max_epochs=1, patience=1,
+    # a smoke test of the user-module path: one composition (the imblearn pipeline), one split
+    "densenet": dict(n=24, folds=2, splits=1, image_size=48, max_epochs=1, patience=1,
                      only=("balanced", "majority")),
 }
 
@@ -241,15 +241,16 @@ def run_part(part: str, label: str, clf, cfg, args, class_weighted: bool):
     X = X.reshape(-1, 1)  # imblearn samplers want a 2-D X; skcxr takes an (n, 1) path column
     groups = patient_groups(X[:, 0])
     cv = StratifiedGroupKFold(n_splits=cfg["folds"], shuffle=True, random_state=0)
+    splits = list(cv.split(X, y, groups))[:cfg.get("splits")]
     print(f"\n# {label}: {len(X)} images ({np.bincount(y).tolist()} NORMAL/PNEUMONIA, "
-          f"{len(set(groups))} patients), {cfg['folds']}-fold stratified group CV, "
-          f"{cfg['image_size']} px, <= {cfg['max_epochs']} epochs")
+          f"{len(set(groups))} patients), {cfg['folds']}-fold stratified group CV "
+          f"({len(splits)} splits run), {cfg['image_size']} px, <= {cfg['max_epochs']} epochs")
     rows, results = [], {}
     for key, est in compositions(clf, class_weighted).items():
         if key not in cfg.get("only", (key,)):
             continue
         with timed(f"{part} / {key}"):
-            res = cross_validate(est, X, y, groups=groups, cv=cv, scoring=SCORING,
+            res = cross_validate(est, X, y, cv=splits, scoring=SCORING,
                                  return_estimator=True, error_score="raise")
         results[key] = res
         row = {"backbone": label, "training composition": LABELS[key]}

@@ -93,6 +93,9 @@ def _resolve(estimator):
         return _ImageToLogits(net), net.backbone, estimator.preprocessing_, estimator
     if isinstance(estimator, Pipeline):
         steps = [s for _, s in estimator.steps if s not in (None, "passthrough")]
+        if steps and isinstance(steps[-1], PretrainedCNNClassifier) \
+                and all(hasattr(s, "fit_resample") for s in steps[:-1]):
+            return _resolve(steps[-1])  # samplers (imblearn) act in fit only
         if steps and isinstance(steps[0], FeatureExtractorTransformer) \
                 and hasattr(steps[-1], "coef_"):
             fe = steps[0]
@@ -120,7 +123,8 @@ def _resolve(estimator):
             model = _ImageToLogits(None, fe.preprocessing_, backbone, (w, b))
             return model, backbone, fe.preprocessing_, steps[-1]
     raise TypeError(
-        "gradcam explains a fitted PretrainedCNNClassifier, or a Pipeline of "
+        "gradcam explains a fitted PretrainedCNNClassifier (alone or after imbalanced-learn "
+        "samplers in a pipeline), or a Pipeline of "
         "FeatureExtractorTransformer, optional affine scalers and a linear model with coef_ "
         f"(e.g. LogisticRegression); got {type(estimator).__name__}.")
 

@@ -65,6 +65,17 @@ def test_gradcam_targets_and_layers(fitted, data):
         gradcam(LogisticRegression(), X[:1])
 
 
+def test_gradcam_through_an_imblearn_pipeline(data):
+    from imblearn.over_sampling import RandomOverSampler
+    from imblearn.pipeline import make_pipeline as make_imb_pipeline
+
+    X, y = data
+    pipe = make_imb_pipeline(RandomOverSampler(random_state=0),
+                             PretrainedCNNClassifier(**{**TINYC, "max_epochs": 1}))
+    pipe.fit(X.reshape(-1, 1), y)
+    np.testing.assert_allclose(gradcam(pipe, X[:2]), gradcam(pipe[-1], X[:2]))
+
+
 def test_gradcam_padding_is_undone(data, tmp_path):
     X, y = data
     clf = PretrainedCNNClassifier(**{**TINYC, "resize": "pad", "max_epochs": 1}).fit(X, y)
