@@ -228,6 +228,8 @@ def report(res, y, oof, out, grouped):
     careful.append({"fold": "mean", "epochs run": "", "best epoch": "", "best in phase": "",
                     "phase 2 ran": f"{int(per_fold['phase 2 ran'].sum())}/{n}", **mean})
     careful = pd.DataFrame(careful).set_index("fold")
+    pd.concat({i + 1: est.history_ for i, est in enumerate(res["estimator"])},
+              names=["fold", "row"]).to_csv(out / "histories.csv")
     show(careful, "Checkpoint chosen on the inner split (the study's reported kind of number) "
          "vs the untouched outer fold", out, "careful_protocol")
     print(f"outer-fold accuracy {mean_std(res['test_accuracy'])}, ROC AUC "

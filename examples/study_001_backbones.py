@@ -237,6 +237,8 @@ def report(table: pd.DataFrame, fitted: dict, n_test: int, out) -> None:
         ["study text (best epoch on the test set)"] * len(study)
     full = full.astype(object).where(full.notna(), "")
     show(full, "Test-set scores (Kermany test set; positive class PNEUMONIA)", out)
+    pd.concat({label: clf.history_ for label, clf in fitted.items()},
+              names=["model", "row"]).to_csv(out / "histories.csv")
 
     import matplotlib.pyplot as plt
 
