@@ -145,7 +145,7 @@ def extra_args(parser):
 def main():
     args = parse_args(__doc__, NAME, extra_args)
     quick = args.quick
-    n_images, size = (60, 64) if quick else (1000, 128)
+    n_images, size = (100, 96) if quick else (1000, 128)
     freeze_epochs, max_epochs = (1, 2) if quick else (2, 4)
 
     X, y = kermany(args.data, "train", n=n_images, seed=0)

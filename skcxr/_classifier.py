@@ -459,11 +459,19 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
                            **kwargs)
 
     def _finish(self, net, module, trainable, bb, prep, device, precision, class_w, has_valid):
+        from skorch.callbacks import EarlyStopping
+
         history = pd.DataFrame(list(net.history)).drop(
             columns=["batches", "train_batch_count", "valid_batch_count"], errors="ignore")
         history = history.drop(columns=[c for c in history if c.endswith("_best")])
         self.history_ = history
-        if has_valid and self.early_stopping:
+        stopper = next((cb for _, cb in getattr(net, "callbacks_", [])
+                        if isinstance(cb, EarlyStopping)), None)
+        if has_valid and self.early_stopping and stopper is not None and stopper.best_epoch_:
+            # the epoch whose weights EarlyStopping restored: the last one that improved by more
+            # than min_delta, which need not be the lowest valid_loss
+            self.best_epoch_ = int(stopper.best_epoch_)
+        elif has_valid and self.early_stopping:
             self.best_epoch_ = int(history.loc[history["valid_loss"].idxmin(), "epoch"])
         else:
             self.best_epoch_ = int(history["epoch"].iloc[-1])

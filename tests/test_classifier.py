@@ -42,7 +42,12 @@ def test_fit_predict_and_fitted_attributes(fitted, data):
     assert list(h["epoch"]) == [1, 2]
     for col in ("train_loss", "valid_loss", "valid_acc", "valid_auc", "lr", "n_trainable_layers"):
         assert col in h and h[col].notna().all(), col
-    assert fitted.best_epoch_ == int(h.loc[h["valid_loss"].idxmin(), "epoch"])
+    # the epoch whose weights were restored: the last to improve by more than min_delta
+    best, kept = float("inf"), None
+    for epoch, loss in zip(h["epoch"], h["valid_loss"]):
+        if loss < best - fitted.min_delta:
+            best, kept = loss, int(epoch)
+    assert fitted.best_epoch_ == kept
     assert 0 <= fitted.score(X, y) <= 1
     assert not fitted.module_.training
     assert fitted.provenance_["backbone"] == "test_efficientnet"
@@ -330,3 +335,14 @@ def test_bad_sample_weight(data, no_training, weights, match):
     X, y = data
     with pytest.raises(ValueError, match=match):
         PretrainedCNNClassifier(**TINYC).fit(X, y, sample_weight=weights)
+
+
+def test_best_epoch_names_the_weights_kept(sample_paths):
+    X, y = sample_paths
+    clf = PretrainedCNNClassifier(**{**TINYC, "max_epochs": 6, "patience": 2, "min_delta": 0.05,
+                                     "validation_fraction": 0.34}).fit(X, y)
+    # a fit that simply stops at best_epoch_ (no restore) ends with the same weights
+    same = PretrainedCNNClassifier(**{**TINYC, "max_epochs": clf.best_epoch_,
+                                      "validation_fraction": 0.34,
+                                      "early_stopping": False}).fit(X, y)
+    np.testing.assert_allclose(clf.predict_proba(X), same.predict_proba(X), atol=1e-5)
