@@ -465,14 +465,11 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
             columns=["batches", "train_batch_count", "valid_batch_count"], errors="ignore")
         history = history.drop(columns=[c for c in history if c.endswith("_best")])
         self.history_ = history
-        stopper = next((cb for _, cb in getattr(net, "callbacks_", [])
-                        if isinstance(cb, EarlyStopping)), None)
-        if has_valid and self.early_stopping and stopper is not None and stopper.best_epoch_:
+        if has_valid and self.early_stopping:
             # the epoch whose weights EarlyStopping restored: the last one that improved by more
             # than min_delta, which need not be the lowest valid_loss
+            stopper = next(cb for _, cb in net.callbacks_ if isinstance(cb, EarlyStopping))
             self.best_epoch_ = int(stopper.best_epoch_)
-        elif has_valid and self.early_stopping:
-            self.best_epoch_ = int(history.loc[history["valid_loss"].idxmin(), "epoch"])
         else:
             self.best_epoch_ = int(history["epoch"].iloc[-1])
         # keep the weights, drop the optimizer, the callbacks and any accelerator memory
