@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ Kermany pediatric chest X-ray sample (bundled with skcxr)
 300 chest X-rays of children aged 1-5 from Guangzhou Women and Children's Medical Center:
 100 NORMAL and 200 PNEUMONIA (bacterial and viral; the file name says which), one image per
 patient, drawn (seed 0) from the training split of Kermany et al. and downsized to 160x160
-grey JPEG. Targets: 0 = NORMAL, 1 = PNEUMONIA.
+grey JPEG. Targets: 0 = NORMAL, 1 = PNEUMONIA. ``groups`` holds each image's patient id
+(:func:`kermany_patient_ids`; unique here, since the sample keeps one image per patient).
 
 Source: Kermany, Zhang, Goldbaum, "Labeled Optical Coherence Tomography (OCT) and Chest X-Ray
 Images for Classification", Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 (2018).
@@ -82,6 +84,44 @@ def load_image_folder(root, *, extensions=SUPPORTED_EXTENSIONS, return_X_y=False
     )
 
 
+def kermany_patient_ids(paths) -> np.ndarray:
+    """Patient ids of Kermany chest X-rays, read from their file names.
+
+    Several Kermany images can show one patient, and cross-validation folds that split a
+    patient's images between training and test are optimistic: pass these ids as ``groups``
+    to ``StratifiedGroupKFold`` / ``GroupKFold``. The rule:
+
+    * ``person123_bacteria_456.jpeg``, ``person123_virus_789.jpeg`` (PNEUMONIA): ``person123``;
+    * ``IM-0115-0001.jpeg``, ``IM-0115-0001-0002.jpeg`` and ``NORMAL2-IM-0115-0001.jpeg``
+      (NORMAL): ``IM-0115``. The two NORMAL series share their numbers; whether a number means
+      the same patient in both is not documented, so they are grouped together (grouping more
+      than necessary never leaks; grouping less can);
+    * any other name: its file name without extension (a group of its own).
+
+    Parameters
+    ----------
+    paths : iterable of str or path-like
+        Image paths (only the file names are used).
+
+    Returns
+    -------
+    groups : ndarray of str, shape (n_images,)
+
+    Examples
+    --------
+    >>> from skcxr.datasets import kermany_patient_ids
+    >>> kermany_patient_ids(["a/person7_virus_13.jpeg", "b/NORMAL2-IM-0115-0001.jpeg",
+    ...                      "c/IM-0115-0002-0001.jpeg", "d/scan.png"]).tolist()
+    ['person7', 'IM-0115', 'IM-0115', 'scan']
+    """
+    ids = []
+    for p in paths:
+        name = Path(os.fspath(p)).name
+        m = re.match(r"(person\d+)_", name) or re.match(r"(?:NORMAL2-)?(IM-\d+)", name)
+        ids.append(m.group(1) if m else Path(name).stem)
+    return np.array(ids, dtype=object)
+
+
 def load_sample_cxr(*, return_X_y=False, as_arrays=False):
     """Load the bundled sample of 300 Kermany chest X-rays (NORMAL vs PNEUMONIA).
 
@@ -96,7 +136,8 @@ def load_sample_cxr(*, return_X_y=False, as_arrays=False):
     -------
     data : Bunch
         ``data`` (paths, or images if ``as_arrays``), ``target`` (0 = NORMAL,
-        1 = PNEUMONIA), ``target_names``, ``filenames``, ``DESCR`` (provenance, licence).
+        1 = PNEUMONIA), ``target_names``, ``filenames``, ``groups`` (patient ids,
+        :func:`kermany_patient_ids`), ``DESCR`` (provenance, licence).
 
     Examples
     --------
@@ -106,6 +147,7 @@ def load_sample_cxr(*, return_X_y=False, as_arrays=False):
     ((300,), ['NORMAL', 'PNEUMONIA'])
     """
     bunch = load_image_folder(_SAMPLE_DIR, descr=_SAMPLE_DESCR)
+    bunch.groups = kermany_patient_ids(bunch.filenames)
     if as_arrays:
         from .images import read_image
 

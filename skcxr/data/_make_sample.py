@@ -6,19 +6,15 @@ One image per patient, byte-identical duplicates skipped, seeded, downsized to 1
 
 import hashlib
 import random
-import re
 import sys
 from pathlib import Path
 
 from PIL import Image
 
+from skcxr.datasets import kermany_patient_ids
+
 N_PER_CLASS = {"NORMAL": 100, "PNEUMONIA": 200}
 SIZE = 160
-
-
-def _patient(name: str) -> str:
-    m = re.match(r"(person\d+)_", name) or re.match(r"(?:NORMAL2-)?(IM-\d+)", name)
-    return m.group(1) if m else name
 
 
 def main(src: str) -> None:
@@ -31,9 +27,9 @@ def main(src: str) -> None:
         seen_patients, seen_hashes, kept = set(), set(), 0
         for f in files:
             digest = hashlib.sha1(f.read_bytes()).hexdigest()
-            if _patient(f.name) in seen_patients or digest in seen_hashes:
+            if kermany_patient_ids([f.name])[0] in seen_patients or digest in seen_hashes:
                 continue
-            seen_patients.add(_patient(f.name))
+            seen_patients.add(kermany_patient_ids([f.name])[0])
             seen_hashes.add(digest)
             with Image.open(f) as im:
                 im.convert("L").resize((SIZE, SIZE), Image.BICUBIC).save(
