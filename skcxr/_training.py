@@ -1,14 +1,47 @@
-"""The skorch side of PretrainedCNNClassifier: dataset, loss with weights, callbacks."""
+"""Everything skorch: the training data, the weighted loss, callbacks, the net and its history.
+
+``PretrainedCNNClassifier.fit`` asks this module for the datasets of a fit
+(:func:`training_datasets`), a configured skorch net (:func:`make_net`) and, after
+training, the history and the epoch whose weights were kept (:func:`history_frame`,
+:func:`kept_epoch`). No other module imports skorch.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import Callback
+from skorch.callbacks import Callback, EarlyStopping, LRScheduler, ProgressBar
+from skorch.helper import predefined_split
+from skorch.utils import noop
 from torch import nn
 
+from ._frozen import FrozenPart
+from ._params import LR_SCHEDULERS, OPTIMIZERS
+from .cache import DecodedImages
 from .images import ImageDataset, ImageSource, Preprocessing, collate_images
+
+#: ``optimizer`` -> class, and the defaults skcxr adds to ``optimizer_kwargs``.
+OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+                     "sgd": torch.optim.SGD}
+OPTIMIZER_DEFAULTS = {"sgd": {"momentum": 0.9}}
+#: ``lr_scheduler`` -> torch scheduler, and the defaults skcxr adds to
+#: ``lr_scheduler_kwargs`` (``T_max`` of "cosine" is ``max_epochs``).
+SCHEDULER_CLASSES = {"step": torch.optim.lr_scheduler.StepLR,
+                     "cosine": torch.optim.lr_scheduler.CosineAnnealingLR,
+                     "plateau": torch.optim.lr_scheduler.ReduceLROnPlateau}
+SCHEDULER_DEFAULTS = {"step": {"step_size": 10, "gamma": 0.1}, "cosine": {},
+                      "plateau": {"patience": 1}}
+assert set(OPTIMIZER_CLASSES) == set(OPTIMIZERS) and set(SCHEDULER_CLASSES) == set(LR_SCHEDULERS)
+
+#: The classifier's parameters that configure the skorch net (passed to :func:`make_net`).
+TRAINING_PARAMS = ("max_epochs", "batch_size", "lr", "optimizer", "optimizer_kwargs",
+                   "lr_scheduler", "lr_scheduler_kwargs", "freeze_epochs", "finetune_lr",
+                   "early_stopping", "patience", "min_delta", "num_workers", "verbose")
+
+
+# --------------------------------------------------------------------------- data
 
 
 class TrainingDataset(torch.utils.data.Dataset):
@@ -35,28 +68,74 @@ class TrainingDataset(torch.utils.data.Dataset):
         return {"x": x, "sample_weight": self.weights[i]}, self.y[i]
 
 
-class ActivationDataset(torch.utils.data.Dataset):
-    """Items ``({"x": frozen-prefix output, "sample_weight": w}, y)`` from a cached tensor."""
+class PrefixDataset(torch.utils.data.Dataset):
+    """Items ``({"h": frozen-prefix output, "sample_weight": w}, y)`` from cached outputs."""
 
-    def __init__(self, acts: torch.Tensor, y: np.ndarray, weights: np.ndarray):
-        self.acts = acts
+    def __init__(self, h: torch.Tensor, y: np.ndarray, weights: np.ndarray):
+        self.h = h
         self.y = torch.as_tensor(y)
         self.weights = torch.as_tensor(weights, dtype=torch.float32)
 
     def __len__(self) -> int:
-        return len(self.acts)
+        return len(self.h)
 
     def __getitem__(self, i):
-        return {"x": self.acts[i], "sample_weight": self.weights[i]}, self.y[i]
+        return {"h": self.h[i], "sample_weight": self.weights[i]}, self.y[i]
 
 
 def collate_training(items):
     xs, ys = zip(*items)
-    return (
-        {"x": collate_images([d["x"] for d in xs]),
-         "sample_weight": torch.stack([d["sample_weight"] for d in xs])},
-        torch.stack(ys),
-    )
+    batch = {k: torch.stack([d[k] for d in xs]) for k in xs[0] if k != "x"}
+    if "x" in xs[0]:  # images: uint8 stays uint8 (4x less to move between processes)
+        batch["x"] = collate_images([d["x"] for d in xs])
+    return batch, torch.stack(ys)
+
+
+def training_datasets(net, source: ImageSource, rows, prep: Preprocessing, run, *, augment,
+                      cache: bool, location, provenance: dict, batch_size: int,
+                      num_workers: int, verbose=0):
+    """The training and validation datasets of a fit, and the prefix namespace if cached.
+
+    Where the frozen prefix is a fixed function of the image (no augmentation, BatchNorm
+    statistics that do not move, a backbone that splits into a chain), its outputs come from
+    :mod:`skcxr._frozen` (computed once per image and cut point) and the network trains
+    from them. Otherwise the datasets decode images (through the decoded-image cache when
+    ``cache``) and the whole network runs every epoch.
+
+    Returns
+    -------
+    train_ds, valid_ds (None without validation rows), namespace (None when not cached)
+    """
+    if cache and augment is None and net.prefix_is_fixed:
+        prefix = frozen_prefix(net, prep, provenance)
+        fit_rows = np.concatenate([rows.train, rows.valid])
+        h = prefix.outputs(source.subset(fit_rows), run, location=location,
+                           batch_size=batch_size, num_workers=num_workers,
+                           verbose=verbose > 1, desc="frozen prefix")
+        n = len(rows.train)
+        datasets = [PrefixDataset(h[:n], rows.y[rows.train], rows.weights[rows.train]),
+                    PrefixDataset(h[n:], rows.y[rows.valid], rows.weights[rows.valid])]
+        namespace = prefix.namespace(run)
+    else:
+        datasets = []
+        for idx, aug in ((rows.train, augment), (rows.valid, None)):
+            src = source.subset(idx)
+            decoded = DecodedImages(src, prep, location) if cache else None
+            datasets.append(TrainingDataset(src, prep, rows.y[idx], rows.weights[idx], aug,
+                                            decoded))
+        namespace = None
+    train_ds, valid_ds = datasets
+    return train_ds, (valid_ds if len(rows.valid) else None), namespace
+
+
+def frozen_prefix(net, prep: Preprocessing, provenance: dict) -> FrozenPart:
+    """The network's frozen prefix as a :class:`~skcxr._frozen.FrozenPart`."""
+    return FrozenPart(net.frozen_prefix(), prep, provenance,
+                      {"kind": "frozen-prefix", "cut": net.chain_names[:net.cut]},
+                      keep="compute")
+
+
+# --------------------------------------------------------------------------- the net
 
 
 class WeightedNet(NeuralNet):
@@ -85,6 +164,85 @@ class WeightedNet(NeuralNet):
                     yield name, p
 
 
+def make_net(module, train_ds, valid_ds, *, task: str, pos_weight, device: torch.device,
+             max_epochs, batch_size, lr, optimizer, optimizer_kwargs, lr_scheduler,
+             lr_scheduler_kwargs, freeze_epochs, finetune_lr, early_stopping, patience,
+             min_delta, num_workers, verbose) -> WeightedNet:
+    """A skorch net that trains ``module`` as the classifier's parameters say.
+
+    Callbacks: :class:`Unfreeze` (the backbone layers join after ``freeze_epochs``),
+    :class:`EpochRecord` (validation metrics, learning rates), EarlyStopping on the inner
+    validation loss with best-weights restore, the LR scheduler, a progress bar at
+    ``verbose > 1``.
+    """
+    callbacks = [("unfreeze", Unfreeze(int(freeze_epochs))), ("record", EpochRecord(task))]
+    if early_stopping and valid_ds is not None:
+        callbacks.append(("early_stopping", EarlyStopping(
+            monitor="valid_loss", patience=int(patience), threshold=float(min_delta),
+            threshold_mode="abs", load_best=True, sink=noop)))
+    if lr_scheduler is not None:
+        kwargs = {**SCHEDULER_DEFAULTS[lr_scheduler],
+                  **({"T_max": int(max_epochs)} if lr_scheduler == "cosine" else {}),
+                  **(lr_scheduler_kwargs or {})}
+        if lr_scheduler == "plateau":
+            kwargs.setdefault("monitor", "valid_loss")
+        callbacks.append(("lr_scheduler", LRScheduler(SCHEDULER_CLASSES[lr_scheduler],
+                                                      **kwargs)))
+    if verbose > 1:
+        callbacks.append(("progress_bar", ProgressBar()))
+    opt_kwargs = {**OPTIMIZER_DEFAULTS.get(optimizer, {}), **(optimizer_kwargs or {})}
+    if finetune_lr is not None:
+        opt_kwargs["param_groups"] = [("backbone.*", {"lr": float(finetune_lr)})]
+    loader_kwargs = dict(num_workers=int(num_workers), collate_fn=collate_training,
+                         pin_memory=device.type == "cuda")
+    pos_weight = torch.as_tensor(pos_weight, dtype=torch.float32) if pos_weight is not None \
+        else None
+    return WeightedNet(
+        module=module,
+        criterion=(nn.BCEWithLogitsLoss(reduction="none", pos_weight=pos_weight)
+                   if task == "multilabel" else nn.CrossEntropyLoss(reduction="none")),
+        optimizer=OPTIMIZER_CLASSES[optimizer],
+        lr=float(lr),
+        max_epochs=int(max_epochs),
+        batch_size=int(batch_size),
+        train_split=predefined_split(valid_ds) if valid_ds is not None else None,
+        callbacks=callbacks,
+        device=str(device),
+        iterator_train__shuffle=True,
+        # a last batch of one row breaks BatchNorm in training mode
+        iterator_train__drop_last=len(train_ds) > batch_size and len(train_ds) % batch_size == 1,
+        **{f"iterator_train__{k}": v for k, v in loader_kwargs.items()},
+        **{f"iterator_valid__{k}": v for k, v in loader_kwargs.items()},
+        **{f"optimizer__{k}": v for k, v in opt_kwargs.items()},
+        verbose=int(verbose),
+    )
+
+
+def history_frame(net: NeuralNet) -> pd.DataFrame:
+    """The net's history, one row per epoch, without skorch's per-batch and ``*_best`` columns."""
+    history = pd.DataFrame(list(net.history)).drop(
+        columns=["batches", "train_batch_count", "valid_batch_count"], errors="ignore")
+    return history.drop(columns=[c for c in history if c.endswith("_best")])
+
+
+def kept_epoch(net: NeuralNet) -> int:
+    """The epoch whose weights the net ends with.
+
+    With early stopping: the epoch EarlyStopping restored, the last one that improved the
+    validation loss by more than ``min_delta`` (which need not be the lowest validation
+    loss). Without: the last epoch.
+    """
+    stopper = _callback(net, EarlyStopping)
+    return int(stopper.best_epoch_) if stopper is not None else len(net.history)
+
+
+def _callback(net, kind):
+    return next((cb for _, cb in net.callbacks_ if isinstance(cb, kind)), None)
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
 class Unfreeze(Callback):
     """Unfreeze the planned backbone layers at the start of epoch ``freeze_epochs + 1``."""
 
@@ -95,7 +253,7 @@ class Unfreeze(Callback):
         epoch = len(net.history)  # the current epoch's row is already appended
         if epoch > self.freeze_epochs and not net.module_.backbone_unfrozen:
             net.module_.unfreeze()
-            early = dict(net.callbacks_).get("early_stopping")
+            early = _callback(net, EarlyStopping)
             if early is not None:  # a new phase gets its own patience
                 early.misses_ = 0
 
@@ -149,9 +307,3 @@ def _scores(task: str, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, fl
     if len(present) < proba.shape[1]:
         return acc, np.nan
     return acc, float(roc_auc_score(y, proba, multi_class="ovr"))
-
-
-def make_criterion(task: str, pos_weight=None) -> nn.Module:
-    if task == "multilabel":
-        return nn.BCEWithLogitsLoss(reduction="none", pos_weight=pos_weight)
-    return nn.CrossEntropyLoss(reduction="none")

@@ -30,12 +30,11 @@ import importlib
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
-POOLINGS = ("avg", "max", "avgmax", "catavgmax")
-CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+from ._params import POOLING_CONSTRAINT, SHARED_CONSTRAINTS, as_seed, validate
+from .images import DataConfig
 
 
 class WeightsUnavailableError(OSError):
@@ -68,11 +67,20 @@ DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 @dataclass
 class Backbone:
-    """A resolved backbone: feature module, its input data config and weight provenance."""
+    """A resolved backbone: feature module, its input data config and weight provenance.
+
+    ``provenance`` is a plain dict (what a fitted estimator reports as ``provenance_`` and a
+    model card would record): ``backbone`` (name), ``source`` ("timm", "torchvision",
+    "module"), ``weights`` (the parameter as given), ``weights_origin`` (in words),
+    ``pooling`` (of the feature module), and
+    where a file was read ``weights_file``, ``weights_sha256``, ``ignored_keys``; always
+    ``state_sha256``, a sha256 over the loaded state dict, which identifies the weights
+    whatever their source (and keys the caches).
+    """
 
     module: nn.Module
     num_features: int
-    data_config: dict
+    data_config: DataConfig
     provenance: dict = field(default_factory=dict)
 
 
@@ -112,26 +120,20 @@ def load_backbone(
     -------
     Backbone
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}.")
-    if in_chans not in (1, 3):
-        raise ValueError(f"in_chans must be 1 or 3; got {in_chans!r}.")
-    _check_weights_param(weights)
-    seed = _seed_from(random_state)
+    validate({"backbone": backbone, "weights": weights, "in_chans": in_chans,
+              "random_state": random_state},
+             SHARED_CONSTRAINTS, "load_backbone")
+    validate({"pooling": pooling}, {"pooling": POOLING_CONSTRAINT}, "load_backbone")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(as_seed(random_state))
         if isinstance(backbone, nn.Module):
             bb = _load_module(backbone, weights, in_chans, pooling, num_classes)
-        elif isinstance(backbone, str):
-            kind, name = _resolve_name(backbone)
+        else:
+            kind, name = resolve_name(backbone)
             loader = _load_timm if kind == "timm" else _load_torchvision
             bb = loader(name, weights, in_chans, pooling, num_classes)
-        else:
-            raise TypeError(
-                "backbone must be a timm/torchvision model name or a torch.nn.Module; got "
-                f"{type(backbone).__name__}."
-            )
     bb.module.eval()
+    bb.provenance["pooling"] = pooling
     bb.provenance["state_sha256"] = state_dict_digest(bb.module)
     return bb
 
@@ -170,7 +172,11 @@ def file_sha256(path: str) -> str:
 # --------------------------------------------------------------------------- names
 
 
-def _resolve_name(name: str) -> tuple[str, str]:
+def resolve_name(name: str) -> tuple[str, str]:
+    """``"timm:x"``, ``"torchvision:x"`` or a bare name -> (library, model name).
+
+    Unprefixed names go to timm first. Unknown names raise a ValueError with close matches.
+    """
     import timm
     import torchvision
 
@@ -193,32 +199,6 @@ def _resolve_name(name: str) -> tuple[str, str]:
         f"classification model.{hint} See timm.list_models() and "
         "torchvision.models.list_models(), or pass your own torch.nn.Module."
     )
-
-
-def _check_weights_param(weights) -> None:
-    if weights is None or weights == "imagenet":
-        return
-    if isinstance(weights, (str, os.PathLike)):
-        path = os.fspath(weights)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"weights={path!r} is neither 'imagenet', None, nor an existing checkpoint file."
-            )
-        if not path.lower().endswith(CHECKPOINT_EXTENSIONS):
-            raise ValueError(
-                f"Checkpoint {path!r} has an unsupported extension; use one of "
-                f"{', '.join(CHECKPOINT_EXTENSIONS)}."
-            )
-        return
-    raise ValueError(f"weights must be 'imagenet', None or a checkpoint path; got {weights!r}.")
-
-
-def _seed_from(random_state) -> int:
-    if random_state is None:
-        return int(torch.initial_seed() % (2**31))
-    if isinstance(random_state, np.random.RandomState):
-        return int(random_state.randint(2**31 - 1))
-    return int(random_state)
 
 
 # --------------------------------------------------------------------------- timm
@@ -266,11 +246,11 @@ def _load_timm(name, weights, in_chans, pooling, num_classes) -> Backbone:
             provenance.update(weights_origin="random initialisation")
         else:
             provenance.update(_load_checkpoint(model, os.fspath(weights), order_fallback=True))
-    data_config = timm.data.resolve_data_config({}, model=model)
-    data_config = {k: data_config[k] for k in ("input_size", "interpolation", "mean", "std",
-                                                 "crop_pct") if k in data_config}
-    data_config["input_size"] = (in_chans, *data_config["input_size"][-2:])
-    return Backbone(model, _num_outputs(model, data_config), data_config, provenance)
+    cfg = timm.data.resolve_data_config({}, model=model)
+    data_config = DataConfig(image_size=cfg["input_size"][-2:],
+                             **{k: cfg[k] for k in ("interpolation", "mean", "std", "crop_pct")
+                                if k in cfg})
+    return Backbone(model, _num_outputs(model, in_chans, data_config), data_config, provenance)
 
 
 def _weights_label(weights):
@@ -336,14 +316,9 @@ def _load_torchvision(name, weights, in_chans, pooling, num_classes) -> Backbone
         _adapt_first_conv(model)
     t = tv_weights.transforms()
     crop, resize = t.crop_size[0], t.resize_size[0]
-    data_config = {
-        "input_size": (in_chans, crop, crop),
-        "interpolation": t.interpolation.value,
-        "mean": tuple(t.mean),
-        "std": tuple(t.std),
-        "crop_pct": crop / resize,
-    }
-    return Backbone(model, _num_outputs(model, data_config), data_config, provenance)
+    data_config = DataConfig(image_size=(crop, crop), interpolation=t.interpolation.value,
+                             mean=tuple(t.mean), std=tuple(t.std), crop_pct=crop / resize)
+    return Backbone(model, _num_outputs(model, in_chans, data_config), data_config, provenance)
 
 
 # --------------------------------------------------------------------------- user modules
@@ -383,15 +358,11 @@ def _load_module(module, weights, in_chans, pooling, num_classes) -> Backbone:
             _strip_classifier(model)
     if in_chans == 1:
         _adapt_first_conv(model)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    data_config = {
-        "input_size": (in_chans, *tuple(cfg.get("input_size", (3, 224, 224)))[-2:]),
-        "interpolation": cfg.get("interpolation", "bilinear"),
-        "mean": tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-        "std": tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-        "crop_pct": cfg.get("crop_pct", 0.875),
-    }
-    out = _probe(model, data_config)
+    cfg = getattr(model, "pretrained_cfg", None) or {}  # a timm model the user built
+    data_config = DataConfig(
+        **({"image_size": tuple(cfg["input_size"])[-2:]} if "input_size" in cfg else {}),
+        **{k: cfg[k] for k in ("interpolation", "mean", "std", "crop_pct") if k in cfg})
+    out = _probe(model, in_chans, data_config)
     if out.ndim == 4:
         model = _Pooled(model, pooling)
     elif out.ndim != 2:
@@ -399,7 +370,7 @@ def _load_module(module, weights, in_chans, pooling, num_classes) -> Backbone:
             f"The backbone module returns a tensor of shape {tuple(out.shape)} for one image; "
             "expected (n, features) or a feature map (n, channels, h, w)."
         )
-    return Backbone(model, _num_outputs(model, data_config), data_config, provenance)
+    return Backbone(model, _num_outputs(model, in_chans, data_config), data_config, provenance)
 
 
 def _strip_classifier(model: nn.Module) -> None:
@@ -438,20 +409,20 @@ def _adapt_first_conv(model: nn.Module) -> None:
             return
 
 
-def _probe(model: nn.Module, data_config: dict) -> torch.Tensor:
-    c, h, w = data_config["input_size"]
+def _probe(model: nn.Module, in_chans: int, data_config: DataConfig) -> torch.Tensor:
+    h, w = data_config.image_size
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        out = model(torch.zeros(1, c, h, w))
+        out = model(torch.zeros(1, in_chans, h, w))
     model.train(was_training)
     if isinstance(out, (tuple, list)):
         out = out[0]
     return out
 
 
-def _num_outputs(model: nn.Module, data_config: dict) -> int:
-    return int(_probe(model, data_config).reshape(1, -1).shape[1])
+def _num_outputs(model: nn.Module, in_chans: int, data_config: DataConfig) -> int:
+    return int(_probe(model, in_chans, data_config).reshape(1, -1).shape[1])
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -89,7 +89,6 @@ def _resolve(estimator):
         check_is_fitted(estimator)
         net = copy.deepcopy(estimator.module_).cpu().eval()
         net.precision = "fp32"  # gradients in float32 whatever the training precision
-        net.input_is_prefix = False
         return _ImageToLogits(net), net.backbone, estimator.preprocessing_, estimator
     if isinstance(estimator, Pipeline):
         steps = [s for _, s in estimator.steps if s not in (None, "passthrough")]
@@ -119,7 +118,7 @@ def _resolve(estimator):
                     mean = np.zeros(w.shape[1]) if mean is None else np.asarray(mean)
                     w = w / scale
                     b = b - w @ mean
-            backbone = copy.deepcopy(fe.model_).cpu().eval()
+            backbone = copy.deepcopy(fe.module_).cpu().eval()
             model = _ImageToLogits(None, fe.preprocessing_, backbone, (w, b))
             return model, backbone, fe.preprocessing_, steps[-1]
     raise TypeError(

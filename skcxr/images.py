@@ -27,11 +27,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
+from ._params import SHARED_CONSTRAINTS, validate
+
 PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 SUPPORTED_EXTENSIONS = PIL_EXTENSIONS + DICOM_EXTENSIONS
-RESIZE_MODES = ("stretch", "pad", "crop")
-NORMALIZATIONS = ("backbone", "imagenet", "centered", "unit")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -298,6 +298,30 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """What a backbone expects of its input images (timm's ``PretrainedCfg``, the input part).
+
+    Every backbone resolves to one of these (:class:`skcxr.backbones.Backbone`); the
+    defaults are the ImageNet conventions used where a backbone says nothing.
+    """
+
+    image_size: tuple[int, int] = (224, 224)
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    crop_pct: float = 0.875
+
+    def __post_init__(self):
+        interp = self.interpolation if self.interpolation in ("nearest", "bilinear",
+                                                               "bicubic") else "bilinear"
+        object.__setattr__(self, "interpolation", interp)  # others resize as bilinear
+        object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "crop_pct", float(self.crop_pct))
+
+
+@dataclass(frozen=True)
 class Preprocessing:
     """Everything that turns a decoded image into the backbone's input tensor.
 
@@ -375,74 +399,41 @@ class Preprocessing:
 
 
 def make_preprocessing(
-    data_config: dict,
+    data_config: DataConfig,
     *,
     image_size=None,
     in_chans: int = 3,
     resize: str = "stretch",
     normalize="backbone",
-    interpolation=None,
 ) -> Preprocessing:
-    """Build :class:`Preprocessing` from a timm-style data config plus user overrides."""
+    """Build :class:`Preprocessing` from a backbone's :class:`DataConfig` plus user overrides.
+
+    The arguments are the estimators' parameters of the same names, checked against the same
+    constraint table.
+    """
+    validate({"image_size": image_size, "in_chans": in_chans, "resize": resize,
+              "normalize": normalize}, SHARED_CONSTRAINTS, "make_preprocessing")
     if image_size is None:
-        size = tuple(data_config.get("input_size", (3, 224, 224))[-2:])
-    elif isinstance(image_size, (int, np.integer)) and image_size >= 8:
-        size = (int(image_size), int(image_size))
-    elif (
-        isinstance(image_size, (tuple, list))
-        and len(image_size) == 2
-        and all(isinstance(s, (int, np.integer)) and s >= 8 for s in image_size)
-    ):
+        size = data_config.image_size
+    elif isinstance(image_size, (tuple, list)):
         size = (int(image_size[0]), int(image_size[1]))
     else:
-        raise ValueError(
-            f"image_size must be None, an int >= 8 or a (height, width) pair; got {image_size!r}."
-        )
-    if in_chans not in (1, 3):
-        raise ValueError(f"in_chans must be 1 or 3; got {in_chans!r}.")
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"resize must be one of {RESIZE_MODES}; got {resize!r}.")
+        size = (int(image_size), int(image_size))
     if isinstance(normalize, str):
-        if normalize == "backbone":
-            mean, std = data_config.get("mean", IMAGENET_MEAN), data_config.get("std", IMAGENET_STD)
-        elif normalize == "imagenet":
-            mean, std = IMAGENET_MEAN, IMAGENET_STD
-        elif normalize == "centered":  # x / 255 - 0.5, as in study 000
-            mean, std = (0.5,) * 3, (1.0,) * 3
-        elif normalize == "unit":
-            mean, std = (0.0,) * 3, (1.0,) * 3
-        else:
-            raise ValueError(
-                f"normalize must be one of {NORMALIZATIONS} or a (mean, std) pair; got "
-                f"{normalize!r}."
-            )
+        mean, std = {
+            "backbone": (data_config.mean, data_config.std),
+            "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+            "centered": ((0.5,) * 3, (1.0,) * 3),  # x / 255 - 0.5, as in study 000
+            "unit": ((0.0,) * 3, (1.0,) * 3),
+        }[normalize]
     else:
-        try:
-            mean, std = normalize
-            mean = tuple(float(m) for m in np.broadcast_to(mean, (3,)))
-            std = tuple(float(s) for s in np.broadcast_to(std, (3,)))
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"normalize must be one of {NORMALIZATIONS} or a (mean, std) pair; got "
-                f"{normalize!r}."
-            ) from None
-        if min(std) <= 0:
-            raise ValueError(f"normalize std must be positive; got {std}.")
+        mean, std = (np.broadcast_to(np.asarray(v, dtype=float), (3,)) for v in normalize)
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if in_chans == 1:
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
-    interp = interpolation or data_config.get("interpolation", "bilinear")
-    if interp not in ("nearest", "bilinear", "bicubic"):
-        interp = "bilinear"
-    return Preprocessing(
-        size=size,
-        in_chans=in_chans,
-        resize=resize,
-        interpolation=interp,
-        crop_pct=float(data_config.get("crop_pct", 0.875)),
-        mean=mean,
-        std=std,
-    )
+    return Preprocessing(size=size, in_chans=in_chans, resize=resize,
+                         interpolation=data_config.interpolation,
+                         crop_pct=data_config.crop_pct, mean=mean, std=std)
 
 
 # --------------------------------------------------------------------------- streaming

@@ -3,16 +3,98 @@
 Everything here is computed from the rows ``fit`` receives, never from the outer fold:
 target encoding and checks, the ``train_size`` subsample (the studies' s), the inner
 validation split (for early stopping and checkpoint choice) carved from that subsample, and
-class weights from the remaining training rows.
+class weights from the remaining training rows. :func:`fit_rows` does it all and returns a
+:class:`FitRows`; :class:`skcxr.PretrainedCNNClassifier` calls it with its parameters, and
+it is public so that a protocol can be inspected (which rows validated a fitted model?)
+without fitting.
+
+Examples
+--------
+>>> import numpy as np
+>>> from skcxr.protocol import fit_rows
+>>> rows = fit_rows(np.array([0] * 20 + [1] * 60), train_size=40, validation_fraction=0.25,
+...                 class_weight="balanced", seed=0)
+>>> len(rows.train), len(rows.valid), [round(float(w), 2) for w in rows.class_weight]
+(30, 10, [2.14, 0.65])
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import type_of_target
+
+
+@dataclass(frozen=True)
+class FitRows:
+    """The rows of one ``fit``: which train, which validate, and their loss weights.
+
+    Attributes
+    ----------
+    classes : ndarray
+        Class labels (multi-label: ``arange(n_labels)``).
+    task : {"binary", "multiclass", "multilabel"}
+    y : ndarray
+        Encoded targets of every row ``fit`` received: codes ``0..k-1``, or the float32 0/1
+        indicator matrix.
+    train, valid : ndarray of int
+        Row indices that train and that form the inner validation split (sorted; disjoint;
+        together the ``train_size`` subsample).
+    weights : ndarray of float32
+        Loss weight of every row: ``sample_weight`` times its class weight (single-label).
+    class_weight : ndarray or None
+        Per class, or for multi-label per label the BCE ``pos_weight``; computed from the
+        ``train`` rows only.
+    """
+
+    classes: np.ndarray
+    task: str
+    y: np.ndarray
+    train: np.ndarray
+    valid: np.ndarray
+    weights: np.ndarray
+    class_weight: np.ndarray | None
+
+    @property
+    def n_outputs(self) -> int:
+        return self.y.shape[1] if self.task == "multilabel" else len(self.classes)
+
+    @property
+    def pos_weight(self) -> np.ndarray | None:
+        """Multi-label class weights, which weigh positives in the loss, not rows."""
+        return self.class_weight if self.task == "multilabel" else None
+
+
+def fit_rows(y, n: int | None = None, *, sample_weight=None, train_size=None,
+             validation_fraction=0.1, class_weight=None, seed: int = 0) -> FitRows:
+    """The careful protocol for the rows ``fit`` received.
+
+    Parameters
+    ----------
+    y : array-like of shape (n,) or (n, n_labels)
+        Class labels, or a 0/1 indicator matrix (multi-label).
+    n : int, optional
+        The number of images (checked against ``len(y)``).
+    sample_weight, train_size, validation_fraction, class_weight :
+        As the parameters of :class:`skcxr.PretrainedCNNClassifier`.
+    seed : int
+        Seeds the subsample (``seed``) and the inner split (``seed + 1``).
+
+    Returns
+    -------
+    FitRows
+    """
+    classes, y_enc, task = encode_targets(y, len(y) if n is None else n)
+    weights = check_sample_weight(sample_weight, len(y_enc))
+    train, valid = split_rows(y_enc, task, train_size, validation_fraction, seed)
+    cw = class_weights(class_weight, y_enc[train], task, classes)
+    if cw is not None and task != "multilabel":
+        weights = weights * cw[y_enc]
+    return FitRows(classes, task, y_enc, train, valid, weights.astype(np.float32), cw)
 
 
 def encode_targets(y, n: int):
@@ -80,12 +162,8 @@ def split_rows(y, task: str, train_size, validation_fraction, seed: int):
     stratify = y if task != "multilabel" else None
     size = train_size
     if size is not None:
-        if isinstance(size, (float, np.floating)) and not isinstance(size, bool):
-            if not 0 < size <= 1:
-                raise ValueError(f"train_size as a float must be in (0, 1]; got {size}.")
+        if isinstance(size, (float, np.floating)):  # a fraction in (0, 1] (validated)
             size = int(round(size * n))
-        elif not isinstance(size, (int, np.integer)) or isinstance(size, bool):
-            raise ValueError(f"train_size must be None, an int or a float; got {size!r}.")
         if size > n:
             raise ValueError(
                 f"train_size={train_size} asks for {size} rows but fit received only {n}.")

@@ -11,17 +11,33 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 #: A tiny random-weight timm backbone for API tests (99k parameters, 256 features).
-TINY = dict(backbone="test_efficientnet", weights=None, image_size=64, random_state=0,
-            precision="fp32")
+_TINY = dict(backbone="test_efficientnet", weights=None, image_size=64, random_state=0,
+             precision="fp32")
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _isolated():
+    """Seeded global RNGs and empty in-process caches: no test sees another's entries."""
+    from skcxr.cache import clear_cache
+
     torch.manual_seed(0)
     np.random.seed(0)
+    clear_cache()
+    yield
+    clear_cache()
+
+
+@pytest.fixture(scope="session")
+def tiny_fe():
+    """Parameters of a tiny FeatureExtractorTransformer on the torch engine."""
+    return {**_TINY, "engine": "torch"}
+
+
+@pytest.fixture(scope="session")
+def tiny_clf():
+    """Parameters of a tiny classifier: 48 px, 2 epochs, prefix computed by torch (exact)."""
+    return {**_TINY, "image_size": 48, "max_epochs": 2, "batch_size": 16, "engine": "torch"}
 
 
 @pytest.fixture(scope="session")
@@ -38,27 +54,54 @@ def sample_paths(sample):
     return sample.data[idx], sample.target[idx]
 
 
-def kermany_dir() -> Path:
-    path = SHARED_DATA / "kermany224"
-    if not path.is_dir():
+@pytest.fixture(scope="session")
+def data(sample):
+    """60 sample paths and labels, 30 per class."""
+    idx = np.r_[0:30, 100:130]
+    return sample.data[idx], sample.target[idx]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared CXR data beside the repository (skips the test where it is absent)."""
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not (path / "kermany224").is_dir():
         pytest.skip(f"shared data not found at {path}")
     return path
 
-#: TINY for the feature transformer, on the torch engine (forward hooks count its calls)
-TINY_FE = {**TINY, "engine": "torch"}
 
-#: TINY for the classifier: small images, 2 epochs, prefix computed by torch (exactness)
-TINYC = {**TINY, "image_size": 48, "max_epochs": 2, "batch_size": 16, "engine": "torch"}
+@pytest.fixture
+def undecodable(tmp_path, data):
+    """60 PNG paths with valid headers and truncated pixel data, and ``data``'s labels.
 
-
-def outputs_before_and_after_rewrite(predict, path: Path, size: int):
-    """``predict([path])`` for a black image, then again after the same file turns white.
-
-    Caches key images by content, so the second call must not reuse the first's entry.
+    Every check that should come before decoding passes on them; decoding any one raises
+    ImageReadError. So a test that expects another error proves it came first.
     """
     from PIL import Image
 
-    Image.fromarray(np.zeros((size, size), np.uint8)).save(path)
-    before = predict([str(path)])
-    Image.fromarray(np.full((size, size), 255, np.uint8)).save(path)
-    return before, predict([str(path)])
+    rng = np.random.RandomState(0)
+    paths = []
+    for i in range(60):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.randint(0, 255, (48, 48), dtype=np.uint8)).save(path)
+        raw = path.read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])
+        paths.append(str(path))
+    return np.array(paths, dtype=object), data[1]
+
+
+@pytest.fixture
+def rewrite_check(tmp_path):
+    """``check(predict, size)``: outputs for a black image, then again after the same file
+    turns white. Caches key images by content, so the second call must not reuse the first's
+    entry."""
+    from PIL import Image
+
+    def check(predict, size):
+        path = tmp_path / "rewritten.png"
+        Image.fromarray(np.zeros((size, size), np.uint8)).save(path)
+        before = predict([str(path)])
+        Image.fromarray(np.full((size, size), 255, np.uint8)).save(path)
+        return before, predict([str(path)])
+
+    return check

@@ -1,29 +1,19 @@
-"""The frozen-prefix activation cache: exactness, sharing, invalidation, processes, budget."""
+"""The caches: frozen outputs shared by both estimators, decoded images; exactness, sharing,
+invalidation, processes, budget."""
 
 import joblib
 import numpy as np
 import pytest
-from conftest import TINYC, outputs_before_and_after_rewrite
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-from skcxr import PretrainedCNNClassifier
+from skcxr import FeatureExtractorTransformer, PretrainedCNNClassifier
 from skcxr.cache import cache_info, clear_cache, set_cache_budget
-
-TINYC = {**TINYC, "max_epochs": 3}
 
 
 @pytest.fixture(scope="module")
-def data(sample):
-    idx = np.r_[0:30, 100:130]
-    return sample.data[idx], sample.target[idx]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    clear_cache()
-    yield
-    clear_cache()
+def tiny3(tiny_clf):
+    return {**tiny_clf, "max_epochs": 3}
 
 
 @pytest.mark.parametrize("params", [
@@ -32,12 +22,12 @@ def _fresh_cache():
     {"n_trainable_layers": 8, "freeze_epochs": 1, "finetune_lr": 1e-4, "dropout": 0.3},
     {"n_trainable_layers": 2, "precision": "bf16"},
 ])
-def test_cached_and_uncached_fits_agree(data, params):
+def test_cached_and_uncached_fits_agree(data, params, tiny3):
     X, y = data
-    cached = PretrainedCNNClassifier(**{**TINYC, **params}).fit(X, y)
+    cached = PretrainedCNNClassifier(**{**tiny3, **params}).fit(X, y)
     assert cached.prefix_namespace_ is not None
     assert cache_info()["computed"] == 60
-    plain = PretrainedCNNClassifier(**{**TINYC, **params}, cache=False).fit(X, y)
+    plain = PretrainedCNNClassifier(**{**tiny3, **params}, cache=False).fit(X, y)
     assert plain.prefix_namespace_ is None
     tol = 2e-2 if params.get("precision") == "bf16" else 1e-4
     np.testing.assert_allclose(cached.predict_proba(X), plain.predict_proba(X), atol=tol)
@@ -45,9 +35,9 @@ def test_cached_and_uncached_fits_agree(data, params):
                                rtol=tol)
 
 
-def test_grid_search_computes_the_prefix_once_per_cut_point(data):
+def test_grid_search_computes_the_prefix_once_per_cut_point(data, tiny3):
     X, y = data
-    grid = GridSearchCV(PretrainedCNNClassifier(**TINYC),
+    grid = GridSearchCV(PretrainedCNNClassifier(**tiny3),
                         {"n_trainable_layers": [0, 2], "train_size": [20, 40]},
                         cv=StratifiedKFold(3))
     grid.fit(X, y)
@@ -56,9 +46,9 @@ def test_grid_search_computes_the_prefix_once_per_cut_point(data):
     assert cache_info()["hits"] >= 400  # every other lookup of 12 fits, their scoring, refit
 
 
-def test_stale_entries_are_never_hit(data, tmp_path):
+def test_stale_entries_are_never_hit(data, tiny3, rewrite_check):
     X, y = data
-    base = PretrainedCNNClassifier(**TINYC, n_trainable_layers=2).fit(X, y)
+    base = PretrainedCNNClassifier(**tiny3, n_trainable_layers=2).fit(X, y)
     for change in ({"random_state": 1},  # other (random) weights
                    {"image_size": 40}, {"normalize": "unit"}, {"resize": "pad"},
                    {"precision": "bf16"}, {"n_trainable_layers": 8}):  # other cut point
@@ -66,41 +56,41 @@ def test_stale_entries_are_never_hit(data, tmp_path):
         clone(base).set_params(**change).fit(X, y)
         assert cache_info()["computed"] - before == 60, change
     # same path, new pixels
-    a, b = outputs_before_and_after_rewrite(base.predict_proba, tmp_path / "img.png", 48)
+    a, b = rewrite_check(base.predict_proba, 48)
     assert not np.allclose(a, b)
 
 
-def test_cache_is_skipped_where_it_would_not_be_exact(data):
+def test_cache_is_skipped_where_it_would_not_be_exact(data, tiny3):
     X, y = data
-    assert PretrainedCNNClassifier(**TINYC, augment="flip").fit(X, y).prefix_namespace_ is None
-    assert PretrainedCNNClassifier(**TINYC, batchnorm="train").fit(X, y).prefix_namespace_ is None
-    tv = PretrainedCNNClassifier(**{**TINYC, "backbone": "torchvision:resnet18"}).fit(X, y)
+    assert PretrainedCNNClassifier(**tiny3, augment="flip").fit(X, y).prefix_namespace_ is None
+    assert PretrainedCNNClassifier(**tiny3, batchnorm="train").fit(X, y).prefix_namespace_ is None
+    tv = PretrainedCNNClassifier(**{**tiny3, "backbone": "torchvision:resnet18"}).fit(X, y)
     assert tv.prefix_namespace_ is None  # its forward is not a chain of its children
     assert cache_info()["computed"] == 0
 
 
-def _fit_in_worker(X, y, location):
-    PretrainedCNNClassifier(**TINYC, n_trainable_layers=2, memory=location).fit(X, y)
+def _fit_in_worker(params, X, y, location):
+    PretrainedCNNClassifier(**params, n_trainable_layers=2, memory=location).fit(X, y)
     return cache_info()["computed"]
 
 
-def test_disk_cache_is_shared_across_processes(data, tmp_path):
+def test_disk_cache_is_shared_across_processes(data, tmp_path, tiny3):
     X, y = data
     halves = [(X[::2], y[::2]), (X[1::2], y[1::2])]
     computed = joblib.Parallel(n_jobs=2, backend="loky")(
-        joblib.delayed(_fit_in_worker)(Xh, yh, tmp_path) for Xh, yh in halves)
+        joblib.delayed(_fit_in_worker)(tiny3, Xh, yh, tmp_path) for Xh, yh in halves)
     assert computed == [30, 30]
-    clf = PretrainedCNNClassifier(**TINYC, n_trainable_layers=2, memory=tmp_path).fit(X, y)
+    clf = PretrainedCNNClassifier(**tiny3, n_trainable_layers=2, memory=tmp_path).fit(X, y)
     info = cache_info()
     assert info["computed"] == 0 and info["disk_hits"] == 60
     assert clf.predict_proba(X).shape == (60, 2)
 
 
-def test_byte_budget_is_respected(data):
+def test_byte_budget_is_respected(data, tiny3):
     X, y = data
     try:
         set_cache_budget(100_000)
-        PretrainedCNNClassifier(**TINYC, n_trainable_layers=8).fit(X, y)
+        PretrainedCNNClassifier(**tiny3, n_trainable_layers=8).fit(X, y)
         info = cache_info()
         assert 0 < info["bytes"] <= 100_000 and info["evicted"] > 0
         set_cache_budget(0)
@@ -114,9 +104,9 @@ def test_byte_budget_is_respected(data):
 # --------------------------------------------------------------------------- decoded images
 
 
-def test_augmented_fits_decode_each_image_once(data):
+def test_augmented_fits_decode_each_image_once(data, tiny3):
     X, y = data
-    params = {**TINYC, "n_trainable_layers": 2, "augment": "flip", "max_epochs": 3}
+    params = {**tiny3, "n_trainable_layers": 2, "augment": "flip", "max_epochs": 3}
     cached = PretrainedCNNClassifier(**params).fit(X, y)
     info = cache_info()["decoded"]
     # 3 epochs of 54 training + 6 validation images, decoded once each
@@ -131,10 +121,10 @@ def test_augmented_fits_decode_each_image_once(data):
     np.testing.assert_array_equal(cached.history_["train_loss"], plain.history_["train_loss"])
 
 
-def test_decoded_cache_is_never_stale_and_respects_its_budget(data, tmp_path):
+def test_decoded_cache_is_never_stale_and_respects_its_budget(data, tiny3, rewrite_check):
     X, y = data
-    clf = PretrainedCNNClassifier(**TINYC, augment="flip").fit(X, y)
-    a, b = outputs_before_and_after_rewrite(clf.predict_proba, tmp_path / "img.png", 48)
+    clf = PretrainedCNNClassifier(**tiny3, augment="flip").fit(X, y)
+    a, b = rewrite_check(clf.predict_proba, 48)
     assert not np.allclose(a, b)  # same path, new pixels: decoded again
     before = cache_info()["decoded"]["computed"]
     clone(clf).set_params(image_size=40).fit(X, y)  # other decode settings
@@ -149,12 +139,37 @@ def test_decoded_cache_is_never_stale_and_respects_its_budget(data, tmp_path):
         set_cache_budget(decoded=1024**3)
 
 
-def test_decoded_cache_on_disk(data, tmp_path):
+def test_decoded_cache_on_disk(data, tmp_path, tiny3):
     X, y = data
-    params = {**TINYC, "augment": "flip", "memory": tmp_path}
+    params = {**tiny3, "augment": "flip", "memory": tmp_path}
     first = PretrainedCNNClassifier(**params).fit(X, y).predict_proba(X)
     clear_cache()  # a new session: only the disk store remains
     second = PretrainedCNNClassifier(**params).fit(X, y).predict_proba(X)
     info = cache_info()["decoded"]
     assert info["computed"] == 0 and info["disk_hits"] == 60
     np.testing.assert_array_equal(first, second)
+
+
+# --------------------------------------------------------------------------- one frozen path
+
+
+def test_both_estimators_share_one_frozen_output_path(data, tiny_fe, tmp_path):
+    """Features and prefix outputs live in the same stores, under the same kind of keys."""
+    X, _ = data
+    fe = FeatureExtractorTransformer(**tiny_fe).fit(X)
+    first = fe.transform(X)
+    info = cache_info()
+    assert info["computed"] == 60 and info["entries"] == 60
+    assert info["bytes"] == 60 * 256 * 4  # one float32 feature row per image
+    np.testing.assert_array_equal(clone(fe).fit(X).transform(X[::-1]), first[::-1])
+    assert cache_info()["computed"] == 60 and cache_info()["hits"] == 60  # a clone hits
+    # cache=False: computed, not stored; the same numbers
+    np.testing.assert_array_equal(clone(fe).set_params(cache=False).fit(X).transform(X), first)
+    assert cache_info()["computed"] == 60
+    # memory=: the disk store, as for the classifier; a new session reads it
+    clear_cache()
+    FeatureExtractorTransformer(**tiny_fe, memory=tmp_path).fit(X).transform(X[:10])
+    clear_cache()
+    again = FeatureExtractorTransformer(**tiny_fe, memory=tmp_path).fit(X).transform(X[:10])
+    assert cache_info()["disk_hits"] == 10 and cache_info()["computed"] == 0
+    np.testing.assert_array_equal(again, first[:10])

@@ -6,7 +6,6 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from conftest import TINYC  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.model_selection import GridSearchCV, StratifiedKFold  # noqa: E402
@@ -22,15 +21,9 @@ pytest.importorskip("pytorch_grad_cam")
 
 
 @pytest.fixture(scope="module")
-def data(sample):
-    idx = np.r_[0:20, 100:120]
-    return sample.data[idx], sample.target[idx]
-
-
-@pytest.fixture(scope="module")
-def fitted(data):
+def fitted(data, tiny_clf):
     X, y = data
-    return PretrainedCNNClassifier(**{**TINYC, "n_trainable_layers": 2, "freeze_epochs": 1,
+    return PretrainedCNNClassifier(**{**tiny_clf, "n_trainable_layers": 2, "freeze_epochs": 1,
                                       "max_epochs": 3}).fit(X, y)
 
 
@@ -65,20 +58,20 @@ def test_gradcam_targets_and_layers(fitted, data):
         gradcam(LogisticRegression(), X[:1])
 
 
-def test_gradcam_through_an_imblearn_pipeline(data):
+def test_gradcam_through_an_imblearn_pipeline(data, tiny_clf):
     from imblearn.over_sampling import RandomOverSampler
     from imblearn.pipeline import make_pipeline as make_imb_pipeline
 
     X, y = data
     pipe = make_imb_pipeline(RandomOverSampler(random_state=0),
-                             PretrainedCNNClassifier(**{**TINYC, "max_epochs": 1}))
+                             PretrainedCNNClassifier(**{**tiny_clf, "max_epochs": 1}))
     pipe.fit(X.reshape(-1, 1), y)
     np.testing.assert_allclose(gradcam(pipe, X[:2]), gradcam(pipe[-1], X[:2]))
 
 
-def test_gradcam_padding_is_undone(data, tmp_path):
+def test_gradcam_padding_is_undone(data, tmp_path, tiny_clf):
     X, y = data
-    clf = PretrainedCNNClassifier(**{**TINYC, "resize": "pad", "max_epochs": 1}).fit(X, y)
+    clf = PretrainedCNNClassifier(**{**tiny_clf, "resize": "pad", "max_epochs": 1}).fit(X, y)
     wide = tmp_path / "wide.png"
     Image.fromarray(read_image(X[0])).resize((200, 100)).save(wide)
     (m,) = gradcam(clf, [str(wide)])
@@ -94,14 +87,14 @@ def test_gradcam_for_a_feature_pipeline(data):
     assert maps.shape == (3, 160, 160) and maps.max() > 0.9
 
 
-def test_plots(fitted, data, tmp_path):
+def test_plots(fitted, data, tmp_path, tiny_clf):
     X, y = data
     ax = plot_history(fitted)
     assert {"train loss", "valid loss"} <= {t.get_text() for t in ax.get_legend().get_texts()}
     assert any(line.get_linestyle() == ":" for line in ax.get_lines())  # the unfreeze point
     ax.figure.savefig(tmp_path / "history.png")
 
-    grid = GridSearchCV(PretrainedCNNClassifier(**{**TINYC, "max_epochs": 1}),
+    grid = GridSearchCV(PretrainedCNNClassifier(**{**tiny_clf, "max_epochs": 1}),
                         {"n_trainable_layers": [0, 2], "train_size": [10, 20]},
                         cv=StratifiedKFold(2)).fit(X, y)
     ax, table = plot_grid_heatmap(grid.cv_results_, baseline=0.5)

@@ -2,11 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_FE
 from PIL import Image
 
 from skcxr import FeatureExtractorTransformer, ImageReadError
-from skcxr.images import check_images, make_preprocessing, read_image
+from skcxr.images import DataConfig, check_images, make_preprocessing, read_image
 
 GREY = (np.arange(48 * 40, dtype=np.uint32).reshape(48, 40) * 7 % 256).astype(np.uint8)
 
@@ -19,9 +18,9 @@ def _save(img, path, **kw):
 # ---------------------------------------------------------------- input forms
 
 
-def test_every_input_form_gives_the_same_features(sample_paths):
+def test_every_input_form_gives_the_same_features(sample_paths, tiny_fe):
     paths, _ = sample_paths
-    fe = FeatureExtractorTransformer(**TINY_FE).fit(paths)
+    fe = FeatureExtractorTransformer(**tiny_fe).fit(paths)
     expected = fe.transform(paths)
     arrays = np.stack([read_image(p) for p in paths])  # (n, 160, 160) uint8 grey
     forms = {
@@ -104,7 +103,7 @@ def _write_dicom(path, raw, photometric="MONOCHROME2", slope=None, intercept=Non
     return str(path)
 
 
-def test_dicom_modality_lut_window_and_monochrome1(tmp_path):
+def test_dicom_modality_lut_window_and_monochrome1(tmp_path, tiny_fe):
     pytest.importorskip("pydicom")
     raw = np.tile(np.linspace(0, 4000, 50).astype(np.uint16), (20, 1))
     ramp = (raw - raw.min()) / (raw.max() - raw.min())
@@ -120,7 +119,7 @@ def test_dicom_modality_lut_window_and_monochrome1(tmp_path):
     inside = (modality > 2900) & (modality < 4900)
     np.testing.assert_allclose(win[inside], (modality[inside] - 2900) / 2000, atol=2e-3)
     # and it flows through the estimator like any other file
-    fe = FeatureExtractorTransformer(**TINY_FE).fit([str(tmp_path / "m2.dcm")])
+    fe = FeatureExtractorTransformer(**tiny_fe).fit([str(tmp_path / "m2.dcm")])
     assert fe.transform([str(tmp_path / "m2.dcm"), str(tmp_path / "m1.dcm")]).shape == (2, 256)
 
 
@@ -128,8 +127,7 @@ def test_dicom_modality_lut_window_and_monochrome1(tmp_path):
 
 
 def test_resize_modes_and_normalisations():
-    cfg = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3,
-           "interpolation": "bilinear", "crop_pct": 0.875}
+    cfg = DataConfig(image_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3)
     wide = torch.full((1, 16, 32), 255, dtype=torch.uint8)  # white, twice as wide as tall
     pad = make_preprocessing(cfg, resize="pad").transform(wide)
     assert pad.shape == (3, 32, 32)
@@ -156,15 +154,16 @@ def test_resize_modes_and_normalisations():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"image_size": 3}, "image_size"),
-        ({"resize": "squash"}, "resize must be one of"),
-        ({"normalize": "zscore"}, "normalize must be one of"),
-        ({"in_chans": 2}, "in_chans must be 1 or 3"),
+        ({"image_size": 3}, "'image_size' parameter of make_preprocessing must be"),
+        ({"resize": "squash"}, "'resize' parameter .* must be one of 'stretch', 'pad', 'crop'"),
+        ({"normalize": "zscore"}, "'normalize' parameter .* or a \\(mean, std\\) pair"),
+        ({"normalize": (0.5, 0)}, "std \\[0.0, 0.0, 0.0\\] must be positive"),
+        ({"in_chans": 2}, "'in_chans' parameter .* must be one of 1, 3; got 2"),
     ],
 )
 def test_bad_preprocessing_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        make_preprocessing({"input_size": (3, 32, 32)}, **kwargs)
+        make_preprocessing(DataConfig(), **kwargs)
 
 
 # ---------------------------------------------------------------- bad input
@@ -191,18 +190,18 @@ def bad_files(tmp_path):
         ("anim.gif", ValueError, "Unsupported image file extension '.gif'"),
     ],
 )
-def test_bad_files_fail_at_validation_naming_the_file(bad_files, name, exc, match):
+def test_bad_files_fail_at_validation_naming_the_file(bad_files, name, exc, match, tiny_fe):
     root, good = bad_files
     with pytest.raises(exc, match=match):
         check_images([good, str(root / name)])
-    fe = FeatureExtractorTransformer(**TINY_FE)
+    fe = FeatureExtractorTransformer(**tiny_fe)
     with pytest.raises(exc, match=match):
         fe.fit([good, str(root / name)])
 
 
-def test_truncated_image_raises_naming_the_file(bad_files):
+def test_truncated_image_raises_naming_the_file(bad_files, tiny_fe):
     root, good = bad_files
-    fe = FeatureExtractorTransformer(**TINY_FE).fit([good])
+    fe = FeatureExtractorTransformer(**tiny_fe).fit([good])
     with pytest.raises(ImageReadError, match="truncated.jpg"):
         fe.transform([good, str(root / "truncated.jpg")])
 

@@ -1,7 +1,6 @@
 """Integration on the real data in ../shared/data with the real offline weights."""
 
 import numpy as np
-from conftest import SHARED_DATA, kermany_dir
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
@@ -15,15 +14,15 @@ from skcxr import (
 )
 
 
-def _kermany_subset(n):
-    data = load_image_folder(kermany_dir() / "train")
+def _kermany_subset(shared_data, n):
+    data = load_image_folder(shared_data / "kermany224" / "train")
     X, _, y, _ = train_test_split(data.data, data.target, train_size=n, stratify=data.target,
                                   random_state=0)
     return X, y
 
 
-def test_kermany_300_image_cv_auc_of_frozen_features(tmp_path):
-    X, y = _kermany_subset(300)
+def test_kermany_300_image_cv_auc_of_frozen_features(shared_data, tmp_path):
+    X, y = _kermany_subset(shared_data, 300)
     pipe = make_pipeline(
         FeatureExtractorTransformer(memory=tmp_path),  # 5 folds, each image computed once
         LogisticRegression(class_weight="balanced", max_iter=5000),
@@ -34,8 +33,8 @@ def test_kermany_300_image_cv_auc_of_frozen_features(tmp_path):
     assert np.all(scores > 0.8)
 
 
-def test_kermany_400_image_cv_auc_of_fine_tuning():
-    X, y = _kermany_subset(400)
+def test_kermany_400_image_cv_auc_of_fine_tuning(shared_data):
+    X, y = _kermany_subset(shared_data, 400)
     clf = PretrainedCNNClassifier(n_trainable_layers=2, class_weight="balanced", max_epochs=3,
                                   image_size=160, random_state=0)
     scores = cross_val_score(clf, X, y, cv=StratifiedKFold(5, shuffle=True, random_state=0),
@@ -43,10 +42,8 @@ def test_kermany_400_image_cv_auc_of_fine_tuning():
     assert scores.mean() >= 0.92, scores  # measured here: 0.988
 
 
-def test_nih1000_multilabel_from_labels_csv():
-    csv = SHARED_DATA / "nih1000" / "labels.csv"
-    kermany_dir()  # skips when shared data is absent
-    nih = load_nih_csv(csv)
+def test_nih1000_multilabel_from_labels_csv(shared_data):
+    nih = load_nih_csv(shared_data / "nih1000" / "labels.csv")
     assert nih.target.shape == (1000, 15) and "No Finding" in nih.target_names
     assert nih.target[:, list(nih.target_names).index("No Finding")].sum() == 499
     train = (nih.frame["split"] != "test").to_numpy()

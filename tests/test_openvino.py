@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from conftest import TINY_FE
 
 from skcxr import FeatureExtractorTransformer
 
@@ -26,53 +25,51 @@ def test_openvino_features_agree_with_torch(reference, precision, min_cos):
     assert cos.min() > min_cos, cos
 
 
-def test_openvino_takes_8_bit_and_16_bit_inputs(sample_paths):
+def test_openvino_takes_8_bit_and_16_bit_inputs(sample_paths, tiny_fe):
     from skcxr.images import read_image
 
     paths, _ = sample_paths
     arrays = np.stack([read_image(p) for p in paths])
-    fe = FeatureExtractorTransformer(**{**TINY_FE, "engine": "openvino"}).fit(paths)
+    fe = FeatureExtractorTransformer(**{**tiny_fe, "engine": "openvino"}).fit(paths)
     u8 = fe.transform(arrays)
     u16 = fe.transform(arrays.astype(np.uint16) * 257)  # float path, normalised in torch
-    ref = FeatureExtractorTransformer(**TINY_FE).fit(paths).transform(arrays)
+    ref = FeatureExtractorTransformer(**tiny_fe).fit(paths).transform(arrays)
     scale = np.abs(ref).max()
     np.testing.assert_allclose(u8, ref, atol=1e-3 * scale)
     np.testing.assert_allclose(u16, ref, atol=0.03 * scale)
 
 
-def test_auto_engine_picks_openvino_on_cpu_and_caches_by_engine(sample_paths, tmp_path):
+def test_auto_engine_picks_openvino_on_cpu_and_caches_by_engine(sample_paths, tiny_fe):
+    from skcxr.cache import cache_info
+
     paths, _ = sample_paths
-    fe = FeatureExtractorTransformer(**{**TINY_FE, "engine": "auto"}, device="cpu").fit(paths)
+    fe = FeatureExtractorTransformer(**{**tiny_fe, "engine": "auto"}, device="cpu").fit(paths)
     assert fe.engine_ == "openvino"
-    assert fe._cache_namespace()["engine"] == "openvino"
+    fe.transform(paths)
+    assert cache_info()["computed"] == 12
+    fe.set_params(engine="torch").transform(paths)  # other engine, other numbers: no hit
+    assert cache_info()["computed"] == 24 and cache_info()["hits"] == 0
 
 
-def test_openvino_estimator_pickles(sample_paths, tmp_path):
+def test_openvino_estimator_pickles(sample_paths, tmp_path, tiny_fe):
     import joblib
 
     paths, _ = sample_paths
-    fe = FeatureExtractorTransformer(**{**TINY_FE, "engine": "openvino"}).fit(paths)
+    fe = FeatureExtractorTransformer(**{**tiny_fe, "engine": "openvino"}).fit(paths)
     out = fe.transform(paths)
     joblib.dump(fe, tmp_path / "fe.joblib")
     np.testing.assert_array_equal(joblib.load(tmp_path / "fe.joblib").transform(paths), out)
 
 
-def test_bad_engine():
-    with pytest.raises(ValueError, match="engine must be"):
-        FeatureExtractorTransformer(**{**TINY_FE, "engine": "tensorrt"}).fit(np.zeros((2, 8, 8)))
-
-
-def test_classifier_prefix_on_openvino_matches_torch(sample):
-    from conftest import TINYC
-
+def test_classifier_prefix_on_openvino_matches_torch(sample, tiny_clf):
     from skcxr import PretrainedCNNClassifier
     from skcxr.cache import clear_cache
 
     idx = np.r_[0:20, 100:120]
     X, y = sample.data[idx], sample.target[idx]
     clear_cache()
-    ov = PretrainedCNNClassifier(**{**TINYC, "engine": "openvino"}, n_trainable_layers=2)
+    ov = PretrainedCNNClassifier(**{**tiny_clf, "engine": "openvino"}, n_trainable_layers=2)
     ov.fit(X, y)
     assert ov.prefix_namespace_["engine"] == "openvino"
-    torch_ = PretrainedCNNClassifier(**TINYC, n_trainable_layers=2).fit(X, y)
+    torch_ = PretrainedCNNClassifier(**tiny_clf, n_trainable_layers=2).fit(X, y)
     np.testing.assert_allclose(ov.predict_proba(X), torch_.predict_proba(X), atol=2e-3)

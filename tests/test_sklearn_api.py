@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from conftest import TINY_FE, TINYC
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
@@ -12,7 +11,11 @@ from sklearn.utils import estimator_checks as ec
 
 from skcxr import FeatureExtractorTransformer, PretrainedCNNClassifier
 
-ESTIMATORS = [FeatureExtractorTransformer(**TINY_FE), PretrainedCNNClassifier(**TINYC)]
+# the tiny presets of conftest's tiny_fe / tiny_clf fixtures (parametrize needs them at import)
+_TINY = dict(backbone="test_efficientnet", weights=None, random_state=0, precision="fp32",
+             engine="torch")
+ESTIMATORS = [FeatureExtractorTransformer(**_TINY, image_size=64),
+              PretrainedCNNClassifier(**_TINY, image_size=48, max_epochs=2, batch_size=16)]
 
 # parametrize_with_checks runs nothing for image input (two_d_array=False), so the
 # data-free checks are called here and the data-dependent ones are written below.
@@ -59,9 +62,9 @@ def test_unfitted_transform_raises(estimator, sample_paths):
         est.transform(X) if hasattr(est, "transform") else est.predict(X)
 
 
-def test_works_in_cross_val_score_and_grid_search(sample, tmp_path):
+def test_works_in_cross_val_score_and_grid_search(sample, tmp_path, tiny_fe):
     X, y = sample.data[::5], sample.target[::5]  # 60 images
-    pipe = make_pipeline(FeatureExtractorTransformer(**TINY_FE, memory=tmp_path),
+    pipe = make_pipeline(FeatureExtractorTransformer(**tiny_fe, memory=tmp_path),
                          LogisticRegression(max_iter=1000))
     scores = cross_val_score(pipe, X, y, cv=StratifiedKFold(3), scoring="accuracy")
     assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
@@ -71,13 +74,13 @@ def test_works_in_cross_val_score_and_grid_search(sample, tmp_path):
     assert grid.predict(X[:5]).shape == (5,)
 
 
-def test_imbalanced_learn_pipeline_with_a_path_column(sample):
+def test_imbalanced_learn_pipeline_with_a_path_column(sample, tiny_fe):
     from imblearn.over_sampling import RandomOverSampler
     from imblearn.pipeline import make_pipeline as make_imb_pipeline
 
     X, y = sample.data[::5].reshape(-1, 1), sample.target[::5]  # (60, 1) column of paths
     pipe = make_imb_pipeline(RandomOverSampler(random_state=0),
-                             FeatureExtractorTransformer(**TINY_FE),
+                             FeatureExtractorTransformer(**tiny_fe),
                              LogisticRegression(max_iter=1000))
     pipe.fit(X, y)
     assert pipe.predict_proba(X).shape == (60, 2)
@@ -85,12 +88,12 @@ def test_imbalanced_learn_pipeline_with_a_path_column(sample):
     assert X_res.shape == (80, 1) and np.bincount(y_res).tolist() == [40, 40]
 
 
-def test_column_transformer_with_a_path_column_and_tabular_columns(sample):
+def test_column_transformer_with_a_path_column_and_tabular_columns(sample, tiny_fe):
     import pandas as pd
     from sklearn.compose import ColumnTransformer
 
     df = pd.DataFrame({"path": sample.data[::10], "age": np.arange(30.0)})
-    ct = ColumnTransformer([("img", FeatureExtractorTransformer(**TINY_FE), ["path"]),
+    ct = ColumnTransformer([("img", FeatureExtractorTransformer(**tiny_fe), ["path"]),
                             ("age", "passthrough", ["age"])])
     out = ct.fit_transform(df)
     assert out.shape == (30, 257)
@@ -98,22 +101,16 @@ def test_column_transformer_with_a_path_column_and_tabular_columns(sample):
     assert ct.get_feature_names_out()[0] == "img__featureextractortransformer0"
 
 
-@pytest.fixture(scope="module")
-def small(sample):
-    idx = np.r_[0:40:2, 100:200:5]  # 20 + 20 images
-    return sample.data[idx], sample.target[idx]
-
-
-def test_classifier_in_cross_val_score_and_pipeline(small):
-    X, y = small
-    clf = PretrainedCNNClassifier(**TINYC)
+def test_classifier_in_cross_val_score_and_pipeline(data, tiny_clf):
+    X, y = data
+    clf = PretrainedCNNClassifier(**tiny_clf)
     scores = cross_val_score(make_pipeline(clf), X, y, cv=StratifiedKFold(3), scoring="roc_auc")
     assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
 
 
-def test_grid_search_over_c_and_s(small):
-    X, y = small
-    grid = GridSearchCV(PretrainedCNNClassifier(**TINYC),
+def test_grid_search_over_c_and_s(data, tiny_clf):
+    X, y = data
+    grid = GridSearchCV(PretrainedCNNClassifier(**tiny_clf),
                         {"n_trainable_layers": [0, 2, 8], "train_size": [12, 24]},
                         cv=StratifiedKFold(3), scoring="roc_auc")
     grid.fit(X, y)
@@ -127,27 +124,27 @@ def test_grid_search_over_c_and_s(small):
     assert best.n_train_samples_ + best.n_valid_samples_ == grid.best_params_["train_size"]
 
 
-def test_threshold_tuning_and_calibration(small):
+def test_threshold_tuning_and_calibration(data, tiny_clf):
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.model_selection import TunedThresholdClassifierCV
 
-    X, y = small
-    tuned = TunedThresholdClassifierCV(PretrainedCNNClassifier(**TINYC), cv=2,
+    X, y = data
+    tuned = TunedThresholdClassifierCV(PretrainedCNNClassifier(**tiny_clf), cv=2,
                                        scoring="balanced_accuracy").fit(X, y)
-    assert 0 <= tuned.best_threshold_ <= 1 and tuned.predict(X).shape == (40,)
-    cal = CalibratedClassifierCV(PretrainedCNNClassifier(**TINYC), cv=2).fit(X, y)
+    assert 0 <= tuned.best_threshold_ <= 1 and tuned.predict(X).shape == (60,)
+    cal = CalibratedClassifierCV(PretrainedCNNClassifier(**tiny_clf), cv=2).fit(X, y)
     proba = cal.predict_proba(X)
-    assert proba.shape == (40, 2) and np.allclose(proba.sum(1), 1)
+    assert proba.shape == (60, 2) and np.allclose(proba.sum(1), 1)
 
 
-def test_imbalanced_learn_oversampling_with_augmented_copies(sample):
+def test_imbalanced_learn_oversampling_with_augmented_copies(sample, tiny_clf):
     from imblearn.over_sampling import RandomOverSampler
     from imblearn.pipeline import make_pipeline as make_imb_pipeline
 
     idx = np.r_[0:10, 100:140]  # 10 NORMAL vs 40 PNEUMONIA
     X, y = sample.data[idx].reshape(-1, 1), sample.target[idx]
     pipe = make_imb_pipeline(RandomOverSampler(random_state=0),
-                             PretrainedCNNClassifier(**TINYC, augment="standard"))
+                             PretrainedCNNClassifier(**tiny_clf, augment="standard"))
     pipe.fit(X, y)
     clf = pipe[-1]
     assert clf.n_train_samples_ + clf.n_valid_samples_ == 80  # oversampled to 40 + 40

@@ -11,8 +11,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-BATCHNORM_POLICIES = ("frozen", "eval", "train")
-
 
 def parameterised_layers(module: nn.Module, example: torch.Tensor) -> list[str]:
     """Names of the leaf modules that own parameters, in the order forward() runs them.
@@ -65,14 +63,7 @@ def select_trainable(layers: list[str], n_trainable_layers) -> list[str]:
         )
     if n_trainable_layers in ("all", -1):
         return list(layers)
-    if isinstance(n_trainable_layers, bool) or not isinstance(n_trainable_layers, int) and not (
-        hasattr(n_trainable_layers, "__index__")
-    ):
-        raise ValueError(
-            "n_trainable_layers must be an int, -1, 'all' or a module name; got "
-            f"{n_trainable_layers!r}."
-        )
-    k = int(n_trainable_layers)
+    k = int(n_trainable_layers)  # validated: an int >= -1
     if k < -1 or k > n:
         raise ValueError(
             f"n_trainable_layers={k} is out of range: this backbone has {n} parameterised "

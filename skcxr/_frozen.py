@@ -1,0 +1,115 @@
+"""Outputs of a frozen network, computed once per image: one path for both estimators.
+
+A frozen network is a fixed function of the image: the transformer's whole backbone (pooled
+features) and the classifier's frozen prefix (the backbone up to its cut point) are both
+one. :class:`FrozenPart` says what the network is (one namespace builder: everything its
+outputs depend on), runs it (torch, or OpenVINO compiled on the CPU) and serves its outputs
+per image from the caches of :mod:`skcxr.cache` (the in-process LRU shared by all clones,
+then the optional disk store), computing only the images that miss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _runtime
+from .cache import cached_rows, namespace_digest
+from .images import ImageSource, Preprocessing, make_loader
+
+
+class FrozenPart:
+    """A frozen network applied to preprocessed images.
+
+    Parameters
+    ----------
+    module : nn.Module
+        Maps a normalised image batch to outputs; in eval mode, no parameter trains. Never
+        written to: a call on a GPU runs on a copy.
+    preprocessing : skcxr.images.Preprocessing
+    provenance : dict
+        The backbone's provenance (its name and ``state_sha256`` identify the weights).
+    part : dict
+        What part of the backbone this is, e.g. ``{"kind": "pooled-features", "pooling":
+        "avg"}`` or ``{"kind": "frozen-prefix", "cut": [chain names]}``.
+    keep : {"float32", "compute"}
+        The dtype outputs are returned and cached in: float32, or the compute dtype (bf16
+        under bf16: half the memory; the classifier's uncached forward casts the prefix
+        output the same way, so cached and uncached fits see the same numbers).
+    """
+
+    def __init__(self, module, preprocessing: Preprocessing, provenance: dict, part: dict,
+                 keep: str = "float32"):
+        self.module = module
+        self.preprocessing = preprocessing
+        self.identity = {"backbone": provenance.get("backbone"),
+                         "state_sha256": provenance["state_sha256"], **part}
+        self.keep = keep
+
+    def dtype(self, run: _runtime.Execution) -> torch.dtype:
+        return torch.float32 if self.keep == "float32" else run.dtype
+
+    def namespace(self, run: _runtime.Execution) -> dict:
+        """Everything the outputs depend on besides the image: the cache namespace."""
+        return {**self.identity, "preprocessing": repr(self.preprocessing),
+                "precision": run.precision, "device_type": run.device.type,
+                "engine": run.engine, "dtype": str(self.dtype(run)).replace("torch.", "")}
+
+    def outputs(self, source: ImageSource, run: _runtime.Execution, *, cache: bool = True,
+                location=None, batch_size: int = 32, num_workers: int = 0, verbose=0,
+                desc: str = "features") -> torch.Tensor:
+        """Outputs for every image of ``source``, ``(n, ...)``, in :meth:`dtype`.
+
+        With ``cache``, each image is looked up by its content hash under
+        :meth:`namespace` in memory, then on disk (``location``), and only the missing
+        ones are computed (and stored). Without, all are computed.
+        """
+        def compute(src):
+            return self._compute(src, run, batch_size=batch_size, num_workers=num_workers,
+                                 verbose=verbose, desc=desc)
+
+        if not cache:
+            return compute(source)
+        rows = cached_rows(self.namespace(run), source.keys(),
+                           lambda missing: compute(source.subset(missing)), location=location)
+        return torch.stack(rows)
+
+    def _compute(self, source, run, *, batch_size, num_workers, verbose, desc) -> torch.Tensor:
+        prep, dtype = self.preprocessing, self.dtype(run)
+        loader = make_loader(source, prep, batch_size=batch_size, num_workers=num_workers,
+                             pin_memory=run.device.type == "cuda")
+        if run.engine == "openvino":
+            return self._openvino(loader, run, len(source), verbose, desc).to(dtype)
+        module = _runtime.on_device(self.module, run.device)
+
+        def forward(batch):
+            # channels_last: the layout oneDNN (CPU) and cuDNN convolutions are fastest in
+            x = prep.normalize(batch).contiguous(memory_format=torch.channels_last)
+            with _runtime.autocast(run.device, run.precision):
+                return module(x).to(dtype)
+
+        out = _runtime.run_batches(forward, loader, len(source), device=run.device,
+                                   verbose=verbose, desc=desc)
+        _runtime.release(run.device)
+        return out
+
+    def _openvino(self, loader, run, n, verbose, desc) -> torch.Tensor:
+        """The module compiled by OpenVINO: uint8 images in, normalisation in the graph."""
+        from tqdm.auto import tqdm
+
+        from ._openvino import compile_frozen, run_pipelined
+
+        prep = self.preprocessing
+        key = namespace_digest({**self.identity, "preprocessing": repr(prep)})
+        shape = (prep.in_chans, *prep.size)
+
+        def items():  # 8-bit batches go in raw; 16-bit/DICOM ones are normalised here
+            for b in loader:
+                if b.dtype == torch.uint8:
+                    yield compile_frozen(self.module, shape, run.precision, key, prep.mean,
+                                         prep.std), b
+                else:
+                    yield (compile_frozen(self.module, shape, run.precision, key),
+                           prep.normalize(b))
+
+        with tqdm(total=n, disable=not verbose, unit="img", desc=desc) as bar:
+            return torch.from_numpy(run_pipelined(items(), n, bar))

@@ -1,0 +1,182 @@
+"""The network a PretrainedCNNClassifier trains, and the plan that builds it.
+
+``images -> normalise -> frozen prefix -> trainable suffix -> head -> logits``. The backbone
+is cut, where it can be, at the first element of its chain of sub-modules that holds a
+trainable layer: everything before the cut is the *frozen prefix*, whose outputs depend on
+the image alone (so they can be computed once and cached: :mod:`skcxr._frozen`), the rest
+is the *trainable suffix*, and the new dense *head* always trains.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import _runtime
+from ._layers import (
+    apply_batchnorm_policy,
+    cut_index,
+    parameterised_layers,
+    select_trainable,
+    sequential_chain,
+    set_trainable,
+)
+
+
+def build_network(backbone, prep, n_trainable_layers, *, n_outputs: int, hidden_units=(),
+                  dropout: float = 0.0, batchnorm: str = "frozen", precision: str = "fp32",
+                  ) -> CXRNet:
+    """The plan of a fit: which backbone layers train, where the backbone is cut, the head.
+
+    Parameters
+    ----------
+    backbone : skcxr.backbones.Backbone
+    prep : skcxr.images.Preprocessing
+        Gives the probe's shape and the normalisation.
+    n_trainable_layers : int, "all" or str
+        The validated parameter; its range is checked here, against this backbone (the one
+        parameter check that needs the loaded network).
+    n_outputs, hidden_units, dropout :
+        The head (:func:`make_head`), initialised from the global torch RNG: seed it first.
+    batchnorm, precision : str
+        See :class:`CXRNet`.
+    """
+    probe = torch.rand(1, prep.in_chans, *prep.size, generator=torch.Generator().manual_seed(0))
+    trainable = select_trainable(parameterised_layers(backbone.module, probe),
+                                 n_trainable_layers)
+    chain = sequential_chain(backbone.module, prep.normalize(probe))
+    head = make_head(backbone.num_features, n_outputs, tuple(hidden_units), float(dropout))
+    return CXRNet(backbone.module, head, prep.mean, prep.std, trainable, batchnorm=batchnorm,
+                  precision=precision,
+                  chain_names=[name for name, _ in chain] if chain is not None else None,
+                  cut=cut_index(chain, trainable) if chain is not None else None)
+
+
+def make_head(in_features: int, n_outputs: int, hidden_units=(), dropout: float = 0.0,
+              ) -> nn.Sequential:
+    """Dense head: [Dropout, Linear, ReLU] per hidden layer, then Dropout, Linear."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for units in hidden_units:
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers += [nn.Linear(width, int(units)), nn.ReLU(inplace=True)]
+        width = int(units)
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(width, n_outputs))
+    return nn.Sequential(*layers)
+
+
+class CXRNet(nn.Module):
+    """``head(suffix(prefix(x)))``: a backbone split at a cut point, a freezing plan, a BN policy.
+
+    ``prefix`` normalises the images and runs the backbone's chain up to ``cut`` (the frozen
+    prefix, in eval mode even while training); ``suffix`` runs the rest of the backbone (the
+    trainable suffix); ``head`` maps pooled features to logits. When the backbone cannot be
+    split into a chain (``chain_names=None``), the prefix is the normalisation alone.
+
+    The forward pass takes either images (``x``) or frozen-prefix outputs (``h``, e.g.
+    from the cache): skorch passes the keys of the dataset's dict items as keyword
+    arguments, so what a batch holds decides the path, and no flag is toggled on the module.
+
+    Parameters
+    ----------
+    backbone : nn.Module
+        Maps a normalised image batch to pooled features ``(n, num_features)``.
+    head : nn.Module
+        Maps pooled features to logits.
+    mean, std : sequence of float
+        Per-channel normalisation; inputs are uint8 (0..255) or float in [0, 1].
+    trainable_layers : list of str
+        Backbone layers (names inside ``backbone``) that train once unfrozen.
+    batchnorm : {"frozen", "eval", "train"}
+        See :func:`skcxr._layers.apply_batchnorm_policy`.
+    precision : {"fp32", "bf16", "fp16"}
+        Autocast precision of training; logits are returned in float32.
+    chain_names : list of str or None
+        The backbone as a chain of sub-modules (:func:`skcxr._layers.sequential_chain`).
+    cut : int or None
+        Chain elements ``[:cut]`` form the frozen prefix.
+    """
+
+    def __init__(self, backbone, head, mean, std, trainable_layers=(), batchnorm="frozen",
+                 precision="fp32", chain_names=None, cut=None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.trainable_layers = list(trainable_layers)
+        self.batchnorm = batchnorm
+        self.precision = precision
+        self.chain_names = list(chain_names) if chain_names is not None else None
+        self.cut = (cut or 0) if self.chain_names is not None else 0
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.backbone_unfrozen = False
+
+    @property
+    def prefix_is_fixed(self) -> bool:
+        """Whether the frozen prefix is a fixed function of the image: there is one, and its
+        BatchNorm statistics do not move while training (any policy but "train")."""
+        return self.cut > 0 and self.batchnorm != "train"
+
+    def _chain(self, start, stop):
+        return [self.backbone.get_submodule(n) for n in self.chain_names[start:stop]]
+
+    def unfreeze(self) -> None:
+        """Let the planned backbone layers train (the head always does)."""
+        set_trainable(self.backbone, self.trainable_layers, True)
+        self.backbone_unfrozen = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.cut and self.batchnorm != "train":
+            for m in self._chain(0, self.cut):  # frozen layers compute as at inference
+                m.eval()
+        apply_batchnorm_policy(self.backbone, self.batchnorm)
+        return self
+
+    def frozen_prefix(self) -> nn.Sequential:
+        """The frozen prefix as a module of its own (sharing weights), in eval mode."""
+        return nn.Sequential(*self._chain(0, self.cut)).eval()
+
+    def prefix(self, x: torch.Tensor, precision: str | None = None) -> torch.Tensor:
+        """Images -> output of the frozen prefix, in the compute dtype (what the cache holds).
+
+        The same operations as :meth:`skcxr._frozen.FrozenPart.outputs` in the same order,
+        so that a cached fit and an uncached one see the same numbers.
+        """
+        precision = precision or self.precision
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        with _runtime.autocast(x.device, precision):
+            for m in self._chain(0, self.cut) if self.cut else ():
+                x = m(x)
+        return x.to(_runtime.compute_dtype(precision))
+
+    def suffix(self, h: torch.Tensor) -> torch.Tensor:
+        """Frozen-prefix output -> pooled features."""
+        if self.chain_names is None:
+            return self.backbone(h)
+        for m in self._chain(self.cut, None):
+            h = m(h)
+        return h
+
+    def forward(self, x=None, h=None, sample_weight=None):
+        """Logits (float32) of images ``x``, or of frozen-prefix outputs ``h``.
+
+        ``sample_weight`` rides along in the batch for the loss and is ignored here.
+        """
+        return self.logits(x=x, h=h)
+
+    def logits(self, x=None, h=None, precision: str | None = None) -> torch.Tensor:
+        """Like ``forward``, at ``precision`` (default: the training precision)."""
+        precision = precision or self.precision
+        if h is None:
+            h = self.prefix(x, precision)
+        with _runtime.autocast(h.device, precision):
+            return self.head(self.suffix(h)).float()
