@@ -10,13 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _runtime
 from ._augment import make_augment
 from ._network import build_network
-from ._params import (
-    CLASSIFIER_CONSTRAINTS,
-    SHARED_CONSTRAINTS,
-    as_seed,
-    fill_doc,
-    validate_params,
-)
+from ._params import CLASSIFIER_CONSTRAINTS, fill_doc, validate_params
 from ._training import (
     TRAINING_PARAMS,
     frozen_prefix,
@@ -25,6 +19,7 @@ from ._training import (
     make_net,
     training_datasets,
 )
+from ._validation import as_seed
 from .backbones import DEFAULT_BACKBONE, load_backbone
 from .cache import DecodedImages, resolve_location
 from .images import check_images, make_loader, make_preprocessing
@@ -168,7 +163,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
     (16, 2)
     """
 
-    _parameter_constraints = {**SHARED_CONSTRAINTS, **CLASSIFIER_CONSTRAINTS}
+    _parameter_constraints = CLASSIFIER_CONSTRAINTS
 
     def __init__(
         self,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+BATCHNORM_POLICIES = ("frozen", "eval", "train")
+
 
 def parameterised_layers(module: nn.Module, example: torch.Tensor) -> list[str]:
     """Names of the leaf modules that own parameters, in the order forward() runs them.

@@ -1,246 +1,70 @@
-"""Every parameter's allowed values, one table per estimator, checked before any work starts.
+"""Every parameter's allowed values: one table per estimator, shared entries declared once.
 
 In the spirit of scikit-learn's ``_parameter_constraints`` (built on public Python only):
-each estimator declares ``_parameter_constraints = {**SHARED_CONSTRAINTS, ...}``, and
+each estimator's ``_parameter_constraints`` is one of the tables below, and
 :func:`validate_params` checks every parameter at the top of ``fit``, before any image file
 is opened, with a message that names the parameter, what it may be and what it got. The
-parameters both estimators share are declared once here (imbalanced-learn's pattern), and so
-is their docstring text (:func:`fill_doc`), so the two estimators cannot drift apart. Public
-functions that take the same arguments (``load_backbone``, ``make_preprocessing``) check them
-against the same entries.
+parameters both estimators share come from one dict (imbalanced-learn's pattern), and so
+does their docstring text (:func:`fill_doc`), so the two estimators cannot drift apart.
 
-Only one check waits for the loaded backbone: the range of ``n_trainable_layers``.
+Each entry is defined where its concept lives (resize modes in :mod:`skcxr.images`, devices
+in :mod:`skcxr._runtime`, backbone names in :mod:`skcxr.backbones`, ...), so that the public
+functions there (``load_backbone``, ``make_preprocessing``) check the same values; this
+module only assembles them. One check waits for the loaded backbone: the range of
+``n_trainable_layers``.
 """
 
 from __future__ import annotations
 
-import math
-import os
-from numbers import Integral, Real
+from ._augment import PRESETS as AUGMENT_PRESETS
+from ._layers import BATCHNORM_POLICIES
+from ._runtime import RUNTIME_CONSTRAINTS
+from ._training import OPTIMIZER_CLASSES, SCHEDULER_CLASSES
+from ._validation import (
+    BOOL,
+    CALLABLE,
+    DICT,
+    NONE,
+    RANDOM_STATE,
+    Check,
+    Fraction,
+    Interval,
+    Options,
+    validate,
+)
+from .backbones import BACKBONE_CONSTRAINTS
+from .cache import MEMORY_CONSTRAINT
+from .images import PREPROCESSING_CONSTRAINTS
 
-import numpy as np
+#: Parameters both estimators take, with the same meaning and the same allowed values.
+SHARED_CONSTRAINTS = {
+    "backbone": BACKBONE_CONSTRAINTS["backbone"],
+    "weights": BACKBONE_CONSTRAINTS["weights"],
+    **PREPROCESSING_CONSTRAINTS,
+    "batch_size": [Interval("int", 1)],
+    **RUNTIME_CONSTRAINTS,
+    "num_workers": [Interval("int", 0)],
+    "cache": [BOOL],
+    "memory": MEMORY_CONSTRAINT,
+    "random_state": RANDOM_STATE,
+    "verbose": [Interval("int", 0), BOOL],
+}
 
-RESIZE_MODES = ("stretch", "pad", "crop")
-NORMALIZATIONS = ("backbone", "imagenet", "centered", "unit")
-POOLINGS = ("avg", "max", "avgmax", "catavgmax")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-ENGINES = ("auto", "torch", "openvino")
-BATCHNORM_POLICIES = ("frozen", "eval", "train")
-AUGMENT_PRESETS = ("flip", "standard", "crop")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULERS = ("step", "cosine", "plateau")
-CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
-
-
-class InvalidParameterError(ValueError, TypeError):
-    """A parameter has a value it may not have (a ValueError and a TypeError, as sklearn's)."""
-
-
-# --------------------------------------------------------------------------- constraints
-
-
-class Constraint:
-    """One allowed form of a value: ``reason(value)`` is None when it fits, else why not."""
-
-    description = ""
-
-    def reason(self, value) -> str | None:
-        raise NotImplementedError
-
-    def __str__(self) -> str:
-        return self.description
-
-
-class Options(Constraint):
-    """One of a few values (booleans never pass for ints: ``True == 1``)."""
-
-    def __init__(self, *values):
-        self.values = values
-        self.description = (repr(values[0]) if len(values) == 1
-                            else f"one of {', '.join(map(repr, values))}")
-
-    def reason(self, value):
-        return None if any(_same(v, value) for v in self.values) else ""
-
-
-def _same(option, value) -> bool:
-    if option is None or isinstance(option, bool):
-        return value is option
-    if isinstance(option, str):
-        return isinstance(value, str) and value == option
-    return (isinstance(value, Integral) and not isinstance(value, (bool, np.bool_))
-            and value == option)
-
-
-class Interval(Constraint):
-    """An int (``kind="int"``) or a real number (``kind="real"``) in a range."""
-
-    def __init__(self, kind: str, low=None, high=None, closed: str = "both"):
-        self.kind, self.low, self.high, self.closed = kind, low, high, closed
-        noun = "an int" if kind == "int" else "a float"
-        lo_in, hi_in = closed in ("both", "left"), closed in ("both", "right")
-        if high is None:
-            self.description = noun if low is None else f"{noun} {'>=' if lo_in else '>'} {low}"
-        else:
-            self.description = (f"{noun} in {'[' if lo_in else '('}{low}, {high}"
-                                f"{']' if hi_in else ')'}")
-
-    def reason(self, value):
-        if isinstance(value, (bool, np.bool_)):
-            return ""
-        types = Integral if self.kind == "int" else Real
-        if not isinstance(value, types):
-            return ""
-        if self.kind == "real" and not math.isfinite(float(value)):
-            return ""
-        if self.low is not None:
-            if value < self.low or (value == self.low and self.closed in ("right", "neither")):
-                return ""
-        if self.high is not None:
-            if value > self.high or (value == self.high and self.closed in ("left", "neither")):
-                return ""
-        return None
-
-
-class Fraction(Interval):
-    """A float (not an int) in a range: ``train_size=0.5`` is a fraction, ``1`` a row count."""
-
-    def reason(self, value):
-        if isinstance(value, Integral):
-            return ""
-        return super().reason(value)
-
-
-class InstanceOf(Constraint):
-    def __init__(self, types, description: str):
-        self.types, self.description = types, description
-
-    def reason(self, value):
-        if isinstance(value, bool) and bool not in np.atleast_1d(self.types).tolist():
-            return ""
-        return None if isinstance(value, self.types) else ""
-
-
-class Check(Constraint):
-    """A value checked by ``fn(value) -> None | reason``; a reason explains the failure."""
-
-    def __init__(self, fn, description: str):
-        self.fn, self.description = fn, description
-
-    def reason(self, value):
-        return self.fn(value)
-
-
-NONE = Options(None)
-BOOL = InstanceOf((bool, np.bool_), "a bool")
-DICT = InstanceOf(dict, "a dict")
-CALLABLE = Check(lambda v: None if callable(v) else "", "a callable")
-
-
-def _backbone(value):
-    from torch import nn
-
-    if isinstance(value, nn.Module):
-        return None
-    if not isinstance(value, str):
-        return ""
-    from .backbones import resolve_name
-
-    try:
-        resolve_name(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def _checkpoint(value):
-    if not isinstance(value, (str, os.PathLike)) or value == "imagenet":
-        return ""
-    path = os.fspath(value)
-    if not os.path.isfile(path):
-        return f"{path!r} is not an existing file"
-    if not path.lower().endswith(CHECKPOINT_EXTENSIONS):
-        return f"{path!r} has an unsupported extension"
-    return None
-
-
-def _size_pair(value):
-    if (isinstance(value, (tuple, list)) and len(value) == 2
-            and all(Interval("int", 8).reason(v) is None for v in value)):
-        return None
-    return ""
-
-
-def _mean_std(value):
-    try:
-        mean, std = value
-        std = np.broadcast_to(np.asarray(std, dtype=float), (3,))
-        np.broadcast_to(np.asarray(mean, dtype=float), (3,))
-    except (TypeError, ValueError):
-        return ""
-    if not np.isfinite(std).all() or (std <= 0).any():
-        return f"its std {std.tolist()} must be positive"
-    return None
-
-
-def _device(value):
-    import torch
-
-    if isinstance(value, torch.device):
-        return None
-    if isinstance(value, str) and value.startswith("cuda:") and value[5:].isdigit():
-        return None
-    return ""
-
-
-def _memory(value):  # a joblib.Memory: what counts is its location
-    location = getattr(value, "location", False)
-    if location is False:
-        return ""
-    if location is None or isinstance(location, (str, os.PathLike)):
-        return None
-    return f"its location {location!r} is not a directory path"
+TRANSFORMER_CONSTRAINTS = {**SHARED_CONSTRAINTS, "pooling": BACKBONE_CONSTRAINTS["pooling"]}
 
 
 def _hidden_units(value):
-    if isinstance(value, (tuple, list)) and all(
-            Interval("int", 1).reason(u) is None for u in value):
-        return None
-    return ""
+    ok = isinstance(value, (tuple, list)) and all(
+        Interval("int", 1).reason(u) is None for u in value)
+    return None if ok else ""
 
 
 def _module_name(value):
     return None if isinstance(value, str) and value.strip(".") else ""
 
 
-#: Parameters both estimators take, with the same meaning and the same allowed values.
-SHARED_CONSTRAINTS = {
-    "backbone": [Check(_backbone, "a timm or torchvision model name or a torch.nn.Module")],
-    "weights": [Options("imagenet"), NONE,
-                Check(_checkpoint, "the path of a checkpoint file ("
-                      + ", ".join(CHECKPOINT_EXTENSIONS) + ")")],
-    "image_size": [NONE, Interval("int", 8),
-                   Check(_size_pair, "a (height, width) pair of ints >= 8")],
-    "in_chans": [Options(1, 3)],
-    "resize": [Options(*RESIZE_MODES)],
-    "normalize": [Options(*NORMALIZATIONS), Check(_mean_std, "a (mean, std) pair")],
-    "batch_size": [Interval("int", 1)],
-    "device": [Options(*DEVICES), Check(_device, "'cuda:N' or a torch.device")],
-    "precision": [Options(*PRECISIONS)],
-    "engine": [Options(*ENGINES)],
-    "num_workers": [Interval("int", 0)],
-    "cache": [BOOL],
-    "memory": [NONE, InstanceOf((str, os.PathLike), "a directory path"),
-               Check(_memory, "a joblib.Memory")],
-    "random_state": [NONE, Interval("int", 0, 2**32 - 1),
-                     InstanceOf(np.random.RandomState, "a numpy RandomState")],
-    "verbose": [Interval("int", 0), BOOL],
-}
-
-POOLING_CONSTRAINT = [Options(*POOLINGS)]
-
 CLASSIFIER_CONSTRAINTS = {
+    **SHARED_CONSTRAINTS,
     "n_trainable_layers": [Interval("int", -1), Options("all"),
                            Check(_module_name, "a module name")],
     "train_size": [NONE, Interval("int", 1), Fraction("real", 0, 1, closed="right")],
@@ -249,9 +73,9 @@ CLASSIFIER_CONSTRAINTS = {
     "dropout": [Interval("real", 0, 1, closed="left")],
     "max_epochs": [Interval("int", 1)],
     "lr": [Interval("real", 0, closed="neither")],
-    "optimizer": [Options(*OPTIMIZERS)],
+    "optimizer": [Options(*OPTIMIZER_CLASSES)],
     "optimizer_kwargs": [NONE, DICT],
-    "lr_scheduler": [NONE, Options(*LR_SCHEDULERS)],
+    "lr_scheduler": [NONE, Options(*SCHEDULER_CLASSES)],
     "lr_scheduler_kwargs": [NONE, DICT],
     "freeze_epochs": [Interval("int", 0)],
     "finetune_lr": [NONE, Interval("real", 0)],
@@ -262,26 +86,6 @@ CLASSIFIER_CONSTRAINTS = {
     "min_delta": [Interval("real", 0)],
     "augment": [NONE, Options(*AUGMENT_PRESETS), CALLABLE],
 }
-
-
-def validate(values: dict, constraints: dict, owner: str) -> None:
-    """Check ``values[name]`` against ``constraints[name]`` for every name in ``values``.
-
-    Raises
-    ------
-    InvalidParameterError
-        Naming the first parameter that fits none of its constraints, what it may be and
-        what it got.
-    """
-    for name, value in values.items():
-        reasons = [c.reason(value) for c in constraints[name]]
-        if any(r is None for r in reasons):
-            continue
-        allowed = " or ".join(str(c) for c in constraints[name])
-        why = "; ".join(r for r in reasons if r)
-        raise InvalidParameterError(
-            f"The {name!r} parameter of {owner} must be {allowed}; got {value!r}"
-            + (f" ({why})." if why else "."))
 
 
 def validate_params(estimator) -> dict:
@@ -296,20 +100,6 @@ def validate_params(estimator) -> dict:
         raise RuntimeError(f"{type(estimator).__name__} has no constraint for {sorted(missing)}")
     validate(params, constraints, type(estimator).__name__)
     return params
-
-
-def as_seed(random_state) -> int:
-    """``random_state`` (None, int or RandomState) -> an int seed, as the package uses it.
-
-    An int is used as given (so ``random_state=0`` seeds torch with 0); None draws from
-    numpy's global RNG and a RandomState from itself, as scikit-learn's
-    ``check_random_state`` does.
-    """
-    if random_state is None:
-        return int(np.random.randint(2**31 - 1))
-    if isinstance(random_state, np.random.RandomState):
-        return int(random_state.randint(2**31 - 1))
-    return int(random_state)
 
 
 # --------------------------------------------------------------------------- docstrings

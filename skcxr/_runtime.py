@@ -10,6 +10,29 @@ from dataclasses import dataclass
 
 import torch
 
+from ._validation import Check, Options
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENGINES = ("auto", "torch", "openvino")
+
+
+def _device(value):
+    if isinstance(value, torch.device):
+        return None
+    if isinstance(value, str) and value.startswith("cuda:") and value[5:].isdigit():
+        return None
+    return ""
+
+
+#: The allowed values of ``device``, ``precision`` and ``engine``; what this machine can
+#: do is checked by :func:`resolve`.
+RUNTIME_CONSTRAINTS = {
+    "device": [Options(*DEVICES), Check(_device, "'cuda:N' or a torch.device")],
+    "precision": [Options(*PRECISIONS)],
+    "engine": [Options(*ENGINES)],
+}
+
 
 @dataclass(frozen=True)
 class Execution:

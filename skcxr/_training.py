@@ -18,7 +18,6 @@ from skorch.utils import noop
 from torch import nn
 
 from ._frozen import FrozenPart
-from ._params import LR_SCHEDULERS, OPTIMIZERS
 from .cache import DecodedImages
 from .images import ImageDataset, ImageSource, Preprocessing, collate_images
 
@@ -33,7 +32,6 @@ SCHEDULER_CLASSES = {"step": torch.optim.lr_scheduler.StepLR,
                      "plateau": torch.optim.lr_scheduler.ReduceLROnPlateau}
 SCHEDULER_DEFAULTS = {"step": {"step_size": 10, "gamma": 0.1}, "cosine": {},
                       "plateau": {"patience": 1}}
-assert set(OPTIMIZER_CLASSES) == set(OPTIMIZERS) and set(SCHEDULER_CLASSES) == set(LR_SCHEDULERS)
 
 #: The classifier's parameters that configure the skorch net (passed to :func:`make_net`).
 TRAINING_PARAMS = ("max_epochs", "batch_size", "lr", "optimizer", "optimizer_kwargs",

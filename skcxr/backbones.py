@@ -33,8 +33,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ._params import POOLING_CONSTRAINT, SHARED_CONSTRAINTS, as_seed, validate
-from .images import DataConfig
+from ._validation import NONE, RANDOM_STATE, Check, Options, as_seed, validate
+from .images import PREPROCESSING_CONSTRAINTS, DataConfig
+
+POOLINGS = ("avg", "max", "avgmax", "catavgmax")
+CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
 
 class WeightsUnavailableError(OSError):
@@ -120,10 +123,10 @@ def load_backbone(
     -------
     Backbone
     """
-    validate({"backbone": backbone, "weights": weights, "in_chans": in_chans,
-              "random_state": random_state},
-             SHARED_CONSTRAINTS, "load_backbone")
-    validate({"pooling": pooling}, {"pooling": POOLING_CONSTRAINT}, "load_backbone")
+    validate({"backbone": backbone, "weights": weights, "pooling": pooling},
+             BACKBONE_CONSTRAINTS, "load_backbone")
+    validate({"in_chans": in_chans}, PREPROCESSING_CONSTRAINTS, "load_backbone")
+    validate({"random_state": random_state}, {"random_state": RANDOM_STATE}, "load_backbone")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(as_seed(random_state))
         if isinstance(backbone, nn.Module):
@@ -199,6 +202,41 @@ def resolve_name(name: str) -> tuple[str, str]:
         f"classification model.{hint} See timm.list_models() and "
         "torchvision.models.list_models(), or pass your own torch.nn.Module."
     )
+
+
+def _known_name(value):
+    if isinstance(value, nn.Module):
+        return None
+    if not isinstance(value, str):
+        return ""
+    try:
+        resolve_name(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _checkpoint_file(value):
+    if not isinstance(value, (str, os.PathLike)) or value == "imagenet":
+        return ""
+    path = os.fspath(value)
+    if not os.path.isfile(path):
+        return f"{path!r} is not an existing file"
+    if not path.lower().endswith(CHECKPOINT_EXTENSIONS):
+        return f"{path!r} has an unsupported extension"
+    return None
+
+
+#: The allowed values of ``backbone``, ``weights`` and ``pooling`` (estimators and
+#: :func:`load_backbone`): a name is checked against the registries here, so a typo fails
+#: before any image is read.
+BACKBONE_CONSTRAINTS = {
+    "backbone": [Check(_known_name, "a timm or torchvision model name or a torch.nn.Module")],
+    "weights": [Options("imagenet"), NONE,
+                Check(_checkpoint_file, "the path of a checkpoint file ("
+                      + ", ".join(CHECKPOINT_EXTENSIONS) + ")")],
+    "pooling": [Options(*POOLINGS)],
+}
 
 
 # --------------------------------------------------------------------------- timm

@@ -34,19 +34,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._validation import NONE, Check, InstanceOf
+
+
+def _memory(value):  # a joblib.Memory: what counts is its location
+    location = getattr(value, "location", False)
+    if location is False:
+        return ""
+    if location is None or isinstance(location, (str, os.PathLike)):
+        return None
+    return f"its location {location!r} is not a directory path"
+
+
+#: The allowed values of ``memory``.
+MEMORY_CONSTRAINT = [NONE, InstanceOf((str, os.PathLike), "a directory path"),
+                     Check(_memory, "a joblib.Memory")]
+
 
 def resolve_location(memory) -> Path | None:
-    """``memory`` parameter (None, a path or a joblib.Memory) -> cache directory or None."""
-    if memory is None:
-        return None
+    """The (validated) ``memory`` parameter: None, a path or a joblib.Memory -> a directory."""
     location = getattr(memory, "location", memory)  # joblib.Memory
-    if location is None:
-        return None
-    if not isinstance(location, (str, os.PathLike)):
-        raise ValueError(
-            f"memory must be None, a directory path or a joblib.Memory; got {memory!r}."
-        )
-    return Path(location)
+    return None if location is None else Path(location)
 
 
 def namespace_digest(description: dict) -> str:

@@ -27,11 +27,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from ._params import SHARED_CONSTRAINTS, validate
+from ._validation import NONE, Check, Interval, Options, validate
 
 PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 SUPPORTED_EXTENSIONS = PIL_EXTENSIONS + DICOM_EXTENSIONS
+RESIZE_MODES = ("stretch", "pad", "crop")
+NORMALIZATIONS = ("backbone", "imagenet", "centered", "unit")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -398,6 +400,34 @@ class Preprocessing:
         return (x - mean) / std
 
 
+def _size_pair(value):
+    ok = (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(Interval("int", 8).reason(v) is None for v in value))
+    return None if ok else ""
+
+
+def _mean_std(value):
+    try:
+        mean, std = value
+        std = np.broadcast_to(np.asarray(std, dtype=float), (3,))
+        np.broadcast_to(np.asarray(mean, dtype=float), (3,))
+    except (TypeError, ValueError):
+        return ""
+    if not np.isfinite(std).all() or (std <= 0).any():
+        return f"its std {std.tolist()} must be positive"
+    return None
+
+
+#: The preprocessing parameters' allowed values (both estimators, :func:`make_preprocessing`).
+PREPROCESSING_CONSTRAINTS = {
+    "image_size": [NONE, Interval("int", 8),
+                   Check(_size_pair, "a (height, width) pair of ints >= 8")],
+    "in_chans": [Options(1, 3)],
+    "resize": [Options(*RESIZE_MODES)],
+    "normalize": [Options(*NORMALIZATIONS), Check(_mean_std, "a (mean, std) pair")],
+}
+
+
 def make_preprocessing(
     data_config: DataConfig,
     *,
@@ -412,7 +442,7 @@ def make_preprocessing(
     constraint table.
     """
     validate({"image_size": image_size, "in_chans": in_chans, "resize": resize,
-              "normalize": normalize}, SHARED_CONSTRAINTS, "make_preprocessing")
+              "normalize": normalize}, PREPROCESSING_CONSTRAINTS, "make_preprocessing")
     if image_size is None:
         size = data_config.image_size
     elif isinstance(image_size, (tuple, list)):

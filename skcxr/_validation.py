@@ -1,0 +1,155 @@
+"""How a parameter's value is checked: constraint kinds, ``validate`` and the seed helper.
+
+The allowed values of each parameter live with the concept they belong to (resize modes in
+:mod:`skcxr.images`, devices in :mod:`skcxr._runtime`, ...), written with the constraint
+kinds below; :mod:`skcxr._params` assembles them into one table per estimator.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import numpy as np
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A parameter has a value it may not have (a ValueError and a TypeError, as sklearn's)."""
+
+
+# --------------------------------------------------------------------------- constraints
+
+
+class Constraint:
+    """One allowed form of a value: ``reason(value)`` is None when it fits, else why not."""
+
+    description = ""
+
+    def reason(self, value) -> str | None:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self.description
+
+
+class Options(Constraint):
+    """One of a few values (booleans never pass for ints: ``True == 1``)."""
+
+    def __init__(self, *values):
+        self.values = values
+        self.description = (repr(values[0]) if len(values) == 1
+                            else f"one of {', '.join(map(repr, values))}")
+
+    def reason(self, value):
+        return None if any(_same(v, value) for v in self.values) else ""
+
+
+def _same(option, value) -> bool:
+    if option is None or isinstance(option, bool):
+        return value is option
+    if isinstance(option, str):
+        return isinstance(value, str) and value == option
+    return (isinstance(value, Integral) and not isinstance(value, (bool, np.bool_))
+            and value == option)
+
+
+class Interval(Constraint):
+    """An int (``kind="int"``) or a real number (``kind="real"``) in a range."""
+
+    def __init__(self, kind: str, low=None, high=None, closed: str = "both"):
+        self.kind, self.low, self.high, self.closed = kind, low, high, closed
+        noun = "an int" if kind == "int" else "a float"
+        lo_in, hi_in = closed in ("both", "left"), closed in ("both", "right")
+        if high is None:
+            self.description = noun if low is None else f"{noun} {'>=' if lo_in else '>'} {low}"
+        else:
+            self.description = (f"{noun} in {'[' if lo_in else '('}{low}, {high}"
+                                f"{']' if hi_in else ')'}")
+
+    def reason(self, value):
+        if isinstance(value, (bool, np.bool_)):
+            return ""
+        types = Integral if self.kind == "int" else Real
+        if not isinstance(value, types):
+            return ""
+        if self.kind == "real" and not math.isfinite(float(value)):
+            return ""
+        if self.low is not None:
+            if value < self.low or (value == self.low and self.closed in ("right", "neither")):
+                return ""
+        if self.high is not None:
+            if value > self.high or (value == self.high and self.closed in ("left", "neither")):
+                return ""
+        return None
+
+
+class Fraction(Interval):
+    """A float (not an int) in a range: ``train_size=0.5`` is a fraction, ``1`` a row count."""
+
+    def reason(self, value):
+        if isinstance(value, Integral):
+            return ""
+        return super().reason(value)
+
+
+class InstanceOf(Constraint):
+    def __init__(self, types, description: str):
+        self.types, self.description = types, description
+
+    def reason(self, value):
+        if isinstance(value, bool) and bool not in np.atleast_1d(self.types).tolist():
+            return ""
+        return None if isinstance(value, self.types) else ""
+
+
+class Check(Constraint):
+    """A value checked by ``fn(value) -> None | reason``; a reason explains the failure."""
+
+    def __init__(self, fn, description: str):
+        self.fn, self.description = fn, description
+
+    def reason(self, value):
+        return self.fn(value)
+
+
+NONE = Options(None)
+BOOL = InstanceOf((bool, np.bool_), "a bool")
+DICT = InstanceOf(dict, "a dict")
+CALLABLE = Check(lambda v: None if callable(v) else "", "a callable")
+#: ``random_state`` everywhere (see :func:`as_seed`)
+RANDOM_STATE = [NONE, Interval("int", 0, 2**32 - 1),
+                InstanceOf(np.random.RandomState, "a numpy RandomState")]
+
+
+def validate(values: dict, constraints: dict, owner: str) -> None:
+    """Check ``values[name]`` against ``constraints[name]`` for every name in ``values``.
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming the first parameter that fits none of its constraints, what it may be and
+        what it got.
+    """
+    for name, value in values.items():
+        reasons = [c.reason(value) for c in constraints[name]]
+        if any(r is None for r in reasons):
+            continue
+        allowed = " or ".join(str(c) for c in constraints[name])
+        why = "; ".join(r for r in reasons if r)
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {owner} must be {allowed}; got {value!r}"
+            + (f" ({why})." if why else "."))
+
+
+def as_seed(random_state) -> int:
+    """``random_state`` (None, int or RandomState) -> an int seed, as the package uses it.
+
+    An int is used as given (so ``random_state=0`` seeds torch with 0); None draws from
+    numpy's global RNG and a RandomState from itself, as scikit-learn's
+    ``check_random_state`` does.
+    """
+    if random_state is None:
+        return int(np.random.randint(2**31 - 1))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(2**31 - 1))
+    return int(random_state)
