@@ -1,12 +1,15 @@
 """Per-image caches shared by estimator clones and processes.
 
-What is cached: pooled features (``FeatureExtractorTransformer``), frozen-prefix outputs
-(``PretrainedCNNClassifier`` where the prefix cache is exact) and decoded, resized images
-(:class:`DecodedImages`, wherever images must be read again: augmented or ``batchnorm="train"``
-fits, whose every epoch would otherwise decode every file again).
+What is cached (``cache=True``, the default of both estimators): the outputs of frozen
+networks, computed by one path for both estimators (pooled features of
+``FeatureExtractorTransformer``, frozen-prefix outputs of ``PretrainedCNNClassifier`` where
+that is exact), and decoded, resized images (``DecodedImages``, wherever images must be read
+again: augmented or ``batchnorm="train"`` fits, whose every epoch would otherwise decode
+every file again).
 
 Every entry is keyed by a *namespace* (everything that determines the output: backbone,
-weights digest, preprocessing, precision, cut point) and a per-image content hash, so a
+weights digest, part of the network, preprocessing, precision, engine) and a per-image
+content hash, so a
 cross-validation or a grid search computes each image's result once, whatever subset of
 images each fold asks for, and a change of weights, preprocessing or pixels never hits a stale
 entry.
