@@ -1,8 +1,9 @@
 """Optional OpenVINO engine for frozen networks on the CPU (``pip install "skcxr[openvino]"``).
 
 A frozen module (feature extraction, a frozen prefix) is a fixed function, so it can be
-compiled once by OpenVINO, which runs EfficientNet-Lite0 3-4x faster than eager PyTorch on
-CPUs with AVX-512 BF16 (measured here: 296 vs 83 img/s). Training always stays in torch.
+compiled once by OpenVINO, which runs EfficientNet-Lite0 features 3.2x faster than the torch
+engine end to end on a CPU with AVX-512 BF16 (219 vs 68 img/s in the README's
+``benchmarks/bench_features.py`` table). Training always stays in torch.
 """
 
 from __future__ import annotations

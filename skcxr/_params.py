@@ -143,14 +143,16 @@ device : {"auto", "cpu", "cuda"}, "cuda:N" or torch.device, default="auto"
 precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
     "auto" runs under bf16 autocast on GPUs and on CPUs with native bf16 (AVX-512 BF16 or
     AMX), fp32 otherwise. bf16 features agree with fp32 ones to a cosine similarity above
-    0.99 and are 3-4x faster on such CPUs (measured with lite0); outputs are float32
-    either way. "fp16" is for CUDA only.""",
+    0.99; with channels_last, lite0 features come 3.6x faster than from a plain fp32 loop
+    on such a CPU (``benchmarks/bench_features.py``). Outputs are float32 either way.
+    "fp16" is for CUDA only.""",
     "engine": """\
 engine : {"auto", "torch", "openvino"}, default="auto"
     What runs the frozen part of the network (the transformer's whole backbone, the
     classifier's frozen prefix). "openvino" compiles it with OpenVINO (CPU only;
-    ``pip install "skcxr[openvino]"``), about 3x faster than eager torch on CPUs with
-    AVX-512 BF16; "auto" uses it when installed and the device is the CPU, torch
+    ``pip install "skcxr[openvino]"``), 3.2x faster than the torch engine for lite0
+    features on a CPU with AVX-512 BF16 (``benchmarks/bench_features.py``); "auto" uses it
+    when installed and the device is the CPU, torch
     otherwise. Training always runs in torch. OpenVINO outputs agree with torch ones to
     bf16 rounding (cosine > 0.99).""",
     "num_workers": """\
