@@ -54,7 +54,7 @@ def test_bf16_features_agree_with_fp32(sample):
     assert f16.dtype == np.float32
 
 
-def test_auto_precision_follows_the_cpu(sample_paths, monkeypatch, tiny_fe):
+def test_auto_precision_follows_the_cpu(sample_paths, tiny_fe):
     from skcxr import _runtime
 
     paths, _ = sample_paths
