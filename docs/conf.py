@@ -40,3 +40,4 @@ html_theme = "pydata_sphinx_theme"
 html_static_path = ["_static"]
 html_title = "skcxr"
 html_theme_options = {"navigation_with_keys": False}
+html_css_files = ["skcxr.css"]  # study pages: wrap long code lines, smaller wide tables

@@ -35,6 +35,12 @@ def plot_history(history, *, metrics=("valid_auc", "valid_acc"), ax=None):
     Returns
     -------
     ax : matplotlib Axes (the loss axis; the metric axis is ``ax.right_ax`` when drawn)
+
+    Notes
+    -----
+    The x axis ticks whole epochs; the legend sits below the axes, under the x axis label,
+    so that it never covers a curve (``fig.tight_layout()`` or ``layout="tight"`` keeps it
+    inside the saved figure; a figure made here has a tight layout already).
     """
     import pandas as pd
 
@@ -46,8 +52,8 @@ def plot_history(history, *, metrics=("valid_auc", "valid_acc"), ax=None):
     if not isinstance(history, pd.DataFrame) or "epoch" not in history:
         raise ValueError("history must be a fitted PretrainedCNNClassifier or its history_ "
                          "DataFrame (with an 'epoch' column).")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.5))
+    if ax is None:  # a tight layout keeps the legend below the axes inside the figure
+        _, ax = plt.subplots(figsize=(6, 4), layout="tight")
     epochs = history["epoch"].to_numpy()
     for col, style in (("train_loss", "-o"), ("valid_loss", "-s")):
         if col in history and history[col].notna().any():
@@ -64,21 +70,53 @@ def plot_history(history, *, metrics=("valid_auc", "valid_acc"), ax=None):
     if "n_trainable_layers" in history:
         n = history["n_trainable_layers"].to_numpy()
         changes = np.flatnonzero(np.diff(n) != 0)
-        for i in changes:  # the backbone unfroze between epoch i and i + 1
-            ax.axvline(epochs[i] + 0.5, color="grey", ls=":", label="unfreeze")
+        for k, i in enumerate(changes):  # the backbone unfroze between epoch i and i + 1
+            ax.axvline(epochs[i] + 0.5, color="grey", ls=":",
+                       label="unfreeze" if k == 0 else "_nolegend_")
     if best is not None:
         ax.axvline(best, color="black", lw=0.8, label=f"best epoch ({best})")
+    # whole epochs only, and half an epoch of room at both ends so that a marker on the
+    # first or last epoch is not hidden by the spine
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(epochs):
+        ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)
     handles, labels = ax.get_legend_handles_labels()
     if drawn:
         h2, l2 = ax.right_ax.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, fontsize=7, loc="best")
+    # below the x axis label, where it cannot cover a curve: anchored a fixed number of
+    # points under the axes (tick labels and axis label have fixed sizes in points)
+    from matplotlib.transforms import offset_copy
+
+    below = offset_copy(ax.transAxes, fig=ax.figure, y=-_xaxis_depth_points(), units="points")
+    if handles:
+        ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                  bbox_transform=below, ncol=min(3, len(handles)), frameon=False,
+                  handlelength=1.8, columnspacing=1.2)
     return ax
+
+
+def _xaxis_depth_points() -> float:
+    """How far (points) the x tick labels and the x axis label reach below the axes."""
+    import matplotlib
+    from matplotlib.font_manager import FontProperties
+
+    rc = matplotlib.rcParams
+
+    def size(key):
+        return FontProperties(size=rc[key]).get_size_in_points()
+
+    tick = rc["xtick.major.size"] if rc["xtick.direction"] != "in" else 0.0
+    # a line of text is about 1.2 font sizes high (descenders included)
+    return (tick + rc["xtick.major.pad"] + 1.2 * size("xtick.labelsize")
+            + rc["axes.labelpad"] + 1.2 * size("axes.labelsize") + 2.0)
 
 
 def plot_grid_heatmap(cv_results, *, rows="n_trainable_layers", cols="train_size",
                       score="mean_test_score", baseline=None, relative="difference",
-                      ax=None, cmap="RdBu", fmt="{:+.3f}"):
+                      ax=None, cmap="RdBu", fmt=None):
     """A rows x cols heatmap of a grid search's scores, relative to a baseline.
 
     As study 004's Figure 5: validation accuracy of each (c, s) candidate minus (or divided
@@ -99,6 +137,12 @@ def plot_grid_heatmap(cv_results, *, rows="n_trainable_layers", cols="train_size
         classifier's score for each candidate's training-set size).
     relative : {"difference", "ratio"}
     ax : matplotlib Axes, optional
+    cmap : str, default="RdBu"
+        Colour map of a heatmap relative to a baseline (centred on "no change"); without a
+        baseline the scores are drawn with "viridis".
+    fmt : str, optional
+        Format of the values written in the cells; default ``"{:+.3f}"`` for differences
+        from a baseline, ``"{:.3f}"`` otherwise.
 
     Returns
     -------
@@ -126,8 +170,9 @@ def plot_grid_heatmap(cv_results, *, rows="n_trainable_layers", cols="train_size
              .groupby([rows, cols], sort=False)["value"].mean().unstack(cols))
     table = table.reindex(sorted(table.index, key=_sort_key), axis=0)
     table = table.reindex(sorted(table.columns, key=_sort_key), axis=1)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(1.0 + 0.9 * table.shape[1], 1.0 + 0.5 * table.shape[0]))
+    if ax is None:  # room for the axis labels and the colour bar's label
+        _, ax = plt.subplots(figsize=(2.6 + 0.9 * table.shape[1], 1.4 + 0.5 * table.shape[0]),
+                             layout="tight")
     data = table.to_numpy(dtype=float)
     center = 0.0 if (baseline is not None and relative == "difference") else (
         1.0 if baseline is not None else None)
@@ -140,9 +185,14 @@ def plot_grid_heatmap(cv_results, *, rows="n_trainable_layers", cols="train_size
     ax.set_yticks(range(table.shape[0]), [str(r) for r in table.index])
     ax.set_xlabel(cols)
     ax.set_ylabel(rows)
+    if fmt is None:  # a sign only where the value is a difference
+        fmt = "{:+.3f}" if (baseline is not None and relative == "difference") else "{:.3f}"
+    # black on a light box: readable on the darkest cells, whatever colour limits the caller
+    # sets afterwards (``ax.images[0].set_clim``)
+    box = dict(boxstyle="round,pad=0.2", facecolor="white", edgecolor="none", alpha=0.8)
     for (i, j), v in np.ndenumerate(data):
         if np.isfinite(v):
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7)
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, bbox=box)
     ax.figure.colorbar(im, ax=ax, label=label)
     return ax, table
 
@@ -185,7 +235,8 @@ def plot_gradcam(images, heatmaps, *, titles=None, alpha=0.45, cmap="jet", axes=
         raise ValueError(f"{len(imgs)} images but {len(maps)} heatmaps.")
     n = len(imgs)
     if axes is None:
-        _, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.6), squeeze=False)
+        _, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.9 if titles is not None else 4.5),
+                               squeeze=False, layout="tight")
     axes = np.asarray(axes).reshape(2, n)
     for j, (img, m) in enumerate(zip(imgs, maps)):
         img = np.asarray(img)
@@ -198,7 +249,10 @@ def plot_gradcam(images, heatmaps, *, titles=None, alpha=0.45, cmap="jet", axes=
             raise ValueError(f"image {j} is {img.shape[:2]} but its heatmap is {m.shape}: "
                              "compute heatmaps with aligned='image'.")
         axes[0, j].imshow(m, cmap=cmap, vmin=0, vmax=1)
-        axes[1, j].imshow(img, cmap="gray" if img.ndim == 2 else None)
+        # pixels in [0, 1] as they are (0 black, 1 white), not contrast-stretched per image
+        unit = bool(np.nanmin(img) >= 0 and np.nanmax(img) <= 1)
+        axes[1, j].imshow(img, cmap="gray" if img.ndim == 2 else None,
+                          vmin=0 if unit else None, vmax=1 if unit else None)
         axes[1, j].imshow(m, cmap=cmap, vmin=0, vmax=1, alpha=alpha)
         if titles is not None:
             axes[0, j].set_title(str(titles[j]), fontsize=8)

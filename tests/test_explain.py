@@ -1,21 +1,15 @@
-"""Grad-CAM (skcxr.explain) and figures (skcxr.plotting) on real sample images."""
+"""Grad-CAM (skcxr.explain) on real sample images (figures: test_plotting.py)."""
 
-import matplotlib
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-matplotlib.use("Agg")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.model_selection import GridSearchCV, StratifiedKFold  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
-
-from skcxr import FeatureExtractorTransformer, PretrainedCNNClassifier  # noqa: E402
-from skcxr.explain import gradcam  # noqa: E402
-from skcxr.images import read_image  # noqa: E402
-from skcxr.plotting import plot_gradcam, plot_grid_heatmap, plot_history  # noqa: E402
+from skcxr import FeatureExtractorTransformer, PretrainedCNNClassifier
+from skcxr.explain import gradcam
+from skcxr.images import read_image
 
 pytest.importorskip("pytorch_grad_cam")
 
@@ -85,29 +79,3 @@ def test_gradcam_for_a_feature_pipeline(data):
                          StandardScaler(), LogisticRegression(max_iter=500)).fit(X, y)
     maps = gradcam(pipe, X[:3])
     assert maps.shape == (3, 160, 160) and maps.max() > 0.9
-
-
-def test_plots(fitted, data, tmp_path, tiny_clf):
-    X, y = data
-    ax = plot_history(fitted)
-    assert {"train loss", "valid loss"} <= {t.get_text() for t in ax.get_legend().get_texts()}
-    assert any(line.get_linestyle() == ":" for line in ax.get_lines())  # the unfreeze point
-    ax.figure.savefig(tmp_path / "history.png")
-
-    grid = GridSearchCV(PretrainedCNNClassifier(**{**tiny_clf, "max_epochs": 1}),
-                        {"n_trainable_layers": [0, 2], "train_size": [10, 20]},
-                        cv=StratifiedKFold(2)).fit(X, y)
-    ax, table = plot_grid_heatmap(grid.cv_results_, baseline=0.5)
-    assert table.shape == (2, 2) and list(table.columns) == [10, 20]
-    np.testing.assert_allclose(
-        table.loc["2", 20], grid.cv_results_["mean_test_score"][3] - 0.5)
-    with pytest.raises(ValueError, match="param_nope"):
-        plot_grid_heatmap(grid.cv_results_, rows="nope")
-
-    maps = gradcam(fitted, X[:2])
-    axes = plot_gradcam(X[:2], maps, titles=["a", "b"])
-    assert axes.shape == (2, 2)
-    axes[0, 0].figure.savefig(tmp_path / "cam.png")
-    assert (tmp_path / "cam.png").stat().st_size > 5000
-    with pytest.raises(ValueError, match="aligned='image'"):
-        plot_gradcam(X[:2], gradcam(fitted, X[:2], aligned="input"))

@@ -1,0 +1,229 @@
+"""The study pages (docs/studies/) show full runs of the example scripts as they are now.
+
+docs/studies/_sync.py writes one page per study example from the example's last full run
+and records, in the page's front matter, the sha256 of the script it ran. A page whose
+script changed since is stale: its docstring, tables and figures may no longer be what the
+script says and does.
+"""
+
+import hashlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ROOT / "docs" / "studies"
+
+
+def _load_sync():
+    spec = importlib.util.spec_from_file_location("skcxr_docs_sync", PAGES / "_sync.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+_sync = _load_sync()
+
+
+def stale_reason(script: Path, page: Path) -> str | None:
+    """Why ``page`` does not show a full run of ``script`` as it is now (None: it does)."""
+    name = script.stem
+    shown = page.relative_to(ROOT) if page.is_relative_to(ROOT) else page  # for messages
+    todo = (f"Regenerate it:\n    python examples/{name}.py\n    python docs/studies/_sync.py"
+            f"\n(`python docs/studies/_sync.py {name}` syncs this page only.)")
+    if not script.is_file():
+        return f"{shown} has no example script {script}: delete the page or restore the script."
+    if not page.is_file():
+        return f"examples/{script.name} has no study page {shown}. {todo}"
+    record = _sync.read_record(page.read_text())
+    if record is None:
+        return (f"{shown} records no run of examples/{script.name} (no skcxr_source_sha256 "
+                f"front matter: older than run records, or edited by hand). {todo}")
+    if record["example"] != script.name:
+        return f"{shown} records a run of {record['example']}, not of {script.name}. {todo}"
+    if record["quick"]:
+        return (f"{shown} is a preview from a --quick run of examples/{script.name} "
+                f"(_sync.py --allow-quick): never commit one. {todo}")
+    now = hashlib.sha256(script.read_bytes()).hexdigest()
+    if record["source_sha256"] != now:
+        return (f"examples/{script.name} changed since the full run that {shown} shows "
+                f"(page: sha256 {record['source_sha256'][:12]}..., script now: "
+                f"{now[:12]}...). {todo}")
+    return None
+
+
+def _study_names() -> list[str]:
+    scripts = {p.stem for p in _sync.study_scripts(ROOT / "examples")}
+    pages = {p.stem for p in PAGES.glob("*.md") if p.stem != "index"}
+    return sorted(scripts | pages)
+
+
+@pytest.mark.parametrize("name", _study_names())
+def test_study_page_shows_a_full_run_of_the_current_script(name):
+    reason = stale_reason(ROOT / "examples" / f"{name}.py", PAGES / f"{name}.md")
+    assert reason is None, reason
+
+
+def test_study_index_lists_every_study_page():
+    text = (PAGES / "index.md").read_text()
+    for name in _study_names():
+        assert f"\n{name}\n" in text, f"docs/studies/index.md does not list {name}"
+
+
+# --- docs/studies/_sync.py itself, on a fake repository in tmp_path --------------------------
+
+DOCSTRING = '''"""Study 999: a fake study for the tests.
+
+An introduction with ``code`` and a *word*.
+
+The study
+---------
+* one bullet,
+* two bullets.
+
+Details
+~~~~~~~
+1. first;
+2. second.
+
+Run it::
+
+    python examples/study_999_fake.py --quick
+"""
+
+print("not run by the tests")
+'''
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """examples/ (two studies, a quickstart, a helper), their outputs, an empty docs/."""
+    pytest.importorskip("docutils")
+    examples, outputs, docs = tmp_path / "examples", tmp_path / "output", tmp_path / "docs"
+    examples.mkdir()
+    (examples / "study_999_fake.py").write_text(DOCSTRING)
+    (examples / "kermany_best.py").write_text('"""Kermany: best.\n\nText."""\n')
+    (examples / "quickstart.py").write_text('"""Quickstart: no page."""\n')
+    (examples / "_common.py").write_text('"""Helpers: no page."""\n')
+    rng = np.random.RandomState(0)
+    for script in ("study_999_fake.py", "kermany_best.py", "quickstart.py"):
+        out = outputs / Path(script).stem
+        out.mkdir(parents=True)
+        _write_run(out, examples / script)
+        (out / "table.md").write_text("## A table\n\n| a | b |\n|--:|--:|\n| 1 | 2 |\n")
+        # a smooth colour gradient (thousands of colours): must arrive byte for byte
+        ramp = np.linspace(0, 255, 200 * 200 * 3).reshape(200, 200, 3)
+        noise = rng.randint(0, 3, ramp.shape)
+        Image.fromarray((ramp + noise).clip(0, 255).astype(np.uint8)).save(out / "fig.png")
+    (docs / "studies").mkdir(parents=True)
+    return _sync.Layout(examples=examples, outputs=outputs, docs=docs)
+
+
+def _write_run(out: Path, script: Path, **changes) -> dict:
+    run = {"example": script.name,
+           "source_sha256": hashlib.sha256(script.read_bytes()).hexdigest(),
+           "skcxr_version": "0.1.0.dev0",
+           "command": ["/usr/bin/python", f"examples/{script.name}"], "quick": False,
+           "started": "2026-11-24T10:00:00+00:00", "finished": "2026-11-24T10:12:00+00:00",
+           "python": "3.11.2", "torch": "2.5.1", **changes}
+    (out / "run.json").write_text(json.dumps(run))
+    return run
+
+
+def test_sync_writes_recorded_pages_for_study_examples_only(repo):
+    written = _sync.sync(repo)
+    assert sorted(p.name for p in written) == ["kermany_best.md", "study_999_fake.md"]
+    assert not (repo.pages / "quickstart.md").exists()
+    index = (repo.pages / "index.md").read_text()
+    assert "study_999_fake" in index and "kermany_best" in index and "quickstart" not in index
+
+    page = repo.pages / "study_999_fake.md"
+    text = page.read_text()
+    sha = hashlib.sha256((repo.examples / "study_999_fake.py").read_bytes()).hexdigest()
+    assert _sync.read_record(text) == {
+        "example": "study_999_fake.py", "source_sha256": sha, "skcxr_version": "0.1.0.dev0",
+        "finished": "2026-11-24T10:12:00+00:00", "quick": False}
+    assert stale_reason(repo.examples / "study_999_fake.py", page) is None
+    # visible provenance, under the docstring's title
+    assert "# Study 999: a fake study for the tests\n" in text
+    assert (f"Generated from a full run of `examples/study_999_fake.py` (source sha256 "
+            f"`{sha[:12]}...`, skcxr 0.1.0.dev0, 2026-11-24)") in text
+    assert "on 2026-11-24 (12 min" in text and "warning" not in text
+    # the docstring as rendered reStructuredText, its sections as Markdown headings
+    assert "```text" not in text
+    assert "```{eval-rst}\nAn introduction with ``code`` and a *word*.\n```" in text
+    assert "## The study\n" in text and "### Details\n" in text
+    assert "* one bullet,\n* two bullets." in text and "python examples/study_999_fake.py" in text
+    # tables included under the results heading; figures copied as they were saved
+    assert "```{include} results/study_999_fake/table.md\n:heading-offset: 1\n```" in text
+    assert "![fig](../_static/studies/study_999_fake/fig.png)" in text
+    out = repo.outputs / "study_999_fake"
+    assert (repo.results("study_999_fake") / "table.md").read_bytes() == \
+        (out / "table.md").read_bytes()
+    assert (repo.figures("study_999_fake") / "fig.png").read_bytes() == \
+        (out / "fig.png").read_bytes()
+    with Image.open(repo.figures("study_999_fake") / "fig.png") as im:
+        assert im.mode == "RGB"
+
+    # the script changes: the page is stale, and says how to regenerate it
+    (repo.examples / "study_999_fake.py").write_text(DOCSTRING + "# edited\n")
+    reason = stale_reason(repo.examples / "study_999_fake.py", page)
+    assert "examples/study_999_fake.py changed" in reason
+    assert "python examples/study_999_fake.py\n    python docs/studies/_sync.py" in reason
+    # ... and _sync refuses the old run
+    with pytest.raises(_sync.SyncError, match="another version of study_999_fake.py"):
+        _sync.sync(repo)
+
+
+def test_sync_refuses_missing_and_quick_runs_and_writes_nothing(repo, capsys):
+    (repo.outputs / "study_999_fake" / "run.json").unlink()
+    _write_run(repo.outputs / "kermany_best", repo.examples / "kermany_best.py", quick=True)
+    with pytest.raises(_sync.SyncError) as err:
+        _sync.sync(repo)
+    message = str(err.value)
+    assert "examples/study_999_fake.py: no " in message and "run.json" in message
+    assert "examples/kermany_best.py" in message and "--quick run" in message
+    assert "run `python examples/study_999_fake.py` (the full run" in message
+    assert list(repo.pages.iterdir()) == [] and not (repo.docs / "_static").exists()
+    # the command line says the same and fails
+    argv = ["--examples", str(repo.examples), "--outputs", str(repo.outputs),
+            "--docs", str(repo.docs)]
+    assert _sync.main(argv) == 1
+    assert "study_999_fake.py" in capsys.readouterr().err
+
+
+def test_sync_only_named_examples_and_quick_previews(repo):
+    _write_run(repo.outputs / "kermany_best", repo.examples / "kermany_best.py", quick=True)
+    assert [p.name for p in _sync.sync(repo, ["study_999_fake"])] == ["study_999_fake.md"]
+    assert not (repo.pages / "kermany_best.md").exists()
+    with pytest.raises(_sync.SyncError, match="no study example named"):
+        _sync.sync(repo, ["quickstart"])
+    # --allow-quick: a preview with a warning banner, which the staleness test rejects
+    assert _sync.sync(repo, ["kermany_best"], allow_quick=True)
+    page = repo.pages / "kermany_best.md"
+    text = page.read_text()
+    assert "```{warning}\nPREVIEW from a `--quick` (smoke) run" in text
+    assert _sync.read_record(text)["quick"] is True
+    assert "--quick run" in stale_reason(repo.examples / "kermany_best.py", page)
+
+
+def test_sync_reports_docstring_rst_errors_with_the_script_line(repo):
+    script = repo.examples / "study_999_fake.py"
+    # line 8 of the script: a bare ``name_`` is a link to an undefined target
+    script.write_text(DOCSTRING.replace("* two bullets.", "* two history_ bullets."))
+    _write_run(repo.outputs / "study_999_fake", script)
+    with pytest.raises(_sync.SyncError,
+                       match=r"examples/study_999_fake.py:8: Unknown target name"):
+        _sync.sync(repo)
+    assert not (repo.pages / "study_999_fake.md").exists()
+
+
+def test_read_record_needs_every_key():
+    assert _sync.read_record("# A page\n") is None
+    assert _sync.read_record('---\nskcxr_example: "x.py"\n---\n') is None
