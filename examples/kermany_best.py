@@ -8,11 +8,12 @@ Our target: ROC AUC >= 0.98 and accuracy >= 94% on 2 CPU cores within 20 minutes
 
 The protocol
 ------------
-1. Patient-grouped 5-fold cross-validation on kermany224/train only (StratifiedGroupKFold):
-   PNEUMONIA file names carry a patient id (``person123_bacteria_456.jpeg``); NORMAL files
-   carry a study number (``IM-0553-0001.jpeg``, ``IM-0553-0001-0002.jpeg``), which we treat as
-   the patient (files with the same number go in one group; ``NORMAL2-IM-...`` files are a
-   separate series and form their own groups). Grouping more than necessary cannot leak.
+1. Patient-grouped 5-fold cross-validation on kermany224/train only (StratifiedGroupKFold
+   over ``skcxr.kermany_patient_ids``): PNEUMONIA file names carry a patient id
+   (``person123_bacteria_456.jpeg``); NORMAL files carry a study number
+   (``IM-0553-0001.jpeg``, ``IM-0553-0001-0002.jpeg``, ``NORMAL2-IM-0553-0001.jpeg``), which
+   we treat as the patient (files with the same number go in one group, in either series).
+   Grouping more than necessary cannot leak.
 2. Model selection by mean CV ROC AUC (threshold-free) over
    - frozen ImageNet features + logistic regression:
      ``make_pipeline(FeatureExtractorTransformer(backbone, memory=...), StandardScaler(),
@@ -85,7 +86,6 @@ import os
 # every small op 4-40x slower. Passive waiting costs ~1% on an idle machine. Set before torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -112,7 +112,7 @@ from sklearn.model_selection import (
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skcxr import FeatureExtractorTransformer, PretrainedCNNClassifier
+from skcxr import FeatureExtractorTransformer, PretrainedCNNClassifier, kermany_patient_ids
 
 NAME = "kermany_best"
 SIZES = {"tf_efficientnet_lite0": 224, "tf_efficientnet_lite1": 240,
@@ -120,16 +120,6 @@ SIZES = {"tf_efficientnet_lite0": 224, "tf_efficientnet_lite1": 240,
 SCORING = {"roc_auc": "roc_auc", "balanced_accuracy": "balanced_accuracy",
            "accuracy": "accuracy"}
 STUDIES = {"accuracy": "0.9327 (study 001); 0.928 (Kermany)", "roc_auc": "0.968 (Kermany)"}
-
-
-def patient_ids(paths) -> np.ndarray:
-    """Patient (PNEUMONIA) or study number (NORMAL) of each Kermany file name."""
-    ids = []
-    for p in paths:
-        name = Path(p).name
-        m = re.match(r"person(\d+)_", name) or re.match(r"((?:NORMAL2-)?IM-\d+)", name)
-        ids.append(m.group(1) if m else name)  # unknown pattern: its own group
-    return np.array([f"{Path(p).parent.name}/{i}" for p, i in zip(paths, ids)], dtype=object)
 
 
 def candidates(cache: Path, quick: bool):
@@ -178,7 +168,7 @@ def main():
     start = time.perf_counter()
     X, y = kermany(args.data, "train", n=300 if args.quick else None)
     X_test, y_test = kermany(args.data, "test", n=100 if args.quick else None)
-    groups = patient_ids(X)
+    groups = kermany_patient_ids(X)
     n_splits = 3 if args.quick else 5
     folds = list(StratifiedGroupKFold(n_splits, shuffle=True, random_state=0)
                  .split(X, y, groups))

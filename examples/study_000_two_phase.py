@@ -68,8 +68,9 @@ Where the study's protocol is flawed, and the careful variant
    two-phase schedule such a stop in phase 1 means phase 2 never runs (the study ran the two
    phases as separate Keras fits; skcxr runs them as one fit, see the printed phase count).
 5. Kermany has several images per patient (``personN_...``); image-level folds put one
-   patient on both sides. ``--grouped`` uses StratifiedGroupKFold over the patient ids (the
-   careful variant; normal images carry no patient id and count as their own group).
+   patient on both sides. ``--grouped`` uses StratifiedGroupKFold over the patient ids of
+   ``skcxr.kermany_patient_ids`` (the careful variant; NORMAL images are grouped by their
+   ``IM-NNNN`` number).
 
 Run from the repository root::
 
@@ -82,9 +83,6 @@ Data: Kermany, Zhang, Goldbaum, Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 (CC 
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 from _common import kermany, mean_std, parse_args, savefig, show, timed
@@ -92,7 +90,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, log_loss, make_scorer
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_validate
 from sklearn.utils.class_weight import compute_sample_weight
 
-from skcxr import PretrainedCNNClassifier
+from skcxr import PretrainedCNNClassifier, kermany_patient_ids
 from skcxr.plotting import plot_history
 
 NAME = "study_000_two_phase"
@@ -128,15 +126,6 @@ SCORING = {
 }
 
 
-def patient_groups(paths) -> np.ndarray:
-    """Patient id from Kermany file names (``personN_...``); other images are their own group."""
-    ids = []
-    for i, p in enumerate(paths):
-        m = re.match(r"(person\d+)_", Path(p).name)
-        ids.append(m.group(1) if m else f"image{i}")
-    return np.array(ids)
-
-
 def extra_args(parser):
     parser.add_argument("--grouped", action="store_true",
                         help="patient-grouped outer folds (StratifiedGroupKFold)")
@@ -165,7 +154,7 @@ def main():
         augment="flip", random_state=0,
     )
     if args.grouped:
-        cv, groups = StratifiedGroupKFold(5, shuffle=True, random_state=0), patient_groups(X)
+        cv, groups = StratifiedGroupKFold(5, shuffle=True, random_state=0), kermany_patient_ids(X)
     else:
         cv, groups = StratifiedKFold(5, shuffle=True, random_state=0), None
 

@@ -70,8 +70,8 @@ Where the study's protocol is flawed, and the careful variant
   accuracy, and the majority baseline as a row.
 * A random 70/30 split of a data set with several images per patient leaks patients between
   training and validation. Kermany's pneumonia file names carry a patient id (``personN_``):
-  we split with ``StratifiedGroupKFold`` on it (normals are grouped by their ``IM-NNNN``
-  prefix, a conservative guess: over-grouping never leaks).
+  we split with ``StratifiedGroupKFold`` on ``skcxr.kermany_patient_ids`` (normals are
+  grouped by their ``IM-NNNN`` number, a conservative guess: over-grouping never leaks).
 * Balancing by undersampling discards data; ``class_weight="balanced"`` keeps it. (COVID vs
   non-COVID images also came from different sources, so a model can learn the source instead
   of the disease; the manual marker removal helps but does not remove that confound.)
@@ -105,7 +105,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.metrics import confusion_matrix, make_scorer, recall_score
 from sklearn.model_selection import StratifiedGroupKFold, cross_validate
 
-from skcxr import PretrainedCNNClassifier
+from skcxr import PretrainedCNNClassifier, kermany_patient_ids
 
 NAME = "study_002_user_backbone"
 CLASSES = ["NORMAL", "PNEUMONIA"]
@@ -148,16 +148,6 @@ SCORING = {
     "tn": _cm_cell(0, 0), "fp": _cm_cell(0, 1), "fn": _cm_cell(1, 0), "tp": _cm_cell(1, 1),
 }
 METRICS = ["accuracy", "balanced_accuracy", "recall_NORMAL", "recall_PNEUMONIA", "roc_auc"]
-
-
-def patient_groups(paths) -> np.ndarray:
-    """Patient ids from Kermany file names: ``personN_`` (pneumonia), ``IM-NNNN`` (normal)."""
-    out = []
-    for p in paths:
-        stem = Path(p).stem
-        m = re.match(r"(person\d+)_", stem)
-        out.append(m.group(1) if m else re.sub(r"-\d+$", "", stem))
-    return np.asarray(out, dtype=object)
 
 
 def chexnet_state_dict(checkpoint: Path, out: Path) -> tuple[Path, int]:
@@ -239,7 +229,7 @@ def run_part(part: str, label: str, clf, cfg, args, class_weighted: bool):
     """Outer stratified, patient-grouped CV of every composition; one row per composition."""
     X, y = kermany(args.data, "train", n=cfg["n"])
     X = X.reshape(-1, 1)  # imblearn samplers want a 2-D X; skcxr takes an (n, 1) path column
-    groups = patient_groups(X[:, 0])
+    groups = kermany_patient_ids(X[:, 0])
     cv = StratifiedGroupKFold(n_splits=cfg["folds"], shuffle=True, random_state=0)
     splits = list(cv.split(X, y, groups))[:cfg.get("splits")]
     print(f"\n# {label}: {len(X)} images ({np.bincount(y).tolist()} NORMAL/PNEUMONIA, "
