@@ -80,19 +80,13 @@ Data: Kermany, Zhang, Goldbaum, Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 (CC 
 
 from __future__ import annotations
 
-import os
-
-# torch's OpenMP threads spin while they wait; on a shared (oversubscribed) CPU that makes
-# every small op 4-40x slower. Passive waiting costs ~1% on an idle machine. Set before torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import kermany, mean_std, parse_args, savefig, show, timed
+from _common import CLASSES, kermany, mean_std, parse_args, savefig, show, timed
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
@@ -162,7 +156,7 @@ def describe(estimator) -> str:
 
 
 def main():
-    args = parse_args(__doc__, NAME, extra=lambda p: p.add_argument(
+    args = parse_args(__doc__, extra=lambda p: p.add_argument(
         "--cache", type=Path, default=None,
         help="feature cache directory (default: a temporary one, so timings include it)"))
     start = time.perf_counter()
@@ -266,7 +260,7 @@ def run(args, X, y, X_test, y_test, folds, cache, start):
     ax.set_title("Kermany test set (one evaluation)", fontsize=9)
     savefig(fig, args.out / "roc_test.png")
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
-    ConfusionMatrixDisplay.from_predictions(y_test, pred, display_labels=["NORMAL", "PNEUMONIA"],
+    ConfusionMatrixDisplay.from_predictions(y_test, pred, display_labels=CLASSES,
                                             ax=ax, colorbar=False)
     ax.set_title(f"Test, threshold {model.best_threshold_:.2f}", fontsize=9)
     savefig(fig, args.out / "confusion_test.png")

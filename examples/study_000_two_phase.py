@@ -85,7 +85,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from _common import kermany, mean_std, parse_args, savefig, show, timed
+from _common import CLASSES, kermany, mean_std, parse_args, savefig, show, timed
 from sklearn.metrics import ConfusionMatrixDisplay, log_loss, make_scorer
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_validate
 from sklearn.utils.class_weight import compute_sample_weight
@@ -94,7 +94,6 @@ from skcxr import PretrainedCNNClassifier, kermany_patient_ids
 from skcxr.plotting import plot_history
 
 NAME = "study_000_two_phase"
-CLASSES = ["NORMAL", "PNEUMONIA"]
 
 # The study's Table 1 (train / validation per fold), copied from the study text.
 STUDY_TABLE1 = pd.DataFrame(
@@ -132,7 +131,7 @@ def extra_args(parser):
 
 
 def main():
-    args = parse_args(__doc__, NAME, extra_args)
+    args = parse_args(__doc__, extra_args)
     quick = args.quick
     n_images, size = (100, 96) if quick else (1000, 128)
     freeze_epochs, max_epochs = (1, 2) if quick else (2, 4)

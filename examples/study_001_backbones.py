@@ -199,7 +199,7 @@ def extra_args(parser):
 
 
 def main():
-    args = parse_args(__doc__, NAME, extra_args)
+    args = parse_args(__doc__, extra_args)
     quick = args.quick
     n_train, n_test, size = (100, 80, 96) if quick else (1200, None, 160)
     X, y = kermany(args.data, "train", n=n_train, seed=0)

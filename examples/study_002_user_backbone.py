@@ -97,7 +97,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import kermany, mean_std, parse_args, savefig, show, timed
+from _common import (
+    CLASSES,
+    final_estimator,
+    kermany,
+    mean_std,
+    parse_args,
+    savefig,
+    show,
+    timed,
+)
 from imblearn.pipeline import make_pipeline
 from imblearn.under_sampling import RandomUnderSampler
 from sklearn.base import clone
@@ -106,9 +115,6 @@ from sklearn.metrics import confusion_matrix, make_scorer, recall_score
 from sklearn.model_selection import StratifiedGroupKFold, cross_validate
 
 from skcxr import PretrainedCNNClassifier, kermany_patient_ids
-
-NAME = "study_002_user_backbone"
-CLASSES = ["NORMAL", "PNEUMONIA"]
 
 #: per part: training pool (a stratified subset of kermany224/train), outer folds, input size,
 #: epochs and early-stopping patience. DenseNet-121 costs ~10x lite0 per image on a CPU.
@@ -247,7 +253,7 @@ def run_part(part: str, label: str, clf, cfg, args, class_weighted: bool):
         for m in METRICS:
             row[m] = mean_std(res[f"test_{m}"])
         row["best fold acc"] = float(np.max(res["test_accuracy"]))
-        fitted = [e[-1] if hasattr(e, "steps") else e for e in res["estimator"]]
+        fitted = [final_estimator(e) for e in res["estimator"]]
         row["train rows/fold"] = row["best epoch"] = ""
         if key != "majority":
             row["train rows/fold"] = str(int(np.mean([e.n_train_samples_ for e in fitted])))
@@ -310,8 +316,7 @@ def plot_histories(results: dict, out: Path):
     keys = [k for k in results if k != "majority"]
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        est = results[key]["estimator"][0]
-        plot_history(est[-1] if hasattr(est, "steps") else est, ax=ax)
+        plot_history(final_estimator(results[key]["estimator"][0]), ax=ax)
         ax.set_title(f"lite0, fold 1: {LABELS[key]}", fontsize=9)
     return savefig(fig, out / "lite0_history_fold1.png")
 
@@ -321,7 +326,7 @@ def main():
         parser.add_argument("--checkpoint", type=Path, default=None,
                             help="CheXNet-style DenseNet-121 checkpoint (.pth, .pth.tar)")
 
-    args = parse_args(__doc__, NAME, extra)
+    args = parse_args(__doc__, extra)
     cfg = QUICK if args.quick else FULL
     with timed("study 002 total"):
         lite0 = make_classifier("tf_efficientnet_lite0", "imagenet", "blocks.6", cfg["lite0"])

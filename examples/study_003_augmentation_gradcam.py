@@ -84,7 +84,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import kermany, parse_args, savefig, show, timed
+from _common import CLASSES, final_estimator, kermany, parse_args, savefig, show, timed
 from imblearn.over_sampling import RandomOverSampler
 from imblearn.pipeline import make_pipeline
 from sklearn.dummy import DummyClassifier
@@ -99,9 +99,6 @@ from sklearn.metrics import (
 from torchvision.transforms import v2
 
 from skcxr import PretrainedCNNClassifier
-
-NAME = "study_003_augmentation_gradcam"
-CLASSES = ["NORMAL", "PNEUMONIA"]
 
 FULL = dict(n_train=400, n_test=None, image_size=160, max_epochs=6, freeze_epochs=3,
             step_size=3, n_cam=48)
@@ -249,7 +246,7 @@ def gradcam_figure(clf, X_show, y_show, name: str, title: str, out: Path):
 
 
 def main():
-    args = parse_args(__doc__, NAME)
+    args = parse_args(__doc__)
     cfg = QUICK if args.quick else FULL
     with timed("study 003 total"):
         X_train, y_train = kermany(args.data, "train", n=cfg["n_train"])
@@ -270,7 +267,7 @@ def main():
         for name, model in models.items():
             with timed(f"fit {name}"):
                 model.fit(X_train, y_train)
-            clf = model[-1] if hasattr(model, "steps") else model
+            clf = final_estimator(model)
             print(f"{name}: trained on {clf.n_train_samples_} rows (+{clf.n_valid_samples_} "
                   f"inner validation), best epoch {clf.best_epoch_} of {len(clf.history_)}")
             ours[f"ours {name.split(' (')[0]}"], pred = scores(model, X_test, y_test)
@@ -293,7 +290,7 @@ def main():
         from skcxr.explain import gradcam
 
         for k, (name, model) in enumerate(models.items(), start=1):
-            clf = model[-1] if hasattr(model, "steps") else model
+            clf = final_estimator(model)
             with timed(f"Grad-CAM {name}"):
                 gradcam_figure(clf, X_test[show_idx], y_test[show_idx], f"scenario{k}", name,
                                args.out)
@@ -308,7 +305,7 @@ def plot_histories(models: dict, out: Path):
 
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.6), squeeze=False)
     for ax, (name, model) in zip(axes[0], models.items()):
-        plot_history(model[-1] if hasattr(model, "steps") else model, ax=ax)
+        plot_history(final_estimator(model), ax=ax)
         ax.set_title(name, fontsize=9)
     return savefig(fig, out / "history.png")
 

@@ -92,12 +92,6 @@ acknowledge the NIH Clinical Center.
 
 from __future__ import annotations
 
-import os
-
-# torch's OpenMP threads spin while they wait; on a shared (oversubscribed) CPU that makes
-# every small op 4-40x slower. Passive waiting costs ~1% on an idle machine. Set before torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import numpy as np
 import pandas as pd
 from _common import mean_std, parse_args, savefig, show, timed
@@ -178,7 +172,7 @@ def load(args):
 
 
 def main():
-    args = parse_args(__doc__, NAME, extra=lambda p: p.add_argument(
+    args = parse_args(__doc__, extra=lambda p: p.add_argument(
         "--scratch", action="store_true",
         help="add a from-scratch lite0 (weights=None, all layers, 64x64) to the label table"))
     import matplotlib.pyplot as plt
