@@ -1,19 +1,24 @@
-"""What the examples share: command line, data, output folder, tables, timing.
+"""What the examples share: command line, data, run record, output folder, tables, timing.
 
 Every example takes ``--quick`` (a small run that CI does in about a minute), ``--data``
 (default: the shared data folder beside the repository, with ``kermany224/`` and
 ``nih1000/``) and ``--out`` (default ``examples/output/<example name>/``, or
-``<example name>-quick/`` with ``--quick``), where the figures and the printed tables are
-saved.
+``<example name>-quick/`` with ``--quick``), where the figures, the printed tables and the
+run record ``run.json`` are saved.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import hashlib
+import json
 import os
+import platform
 import sys
 import time
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are saved, never shown
@@ -35,7 +40,7 @@ CLASSES = ("NORMAL", "PNEUMONIA")
 def parse_args(doc: str, extra=None, *, data: bool = True) -> argparse.Namespace:
     """``--quick``, ``--data`` (unless ``data=False``), ``--out`` (+ ``extra(parser)``).
 
-    Creates the output folder.
+    Creates the output folder and starts the run record (:func:`start_record`).
     """
     script = Path(sys.modules["__main__"].__file__).resolve()
     name = script.stem
@@ -49,7 +54,7 @@ def parse_args(doc: str, extra=None, *, data: bool = True) -> argparse.Namespace
                             help="the shared data folder (with kermany224/ and nih1000/; "
                                  "default: the one beside the repository)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="where figures and tables go (default: "
+                        help="where figures, tables and run.json go (default: "
                              f"examples/output/{name}/, or {name}-quick/ with --quick)")
     if extra is not None:
         extra(parser)
@@ -59,7 +64,58 @@ def parse_args(doc: str, extra=None, *, data: bool = True) -> argparse.Namespace
     if data and not args.data.is_dir():
         parser.error(f"data folder {args.data} not found; pass --data /path/to/shared/data")
     args.out.mkdir(parents=True, exist_ok=True)
+    start_record(script, args.out, args.quick)
     return args
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def start_record(script: Path, out: Path, quick: bool) -> Path:
+    """Write ``<out>/run.json`` now and again, with ``finished``, when the run completes.
+
+    Keys: ``example`` (the script's file name), ``source_sha256`` (of the script's bytes),
+    ``skcxr_version``, ``command`` (``sys.argv``), ``quick``, ``started`` and ``finished``
+    (ISO 8601 local times; ``finished`` stays null if the run fails), ``python``, ``torch``.
+    At the end the total wall time is printed.
+    """
+    import torch
+
+    import skcxr
+
+    path = out / "run.json"
+    record = {
+        "example": script.name,
+        "source_sha256": hashlib.sha256(script.read_bytes()).hexdigest(),
+        "skcxr_version": skcxr.__version__,
+        "command": list(sys.argv),
+        "quick": bool(quick),
+        "started": _now(),
+        "finished": None,
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    start = time.perf_counter()
+    failed = []
+    excepthook = sys.excepthook
+
+    def note_failure(*exc_info):  # an uncaught exception: the run did not finish
+        failed.append(exc_info[0])
+        excepthook(*exc_info)
+
+    def finish():
+        if failed:
+            return
+        record["finished"] = _now()
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"[{script.stem} {'quick' if quick else 'full'}: "
+              f"{time.perf_counter() - start:.1f} s; run record {path}]")
+
+    sys.excepthook = note_failure
+    atexit.register(finish)
+    return path
 
 
 def subsample(X, y, n: int | None, seed: int = 0):

@@ -108,7 +108,6 @@ from sklearn.preprocessing import StandardScaler
 
 from skcxr import FeatureExtractorTransformer, PretrainedCNNClassifier, kermany_patient_ids
 
-NAME = "kermany_best"
 SIZES = {"tf_efficientnet_lite0": 224, "tf_efficientnet_lite1": 240,
          "tf_efficientnet_lite2": 260}
 SCORING = {"roc_auc": "roc_auc", "balanced_accuracy": "balanced_accuracy",
@@ -267,5 +266,4 @@ def run(args, X, y, X_test, y_test, folds, cache, start):
 
 
 if __name__ == "__main__":
-    with timed(NAME):
-        main()
+    main()

@@ -93,8 +93,6 @@ from sklearn.utils.class_weight import compute_sample_weight
 from skcxr import PretrainedCNNClassifier, kermany_patient_ids
 from skcxr.plotting import plot_history
 
-NAME = "study_000_two_phase"
-
 # The study's Table 1 (train / validation per fold), copied from the study text.
 STUDY_TABLE1 = pd.DataFrame(
     [["0.0006 / 0.0018", "0.2237 / 0.2256", "0.2237 / 0.2256", "0.9996 / 0.9995"],
@@ -157,16 +155,15 @@ def main():
     else:
         cv, groups = StratifiedKFold(5, shuffle=True, random_state=0), None
 
-    with timed(f"{NAME} {'quick' if quick else 'full'}"):
-        with timed("5-fold cross_validate"):
-            res = cross_validate(clf, X, y, groups=groups, cv=cv, scoring=SCORING,
-                                 return_train_score=True, return_estimator=True,
-                                 return_indices=True)
-        with timed("out-of-fold predictions"):
-            oof = np.empty_like(y)
-            for est, test in zip(res["estimator"], res["indices"]["test"]):
-                oof[test] = est.predict(X[test])
-        report(res, y, oof, args.out, args.grouped)
+    with timed("5-fold cross_validate"):
+        res = cross_validate(clf, X, y, groups=groups, cv=cv, scoring=SCORING,
+                             return_train_score=True, return_estimator=True,
+                             return_indices=True)
+    with timed("out-of-fold predictions"):
+        oof = np.empty_like(y)
+        for est, test in zip(res["estimator"], res["indices"]["test"]):
+            oof[test] = est.predict(X[test])
+    report(res, y, oof, args.out, args.grouped)
 
 
 def report(res, y, oof, out, grouped):

@@ -103,8 +103,6 @@ from torchvision.transforms import v2
 from skcxr import PretrainedCNNClassifier
 from skcxr.plotting import plot_history
 
-NAME = "study_001_backbones"
-
 #: The study's augmentation list as a torchvision v2 pipeline on (C, H, W) uint8 images.
 STUDY_AUGMENT = v2.Compose([
     v2.RandomAffine(degrees=10, translate=(0.1, 0.0), scale=(0.9, 1.1), shear=5),
@@ -210,23 +208,22 @@ def main():
     print(NETWORK_NOTE)
 
     rows, fitted = [], {}
-    with timed(f"{NAME} {'quick' if quick else 'full'}"):
-        dummy = DummyClassifier(strategy="most_frequent").fit(X, y)
-        rows.append({"model": "majority class (always PNEUMONIA)",
-                     **scores(y_test, dummy.predict_proba(X_test)[:, 1]),
-                     "inner valid AUC": "", "epochs run": "", "best epoch": "", "fit+test s": 0.0})
-        for label, clf in models(quick, size, args.extra).items():
-            start = time.perf_counter()
-            with timed(label):
-                clf.fit(X, y)
-                proba = clf.predict_proba(X_test)[:, 1]
-            fitted[label] = clf
-            best = clf.history_.set_index("epoch").loc[clf.best_epoch_]
-            rows.append({"model": label, **scores(y_test, proba),
-                         "inner valid AUC": best["valid_auc"],
-                         "epochs run": len(clf.history_), "best epoch": clf.best_epoch_,
-                         "fit+test s": time.perf_counter() - start})
-        report(pd.DataFrame(rows).set_index("model"), fitted, len(y_test), args.out)
+    dummy = DummyClassifier(strategy="most_frequent").fit(X, y)
+    rows.append({"model": "majority class (always PNEUMONIA)",
+                 **scores(y_test, dummy.predict_proba(X_test)[:, 1]),
+                 "inner valid AUC": "", "epochs run": "", "best epoch": "", "fit+test s": 0.0})
+    for label, clf in models(quick, size, args.extra).items():
+        start = time.perf_counter()
+        with timed(label):
+            clf.fit(X, y)
+            proba = clf.predict_proba(X_test)[:, 1]
+        fitted[label] = clf
+        best = clf.history_.set_index("epoch").loc[clf.best_epoch_]
+        rows.append({"model": label, **scores(y_test, proba),
+                     "inner valid AUC": best["valid_auc"],
+                     "epochs run": len(clf.history_), "best epoch": clf.best_epoch_,
+                     "fit+test s": time.perf_counter() - start})
+    report(pd.DataFrame(rows).set_index("model"), fitted, len(y_test), args.out)
 
 
 def report(table: pd.DataFrame, fitted: dict, n_test: int, out) -> None:

@@ -328,28 +328,27 @@ def main():
 
     args = parse_args(__doc__, extra)
     cfg = QUICK if args.quick else FULL
-    with timed("study 002 total"):
-        lite0 = make_classifier("tf_efficientnet_lite0", "imagenet", "blocks.6", cfg["lite0"])
-        lite0_label = "EfficientNet-Lite0, ImageNet (offline)"
-        rows, lite0_res = run_part("lite0", lite0_label, lite0, cfg["lite0"], args,
-                                   class_weighted=True)
+    lite0 = make_classifier("tf_efficientnet_lite0", "imagenet", "blocks.6", cfg["lite0"])
+    lite0_label = "EfficientNet-Lite0, ImageNet (offline)"
+    rows, lite0_res = run_part("lite0", lite0_label, lite0, cfg["lite0"], args,
+                               class_weighted=True)
 
-        module, weights, dn_label = densenet_backbone(args.checkpoint, args.out)
-        dense = make_classifier(module, weights, "features.denseblock4", cfg["densenet"])
-        dn_rows, dn_res = run_part("densenet", dn_label, dense, cfg["densenet"], args,
-                                   class_weighted=False)
-        table = pd.DataFrame(rows + dn_rows).set_index("training composition")
-        show(table, "Study 002: training composition, outer stratified patient-grouped CV "
-             "on kermany224/train (study: COVID vs non-COVID, max validation accuracy)",
-             args.out)
-        if args.checkpoint is None:
-            print("NOTE: the DenseNet-121 rows train from scratch (random init, three frozen "
-                  "random dense blocks): they are NOT comparable to the study's CheXNet "
-                  "numbers; pass --checkpoint for that. The lite0 rows carry the comparison.")
-        tables = {lite0_label: lite0_res, dn_label: dn_res}
-        plot_bars(tables, args.out)
-        plot_confusion(tables, args.out)
-        plot_histories(lite0_res, args.out)
+    module, weights, dn_label = densenet_backbone(args.checkpoint, args.out)
+    dense = make_classifier(module, weights, "features.denseblock4", cfg["densenet"])
+    dn_rows, dn_res = run_part("densenet", dn_label, dense, cfg["densenet"], args,
+                               class_weighted=False)
+    table = pd.DataFrame(rows + dn_rows).set_index("training composition")
+    show(table, "Study 002: training composition, outer stratified patient-grouped CV "
+         "on kermany224/train (study: COVID vs non-COVID, max validation accuracy)",
+         args.out)
+    if args.checkpoint is None:
+        print("NOTE: the DenseNet-121 rows train from scratch (random init, three frozen "
+              "random dense blocks): they are NOT comparable to the study's CheXNet "
+              "numbers; pass --checkpoint for that. The lite0 rows carry the comparison.")
+    tables = {lite0_label: lite0_res, dn_label: dn_res}
+    plot_bars(tables, args.out)
+    plot_confusion(tables, args.out)
+    plot_histories(lite0_res, args.out)
 
 
 if __name__ == "__main__":

@@ -248,54 +248,53 @@ def gradcam_figure(clf, X_show, y_show, name: str, title: str, out: Path):
 def main():
     args = parse_args(__doc__)
     cfg = QUICK if args.quick else FULL
-    with timed("study 003 total"):
-        X_train, y_train = kermany(args.data, "train", n=cfg["n_train"])
-        X_test, y_test = kermany(args.data, "test", n=cfg["n_test"])
-        # imblearn samplers need 2-D X; skcxr reads an (n, 1) column of paths as well
-        X_train, X_test = X_train.reshape(-1, 1), X_test.reshape(-1, 1)
-        print(f"train: {len(X_train)} images {np.bincount(y_train).tolist()} NORMAL/PNEUMONIA"
-              f" (stratified subset of kermany224/train); test: {len(X_test)} images "
-              f"{np.bincount(y_test).tolist()} (kermany224/test)")
+    X_train, y_train = kermany(args.data, "train", n=cfg["n_train"])
+    X_test, y_test = kermany(args.data, "test", n=cfg["n_test"])
+    # imblearn samplers need 2-D X; skcxr reads an (n, 1) column of paths as well
+    X_train, X_test = X_train.reshape(-1, 1), X_test.reshape(-1, 1)
+    print(f"train: {len(X_train)} images {np.bincount(y_train).tolist()} NORMAL/PNEUMONIA"
+          f" (stratified subset of kermany224/train); test: {len(X_test)} images "
+          f"{np.bincount(y_test).tolist()} (kermany224/test)")
 
-        models = {
-            "scenario 1 (no augmentation)": make_classifier(cfg),
-            "scenario 2 (augmentation + RandomOverSampler)": make_pipeline(
-                RandomOverSampler(random_state=0),
-                make_classifier(cfg, augment=study_augmentation())),
-        }
-        ours, preds = {}, []
-        for name, model in models.items():
-            with timed(f"fit {name}"):
-                model.fit(X_train, y_train)
-            clf = final_estimator(model)
-            print(f"{name}: trained on {clf.n_train_samples_} rows (+{clf.n_valid_samples_} "
-                  f"inner validation), best epoch {clf.best_epoch_} of {len(clf.history_)}")
-            ours[f"ours {name.split(' (')[0]}"], pred = scores(model, X_test, y_test)
-            preds.append(pred)
-        majority = DummyClassifier(strategy="most_frequent").fit(X_train, y_train)
-        ours["majority class"] = scores(majority, X_test, y_test)[0]
+    models = {
+        "scenario 1 (no augmentation)": make_classifier(cfg),
+        "scenario 2 (augmentation + RandomOverSampler)": make_pipeline(
+            RandomOverSampler(random_state=0),
+            make_classifier(cfg, augment=study_augmentation())),
+    }
+    ours, preds = {}, []
+    for name, model in models.items():
+        with timed(f"fit {name}"):
+            model.fit(X_train, y_train)
+        clf = final_estimator(model)
+        print(f"{name}: trained on {clf.n_train_samples_} rows (+{clf.n_valid_samples_} "
+              f"inner validation), best epoch {clf.best_epoch_} of {len(clf.history_)}")
+        ours[f"ours {name.split(' (')[0]}"], pred = scores(model, X_test, y_test)
+        preds.append(pred)
+    majority = DummyClassifier(strategy="most_frequent").fit(X_train, y_train)
+    ours["majority class"] = scores(majority, X_test, y_test)[0]
 
-        table = results_table(ours)
-        show(table, "Study 003: kermany224/test, PNEUMONIA positive (study: Table 1, "
-             "256x256, full training set; ours: EfficientNet-Lite0)", args.out)
-        print(mcnemar(y_test, *preds))
-        plot_histories(models, args.out)
+    table = results_table(ours)
+    show(table, "Study 003: kermany224/test, PNEUMONIA positive (study: Table 1, "
+         "256x256, full training set; ours: EfficientNet-Lite0)", args.out)
+    print(mcnemar(y_test, *preds))
+    plot_histories(models, args.out)
 
-        # Grad-CAM: 3 NORMAL and 3 PNEUMONIA test images, and a larger sample for the shares
-        rng = np.random.RandomState(0)
-        show_idx = np.concatenate([rng.choice(np.flatnonzero(y_test == c), 3, replace=False)
-                                   for c in (0, 1)])
-        cam_idx = np.concatenate([rng.choice(np.flatnonzero(y_test == c), cfg["n_cam"] // 2,
-                                             replace=False) for c in (0, 1)])
-        from skcxr.explain import gradcam
+    # Grad-CAM: 3 NORMAL and 3 PNEUMONIA test images, and a larger sample for the shares
+    rng = np.random.RandomState(0)
+    show_idx = np.concatenate([rng.choice(np.flatnonzero(y_test == c), 3, replace=False)
+                               for c in (0, 1)])
+    cam_idx = np.concatenate([rng.choice(np.flatnonzero(y_test == c), cfg["n_cam"] // 2,
+                                         replace=False) for c in (0, 1)])
+    from skcxr.explain import gradcam
 
-        for k, (name, model) in enumerate(models.items(), start=1):
-            clf = final_estimator(model)
-            with timed(f"Grad-CAM {name}"):
-                gradcam_figure(clf, X_test[show_idx], y_test[show_idx], f"scenario{k}", name,
-                               args.out)
-                shares = region_shares(gradcam(clf, X_test[cam_idx]))
-            print(describe(name, shares, len(cam_idx)))
+    for k, (name, model) in enumerate(models.items(), start=1):
+        clf = final_estimator(model)
+        with timed(f"Grad-CAM {name}"):
+            gradcam_figure(clf, X_test[show_idx], y_test[show_idx], f"scenario{k}", name,
+                           args.out)
+            shares = region_shares(gradcam(clf, X_test[cam_idx]))
+        print(describe(name, shares, len(cam_idx)))
 
 
 def plot_histories(models: dict, out: Path):

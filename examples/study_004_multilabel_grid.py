@@ -104,7 +104,6 @@ from skcxr import PretrainedCNNClassifier, load_nih_csv
 from skcxr.plotting import plot_grid_heatmap
 from skcxr.protocol import split_rows
 
-NAME = "study_004_multilabel_grid"
 MIN_POSITIVES = 20  # per label, over the 1000 images
 
 
@@ -297,5 +296,4 @@ def main():
 
 
 if __name__ == "__main__":
-    with timed(NAME):
-        main()
+    main()
