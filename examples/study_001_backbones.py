@@ -1,7 +1,7 @@
 """Study 001: several ImageNet backbones and a CNN from scratch under one protocol, one test set.
 
-The study (seeds/001_fa13d586ee37adce.txt, "Pneumonia detection using transfer learning and
-convolutional neural networks") trains seven ImageNet backbones (DenseNet, EfficientNet,
+The study (Jain, "Pneumonia Detection Using Transfer Learning and Convolutional Neural
+Networks"; see References) trains seven ImageNet backbones (DenseNet, EfficientNet,
 InceptionNet, MobileNet, ResNet-50, VGG16, Xception) and a CNN from scratch on the Kermany
 pediatric chest X-rays (5,216 training / 624 test images, NORMAL vs PNEUMONIA): 250x250
 inputs, binary cross-entropy, Adam, batch 32, 10 epochs, a head with dropout 0.4 and
@@ -80,7 +80,14 @@ Run from the repository root::
     python examples/study_001_backbones.py --quick   # ~1 minute smoke run (CI)
     python examples/study_001_backbones.py           # full run, a few minutes on 2 cores
 
-Data: Kermany, Zhang, Goldbaum, Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 (CC BY 4.0).
+References
+----------
+* Study: A. Jain, "Pneumonia Detection Using Transfer Learning and Convolutional Neural
+  Networks", An International Multidisciplinary Research e-Journal (the text gives no year;
+  its web references were accessed in 2021).
+* Data: D. Kermany, K. Zhang, M. Goldbaum, "Labeled Optical Coherence Tomography (OCT) and
+  Chest X-Ray Images for Classification", Mendeley Data, v2, 2018,
+  https://doi.org/10.17632/rscbjbr9sj.2 (CC BY 4.0).
 """
 
 from __future__ import annotations

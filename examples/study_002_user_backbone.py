@@ -2,16 +2,16 @@
 
 The study
 ---------
-Perez & Bir (2020) load a CheXNet checkpoint (DenseNet-121 trained on ChestX-ray14, from
-jrzech/reproduce-chexnet) into PyTorch, replace its classifier by a new 2-output layer and
-fine-tune it on COVID-19 vs non-COVID X-rays read from class folders (ImageFolder): training
-images go through RandomResizedCrop(224) + horizontal flip, validation images are resized and
-centre-cropped, both normalised with the ImageNet mean/std; Adam (lr 1e-3, weight decay 1e-4),
-CrossEntropy over 2 outputs, 20 epochs with early stopping (patience 10 on accuracy), only
-``denseblock4`` and the classifier trainable. They compare training compositions: COVID :
-non-COVID of 1:2.5 and 1:2 (max validation accuracy 0.728 and 0.676) against 1:1 (0.827), and
-report for the final balanced, denseblock4-fine-tuned model 0.938 mean / 0.957 best accuracy
-over 5 runs, on a single 70/30 train/validation split (no test set).
+Perez & Bir (2020; see References) load a CheXNet checkpoint (DenseNet-121 trained on
+ChestX-ray14, from jrzech/reproduce-chexnet) into PyTorch, replace its classifier by a new
+2-output layer and fine-tune it on COVID-19 vs non-COVID X-rays read from class folders
+(ImageFolder): training images go through RandomResizedCrop(224) + horizontal flip, validation
+images are resized and centre-cropped, both normalised with the ImageNet mean/std; Adam (lr
+1e-3, weight decay 1e-4), CrossEntropy over 2 outputs, 20 epochs with early stopping (patience
+10 on accuracy), only ``denseblock4`` and the classifier trainable. They compare training
+compositions: COVID : non-COVID of 1:2.5 and 1:2 (max validation accuracy 0.728 and 0.676)
+against 1:1 (0.827), and report for the final balanced, denseblock4-fine-tuned model 0.938 mean
+/ 0.957 best accuracy over 5 runs, on a single 70/30 train/validation split (no test set).
 
 What this script does
 ---------------------
@@ -86,8 +86,21 @@ Run it from the repository root::
 layout (``module.densenet121.*`` keys, old ``norm.1`` names, no ``num_batches_tracked``, a
 ``Linear(1024, 14) + Sigmoid`` classifier); the script rewrites it into a plain torchvision
 state dict in ``--out`` first (see ``chexnet_state_dict``: skcxr cannot read that layout
-as it is). A pickled whole model (as
-reproduce-chexnet saves) must be re-saved as a state dict first.
+as it is). A pickled whole model (as reproduce-chexnet saves) must be re-saved as a state
+dict first.
+
+References
+----------
+* Study: J. Perez, R. Bir, "Implementing Transfer Learning on the CheXNet Convolutional
+  Neural Network to Automatically Identify the Presence of COVID-19 in Chest X-ray Images",
+  20 May 2020; code: https://github.com/jhorapb/covid19-pytorch.
+* CheXNet: P. Rajpurkar, J. Irvin, K. Zhu et al., "CheXNet: Radiologist-Level Pneumonia
+  Detection on Chest X-Rays with Deep Learning", arXiv:1711.05225, 2017; the checkpoint the
+  study loads: J. Zech, "Reproduce CheXNet", https://github.com/jrzech/reproduce-chexnet,
+  2018.
+* Data: D. Kermany, K. Zhang, M. Goldbaum, "Labeled Optical Coherence Tomography (OCT) and
+  Chest X-Ray Images for Classification", Mendeley Data, v2, 2018,
+  https://doi.org/10.17632/rscbjbr9sj.2 (CC BY 4.0).
 """
 
 from __future__ import annotations

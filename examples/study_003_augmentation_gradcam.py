@@ -2,15 +2,15 @@
 
 The study
 ---------
-Patadia, Patel & Tan compare VGG16, ResNet50v2 and DenseNet201 (ImageNet weights, Keras) on
-Kermany's pediatric pneumonia X-rays at 256x256, batch 16, with a head of two 512-unit dense
-layers with dropout, a StepLR every 10 epochs and a "saturation threshold": the head trains
-alone with the backbone frozen for about 10 epochs, then the feature extractor unfreezes.
-Scenario 1 trains on the original, imbalanced data (1341 NORMAL : 3875 PNEUMONIA); scenario 2
-augments (rotation +-20 deg, horizontal flip, contrast and brightness 0.1, hue 10 /
-saturation 20) and adds augmented copies of the NORMAL images to roughly balance the
-classes. They report accuracy, precision, recall and F1 on the test set (best: VGG16
-scenario 2, accuracy 0.82) and read Grad-CAM heatmaps to judge what each model looks at.
+Patadia, Patel & Tan (see References) compare VGG16, ResNet50v2 and DenseNet201 (ImageNet
+weights, Keras) on Kermany's pediatric pneumonia X-rays at 256x256, batch 16, with a head of
+two 512-unit dense layers with dropout, a StepLR every 10 epochs and a "saturation threshold":
+the head trains alone with the backbone frozen for about 10 epochs, then the feature extractor
+unfreezes. Scenario 1 trains on the original, imbalanced data (1341 NORMAL : 3875 PNEUMONIA);
+scenario 2 augments (rotation +-20 deg, horizontal flip, contrast and brightness 0.1, hue 10 /
+saturation 20) and adds augmented copies of the NORMAL images to roughly balance the classes.
+They report accuracy, precision, recall and F1 on the test set (best: VGG16 scenario 2,
+accuracy 0.82) and read Grad-CAM heatmaps to judge what each model looks at.
 
 What this script does
 ---------------------
@@ -76,6 +76,19 @@ Run it from the repository root::
 
     python examples/study_003_augmentation_gradcam.py --quick   # ~1 minute smoke run
     python examples/study_003_augmentation_gradcam.py           # full run, ~6-11 min on 2 cores
+
+References
+----------
+* Study: V. D. Patadia, M. A. Patel, X. Tan (Lakehead University), "Comparing Transfer
+  learning methods to Classify Pneumonia in Chest X-rays using Grad-CAMs" (the text gives no
+  venue or year; it cites web pages visited in 2023).
+* Grad-CAM: R. R. Selvaraju, M. Cogswell, A. Das, R. Vedantam, D. Parikh, D. Batra,
+  "Grad-CAM: Visual Explanations from Deep Networks via Gradient-Based Localization",
+  International Journal of Computer Vision 128(2), 2019,
+  https://doi.org/10.1007/s11263-019-01228-7.
+* Data: D. Kermany, K. Zhang, M. Goldbaum, "Labeled Optical Coherence Tomography (OCT) and
+  Chest X-Ray Images for Classification", Mendeley Data, v2, 2018,
+  https://doi.org/10.17632/rscbjbr9sj.2 (CC BY 4.0).
 """
 
 from __future__ import annotations
