@@ -21,15 +21,20 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are saved, never shown
-# torch's OpenMP threads spin while they wait; on a shared (oversubscribed) CPU that makes
-# every small op 4-40x slower. Passive waiting costs ~1% on an idle machine. Set before torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+_MAIN = getattr(sys.modules["__main__"], "__file__", None)
+if _MAIN and Path(_MAIN).resolve().parent == HERE:  # an example (benchmarks: torch's defaults)
+    # torch's OpenMP threads spin while they wait; on a shared (oversubscribed) CPU that
+    # makes every small op 4-40x slower. Passive waiting costs ~1% on an idle machine.
+    # Set before torch is imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 #: The shared data folder beside the repository (kermany224/, nih1000/): the ``--data``
 #: default of the examples and the benchmarks.
 DATA = ROOT.parent / "shared" / "data"
