@@ -123,27 +123,23 @@ def start_record(script: Path, out: Path, quick: bool) -> Path:
     return path
 
 
-def subsample(X, y, n: int | None, seed: int = 0):
-    """A stratified subset of ``n`` rows (all rows when ``n`` is None or not smaller)."""
-    if n is None or n >= len(X):
-        return X, y
-    from sklearn.model_selection import train_test_split
-
-    X, _, y, _ = train_test_split(X, y, train_size=n, stratify=y, random_state=seed)
-    return X, y
-
-
 def kermany(data: Path, split: str = "train", n: int | None = None, seed: int = 0):
     """Paths and targets (0 = NORMAL, 1 = PNEUMONIA) of ``kermany224/<split>`` in the shared
-    data folder ``data``, optionally a stratified subset of ``n`` images (:func:`subsample`).
+    data folder ``data``; with ``n``, a stratified subset of ``n`` images (seeded by ``seed``;
+    all of them when ``n`` is not smaller than the split).
 
     Patient groups: ``skcxr.kermany_patient_ids(X)``.
     """
+    from sklearn.model_selection import train_test_split
+
     from skcxr import load_image_folder
 
     d = load_image_folder(Path(data) / "kermany224" / split)
     assert tuple(d.target_names) == CLASSES, d.target_names
-    return subsample(d.data, d.target, n, seed)
+    X, y = d.data, d.target
+    if n is not None and n < len(X):
+        X, _, y, _ = train_test_split(X, y, train_size=n, stratify=y, random_state=seed)
+    return X, y
 
 
 def final_estimator(model):

@@ -110,16 +110,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import (
-    CLASSES,
-    final_estimator,
-    kermany,
-    mean_std,
-    parse_args,
-    savefig,
-    show,
-    timed,
-)
+from _common import CLASSES, final_estimator, kermany, mean_std, parse_args, savefig, show, timed
 from imblearn.pipeline import make_pipeline
 from imblearn.under_sampling import RandomUnderSampler
 from sklearn.base import clone
