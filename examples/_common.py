@@ -65,7 +65,7 @@ def parse_args(doc: str, extra=None, *, data: bool = True) -> argparse.Namespace
         extra(parser)
     args = parser.parse_args()
     if args.out is None:  # a smoke run never overwrites the results of a full one
-        args.out = ROOT / "examples" / "output" / (name + ("-quick" if args.quick else ""))
+        args.out = HERE / "output" / (name + ("-quick" if args.quick else ""))
     if data and not args.data.is_dir():
         parser.error(f"data folder {args.data} not found; pass --data /path/to/shared/data")
     args.out.mkdir(parents=True, exist_ok=True)
