@@ -1,9 +1,17 @@
-"""Shared by the benchmark scripts: run one side of a comparison in its own process."""
+"""Shared by the benchmark scripts: the data (the examples' helpers), and one side of a
+comparison run in its own process."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import resource
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+# DATA: the shared data folder beside the repository (the --data default);
+# kermany(data, split, n): paths and targets of kermany224/<split>, a stratified subset of n
+from _common import DATA, kermany  # noqa: E402, F401
 
 
 def peak_rss_mb() -> float:

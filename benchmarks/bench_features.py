@@ -1,8 +1,8 @@
 """Feature extraction from JPEG files: the naive loop a user writes today vs skcxr.
 
-Both sides run on the same images in one run, each in its own process (so each reports its
-own peak RSS), end to end from JPEG files in ../shared/data/kermany224 to pooled
-tf_efficientnet_lite0 features with the same weights:
+Both sides run on the same images in one run (a stratified subset of kermany224/train in the
+shared data folder), each in its own process (so each reports its own peak RSS), end to end
+from JPEG files to pooled tf_efficientnet_lite0 features with the same weights:
 
 (a) naive: PIL load -> torchvision Resize/ToTensor/Normalize -> timm model in fp32, default
     memory format, batch 32, ``torch.no_grad``;
@@ -15,7 +15,10 @@ It also measures the machine's bf16 matmul throughput (a large bf16 GEMM) and re
 speed as a fraction of the roofline it implies for lite0 (0.77 GFLOP per 224x224 image,
 i.e. 0.385 G multiply-adds).
 
-    python benchmarks/bench_features.py [--n 512] [--data ../shared/data/kermany224]
+    python benchmarks/bench_features.py [--n 512] [--data DIR]
+
+``--data`` is the shared data folder (with ``kermany224/``; default: the one beside the
+repository).
 """
 
 from __future__ import annotations
@@ -24,15 +27,9 @@ import argparse
 import time
 from pathlib import Path
 
-from _harness import peak_rss_mb, run_in_process
+from _harness import DATA, kermany, peak_rss_mb, run_in_process
 
 LITE0_GFLOP = 0.77
-
-
-def _paths(data: str, n: int) -> list[str]:
-    files = sorted(Path(data, "train", "NORMAL").glob("*.jpeg"))[: n // 2]
-    files += sorted(Path(data, "train", "PNEUMONIA").glob("*.jpeg"))[: n - len(files)]
-    return [str(f) for f in files]
 
 
 def naive(paths: list[str], queue) -> None:
@@ -40,7 +37,7 @@ def naive(paths: list[str], queue) -> None:
     from PIL import Image
     from torchvision import transforms
 
-    from skcxr.backbones import load_backbone
+    from skcxr import load_backbone
 
     model = load_backbone("tf_efficientnet_lite0", "imagenet").module.eval()  # same weights
     tf = transforms.Compose([
@@ -104,12 +101,12 @@ def _run(target, paths):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=512, help="number of images")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2]
-                                              / "shared" / "data" / "kermany224"))
+    parser.add_argument("--data", type=Path, default=DATA,
+                        help="the shared data folder (with kermany224/)")
     args = parser.parse_args()
     import numpy as np
 
-    paths = _paths(args.data, args.n)
+    paths = [str(p) for p in kermany(args.data, "train", n=args.n)[0]]
     a = _run(naive, paths)
     b = _run(skcxr_defaults, paths)
     c = _run(skcxr_openvino, paths)
@@ -121,7 +118,8 @@ def main() -> None:
     ]
     if c is not None:
         rows.append((f"skcxr engine='openvino' ({c['precision']})", c))
-    print(f"\n{len(paths)} JPEG images from {args.data}, tf_efficientnet_lite0 at 224x224\n")
+    print(f"\n{len(paths)} JPEG images from {args.data / 'kermany224' / 'train'}, "
+          "tf_efficientnet_lite0 at 224x224\n")
     print(f"{'':<44}{'img/s':>8}{'seconds':>9}{'vs naive':>10}{'peak RSS MB':>13}"
           f"{'% roofline':>12}{'cos vs naive':>14}")
     fa = a["features"]

@@ -1,10 +1,10 @@
 """A cross-validated grid over c and s: skorch the way users write it today vs skcxr.
 
 Both sides run ``GridSearchCV(..., {"n_trainable_layers": C, "train_size": S},
-cv=StratifiedKFold(k), scoring="roc_auc")`` on the same images from
-../shared/data/kermany224/train, with the same epochs, batch size, learning rate, optimizer
-(Adam), weights (ImageNet tf_efficientnet_lite0) and 10% inner validation split, each in its
-own process (so each reports its own peak RSS):
+cv=StratifiedKFold(k), scoring="roc_auc")`` on the same images (a stratified subset of
+kermany224/train in the shared data folder, ``--data``), with the same epochs, batch size,
+learning rate, optimizer (Adam), weights (ImageNet tf_efficientnet_lite0) and 10% inner
+validation split, each in its own process (so each reports its own peak RSS):
 
 * baseline: skorch ``NeuralNetClassifier`` wrapping the timm model, a ``Freezer`` callback for
   every layer but the last c, fp32, default memory format, its own PIL data loading, every
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _harness import peak_rss_mb, run_in_process
+from _harness import DATA, kermany, peak_rss_mb, run_in_process
 
 
 class SkorchBaseline:
@@ -59,19 +59,19 @@ class SkorchBaseline:
         from skorch.dataset import ValidSplit
         from torchvision import transforms
 
-        from skcxr.backbones import _load_checkpoint, _offline_weights_file
+        from skcxr import load_backbone
 
         torch.manual_seed(self.random_state)
+        # the baseline's own s-subsample, as a user writes it (skcxr draws it inside fit)
         if self.train_size and self.train_size < len(y):
             X, _, y, _ = train_test_split(X, y, train_size=self.train_size, stratify=y,
                                           random_state=self.random_state)
         model = timm.create_model("tf_efficientnet_lite0", num_classes=2)
-        # the user's pretrained=True: same ImageNet weights, loaded offline here
+        # the user's pretrained=True: the same ImageNet weights as skcxr's, loaded offline
         head = (model.classifier.weight.data.clone(), model.classifier.bias.data.clone())
-        full = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
-        _load_checkpoint(full, _offline_weights_file("tf_efficientnet_lite0"),
-                         order_fallback=True)
-        sd = {k: v for k, v in full.state_dict().items() if not k.startswith("classifier")}
+        imagenet = load_backbone("tf_efficientnet_lite0", "imagenet", num_classes=1000)
+        sd = {k: v for k, v in imagenet.module.state_dict().items()
+              if not k.startswith("classifier")}
         sd["classifier.weight"], sd["classifier.bias"] = head
         model.load_state_dict(sd)
         # freeze all parameterised layers but the last c (named_modules order)
@@ -152,24 +152,18 @@ def _run(side, *args):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small grid, a few minutes")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2]
-                                              / "shared" / "data" / "kermany224"))
+    parser.add_argument("--data", type=Path, default=DATA,
+                        help="the shared data folder (with kermany224/)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
-    from sklearn.model_selection import train_test_split
-
-    from skcxr import load_image_folder
-
     if args.quick:
         grid = {"n_trainable_layers": [0, 8], "train_size": [50, 100]}
         folds, n = 3, 200
     else:
         grid = {"n_trainable_layers": [0, 2, 8, 16], "train_size": [100, 200, 400]}
         folds, n = 5, 500
-    data = load_image_folder(Path(args.data) / "train")
-    X, _, y, _ = train_test_split(data.data, data.target, train_size=n, stratify=data.target,
-                                  random_state=0)
+    X, y = kermany(args.data, "train", n=n, seed=0)
     fits = np.prod([len(v) for v in grid.values()]) * folds
     print(f"GridSearchCV {grid}, {folds}-fold ({fits} fits), {n} images, "
           f"{args.epochs} epochs, batch 32, Adam lr 1e-3, tf_efficientnet_lite0 at 224\n")

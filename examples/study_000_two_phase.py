@@ -1,8 +1,8 @@
 """Study 000: a head-only phase, then fine-tune everything but BatchNorm at a 100x lower LR.
 
-The study (seeds/000_061863f6103866b7.txt, "Transfer Learning for Classification of
-Pneumonia cases using X-ray Images") fine-tunes an ImageNet Xception on a synthetic (GAN)
-COVID-19 CXR set (16,537 normal / 4,758 pneumonia, 256x256):
+The study (Aghdam, "Transfer Learning for Classification of Pneumonia cases using X-ray
+Images"; see References) fine-tunes an ImageNet Xception on a synthetic (GAN) COVID-19 CXR
+set (16,537 normal / 4,758 pneumonia, 256x256):
 
 * head: global average pooling + Dense(1028) + Dense(1);
 * phase 1 trains the head with the backbone frozen (3 epochs), phase 2 unfreezes every layer
@@ -45,7 +45,8 @@ What we changed, and why
 * Learning rates: ``finetune_lr=1e-5`` lowers the backbone's rate in phase 2 while the head
   keeps 1e-3. The study's Keras recompile most likely lowered the head's rate too; with
   ``finetune_lr=None, lr_scheduler="step", lr_scheduler_kwargs={"step_size": freeze_epochs,
-  "gamma": 0.01}`` everything runs at 1e-5 from the unfreeze on (history_ shows the rates).
+  "gamma": 0.01}`` everything runs at 1e-5 from the unfreeze on (``history_`` shows the
+  rates).
 * One batch size (16) serves training and evaluation; evaluation batch size does not change
   any number.
 
@@ -68,8 +69,9 @@ Where the study's protocol is flawed, and the careful variant
    two-phase schedule such a stop in phase 1 means phase 2 never runs (the study ran the two
    phases as separate Keras fits; skcxr runs them as one fit, see the printed phase count).
 5. Kermany has several images per patient (``personN_...``); image-level folds put one
-   patient on both sides. ``--grouped`` uses StratifiedGroupKFold over the patient ids (the
-   careful variant; normal images carry no patient id and count as their own group).
+   patient on both sides. ``--grouped`` uses StratifiedGroupKFold over the patient ids of
+   ``skcxr.kermany_patient_ids`` (the careful variant; NORMAL images are grouped by their
+   ``IM-NNNN`` number).
 
 Run from the repository root::
 
@@ -77,26 +79,26 @@ Run from the repository root::
     python examples/study_000_two_phase.py           # full run, a few minutes on 2 cores
     python examples/study_000_two_phase.py --grouped # patient-grouped outer folds
 
-Data: Kermany, Zhang, Goldbaum, Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 (CC BY 4.0).
+References
+----------
+* Study: A. Aghdam, "Transfer Learning for Classification of Pneumonia cases using X-ray
+  Images" (the text gives no venue or year).
+* Data: D. Kermany, K. Zhang, M. Goldbaum, "Labeled Optical Coherence Tomography (OCT) and
+  Chest X-Ray Images for Classification", Mendeley Data, v2, 2018,
+  https://doi.org/10.17632/rscbjbr9sj.2 (CC BY 4.0).
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
-from _common import kermany, mean_std, parse_args, savefig, show, timed
+from _common import CLASSES, kermany, mean_std, parse_args, savefig, show, timed
 from sklearn.metrics import ConfusionMatrixDisplay, log_loss, make_scorer
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_validate
 from sklearn.utils.class_weight import compute_sample_weight
 
-from skcxr import PretrainedCNNClassifier
+from skcxr import PretrainedCNNClassifier, kermany_patient_ids
 from skcxr.plotting import plot_history
-
-NAME = "study_000_two_phase"
-CLASSES = ["NORMAL", "PNEUMONIA"]
 
 # The study's Table 1 (train / validation per fold), copied from the study text.
 STUDY_TABLE1 = pd.DataFrame(
@@ -128,22 +130,13 @@ SCORING = {
 }
 
 
-def patient_groups(paths) -> np.ndarray:
-    """Patient id from Kermany file names (``personN_...``); other images are their own group."""
-    ids = []
-    for i, p in enumerate(paths):
-        m = re.match(r"(person\d+)_", Path(p).name)
-        ids.append(m.group(1) if m else f"image{i}")
-    return np.array(ids)
-
-
 def extra_args(parser):
     parser.add_argument("--grouped", action="store_true",
                         help="patient-grouped outer folds (StratifiedGroupKFold)")
 
 
 def main():
-    args = parse_args(__doc__, NAME, extra_args)
+    args = parse_args(__doc__, extra_args)
     quick = args.quick
     n_images, size = (100, 96) if quick else (1000, 128)
     freeze_epochs, max_epochs = (1, 2) if quick else (2, 4)
@@ -165,20 +158,19 @@ def main():
         augment="flip", random_state=0,
     )
     if args.grouped:
-        cv, groups = StratifiedGroupKFold(5, shuffle=True, random_state=0), patient_groups(X)
+        cv, groups = StratifiedGroupKFold(5, shuffle=True, random_state=0), kermany_patient_ids(X)
     else:
         cv, groups = StratifiedKFold(5, shuffle=True, random_state=0), None
 
-    with timed(f"{NAME} {'quick' if quick else 'full'}"):
-        with timed("5-fold cross_validate"):
-            res = cross_validate(clf, X, y, groups=groups, cv=cv, scoring=SCORING,
-                                 return_train_score=True, return_estimator=True,
-                                 return_indices=True)
-        with timed("out-of-fold predictions"):
-            oof = np.empty_like(y)
-            for est, test in zip(res["estimator"], res["indices"]["test"]):
-                oof[test] = est.predict(X[test])
-        report(res, y, oof, args.out, args.grouped)
+    with timed("5-fold cross_validate"):
+        res = cross_validate(clf, X, y, groups=groups, cv=cv, scoring=SCORING,
+                             return_train_score=True, return_estimator=True,
+                             return_indices=True)
+    with timed("out-of-fold predictions"):
+        oof = np.empty_like(y)
+        for est, test in zip(res["estimator"], res["indices"]["test"]):
+            oof[test] = est.predict(X[test])
+    report(res, y, oof, args.out, args.grouped)
 
 
 def report(res, y, oof, out, grouped):

@@ -1,7 +1,7 @@
 """Study 001: several ImageNet backbones and a CNN from scratch under one protocol, one test set.
 
-The study (seeds/001_fa13d586ee37adce.txt, "Pneumonia detection using transfer learning and
-convolutional neural networks") trains seven ImageNet backbones (DenseNet, EfficientNet,
+The study (Jain, "Pneumonia Detection Using Transfer Learning and Convolutional Neural
+Networks"; see References) trains seven ImageNet backbones (DenseNet, EfficientNet,
 InceptionNet, MobileNet, ResNet-50, VGG16, Xception) and a CNN from scratch on the Kermany
 pediatric chest X-rays (5,216 training / 624 test images, NORMAL vs PNEUMONIA): 250x250
 inputs, binary cross-entropy, Adam, batch 32, 10 epochs, a head with dropout 0.4 and
@@ -80,7 +80,14 @@ Run from the repository root::
     python examples/study_001_backbones.py --quick   # ~1 minute smoke run (CI)
     python examples/study_001_backbones.py           # full run, a few minutes on 2 cores
 
-Data: Kermany, Zhang, Goldbaum, Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 (CC BY 4.0).
+References
+----------
+* Study: A. Jain, "Pneumonia Detection Using Transfer Learning and Convolutional Neural
+  Networks", An International Multidisciplinary Research e-Journal (the text gives no year;
+  its web references were accessed in 2021).
+* Data: D. Kermany, K. Zhang, M. Goldbaum, "Labeled Optical Coherence Tomography (OCT) and
+  Chest X-Ray Images for Classification", Mendeley Data, v2, 2018,
+  https://doi.org/10.17632/rscbjbr9sj.2 (CC BY 4.0).
 """
 
 from __future__ import annotations
@@ -102,8 +109,6 @@ from torchvision.transforms import v2
 
 from skcxr import PretrainedCNNClassifier
 from skcxr.plotting import plot_history
-
-NAME = "study_001_backbones"
 
 #: The study's augmentation list as a torchvision v2 pipeline on (C, H, W) uint8 images.
 STUDY_AUGMENT = v2.Compose([
@@ -199,7 +204,7 @@ def extra_args(parser):
 
 
 def main():
-    args = parse_args(__doc__, NAME, extra_args)
+    args = parse_args(__doc__, extra_args)
     quick = args.quick
     n_train, n_test, size = (100, 80, 96) if quick else (1200, None, 160)
     X, y = kermany(args.data, "train", n=n_train, seed=0)
@@ -210,23 +215,22 @@ def main():
     print(NETWORK_NOTE)
 
     rows, fitted = [], {}
-    with timed(f"{NAME} {'quick' if quick else 'full'}"):
-        dummy = DummyClassifier(strategy="most_frequent").fit(X, y)
-        rows.append({"model": "majority class (always PNEUMONIA)",
-                     **scores(y_test, dummy.predict_proba(X_test)[:, 1]),
-                     "inner valid AUC": "", "epochs run": "", "best epoch": "", "fit+test s": 0.0})
-        for label, clf in models(quick, size, args.extra).items():
-            start = time.perf_counter()
-            with timed(label):
-                clf.fit(X, y)
-                proba = clf.predict_proba(X_test)[:, 1]
-            fitted[label] = clf
-            best = clf.history_.set_index("epoch").loc[clf.best_epoch_]
-            rows.append({"model": label, **scores(y_test, proba),
-                         "inner valid AUC": best["valid_auc"],
-                         "epochs run": len(clf.history_), "best epoch": clf.best_epoch_,
-                         "fit+test s": time.perf_counter() - start})
-        report(pd.DataFrame(rows).set_index("model"), fitted, len(y_test), args.out)
+    dummy = DummyClassifier(strategy="most_frequent").fit(X, y)
+    rows.append({"model": "majority class (always PNEUMONIA)",
+                 **scores(y_test, dummy.predict_proba(X_test)[:, 1]),
+                 "inner valid AUC": "", "epochs run": "", "best epoch": "", "fit+test s": 0.0})
+    for label, clf in models(quick, size, args.extra).items():
+        start = time.perf_counter()
+        with timed(label):
+            clf.fit(X, y)
+            proba = clf.predict_proba(X_test)[:, 1]
+        fitted[label] = clf
+        best = clf.history_.set_index("epoch").loc[clf.best_epoch_]
+        rows.append({"model": label, **scores(y_test, proba),
+                     "inner valid AUC": best["valid_auc"],
+                     "epochs run": len(clf.history_), "best epoch": clf.best_epoch_,
+                     "fit+test s": time.perf_counter() - start})
+    report(pd.DataFrame(rows).set_index("model"), fitted, len(y_test), args.out)
 
 
 def report(table: pd.DataFrame, fitted: dict, n_test: int, out) -> None:

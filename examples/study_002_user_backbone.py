@@ -2,16 +2,16 @@
 
 The study
 ---------
-Perez & Bir (2020) load a CheXNet checkpoint (DenseNet-121 trained on ChestX-ray14, from
-jrzech/reproduce-chexnet) into PyTorch, replace its classifier by a new 2-output layer and
-fine-tune it on COVID-19 vs non-COVID X-rays read from class folders (ImageFolder): training
-images go through RandomResizedCrop(224) + horizontal flip, validation images are resized and
-centre-cropped, both normalised with the ImageNet mean/std; Adam (lr 1e-3, weight decay 1e-4),
-CrossEntropy over 2 outputs, 20 epochs with early stopping (patience 10 on accuracy), only
-``denseblock4`` and the classifier trainable. They compare training compositions: COVID :
-non-COVID of 1:2.5 and 1:2 (max validation accuracy 0.728 and 0.676) against 1:1 (0.827), and
-report for the final balanced, denseblock4-fine-tuned model 0.938 mean / 0.957 best accuracy
-over 5 runs, on a single 70/30 train/validation split (no test set).
+Perez & Bir (2020; see References) load a CheXNet checkpoint (DenseNet-121 trained on
+ChestX-ray14, from jrzech/reproduce-chexnet) into PyTorch, replace its classifier by a new
+2-output layer and fine-tune it on COVID-19 vs non-COVID X-rays read from class folders
+(ImageFolder): training images go through RandomResizedCrop(224) + horizontal flip, validation
+images are resized and centre-cropped, both normalised with the ImageNet mean/std; Adam (lr
+1e-3, weight decay 1e-4), CrossEntropy over 2 outputs, 20 epochs with early stopping (patience
+10 on accuracy), only ``denseblock4`` and the classifier trainable. They compare training
+compositions: COVID : non-COVID of 1:2.5 and 1:2 (max validation accuracy 0.728 and 0.676)
+against 1:1 (0.827), and report for the final balanced, denseblock4-fine-tuned model 0.938 mean
+/ 0.957 best accuracy over 5 runs, on a single 70/30 train/validation split (no test set).
 
 What this script does
 ---------------------
@@ -70,8 +70,8 @@ Where the study's protocol is flawed, and the careful variant
   accuracy, and the majority baseline as a row.
 * A random 70/30 split of a data set with several images per patient leaks patients between
   training and validation. Kermany's pneumonia file names carry a patient id (``personN_``):
-  we split with ``StratifiedGroupKFold`` on it (normals are grouped by their ``IM-NNNN``
-  prefix, a conservative guess: over-grouping never leaks).
+  we split with ``StratifiedGroupKFold`` on ``skcxr.kermany_patient_ids`` (normals are
+  grouped by their ``IM-NNNN`` number, a conservative guess: over-grouping never leaks).
 * Balancing by undersampling discards data; ``class_weight="balanced"`` keeps it. (COVID vs
   non-COVID images also came from different sources, so a model can learn the source instead
   of the disease; the manual marker removal helps but does not remove that confound.)
@@ -86,8 +86,21 @@ Run it from the repository root::
 layout (``module.densenet121.*`` keys, old ``norm.1`` names, no ``num_batches_tracked``, a
 ``Linear(1024, 14) + Sigmoid`` classifier); the script rewrites it into a plain torchvision
 state dict in ``--out`` first (see ``chexnet_state_dict``: skcxr cannot read that layout
-as it is). A pickled whole model (as
-reproduce-chexnet saves) must be re-saved as a state dict first.
+as it is). A pickled whole model (as reproduce-chexnet saves) must be re-saved as a state
+dict first.
+
+References
+----------
+* Study: J. Perez, R. Bir, "Implementing Transfer Learning on the CheXNet Convolutional
+  Neural Network to Automatically Identify the Presence of COVID-19 in Chest X-ray Images",
+  20 May 2020; code: https://github.com/jhorapb/covid19-pytorch.
+* CheXNet: P. Rajpurkar, J. Irvin, K. Zhu et al., "CheXNet: Radiologist-Level Pneumonia
+  Detection on Chest X-Rays with Deep Learning", arXiv:1711.05225, 2017; the checkpoint the
+  study loads: J. Zech, "Reproduce CheXNet", https://github.com/jrzech/reproduce-chexnet,
+  2018.
+* Data: D. Kermany, K. Zhang, M. Goldbaum, "Labeled Optical Coherence Tomography (OCT) and
+  Chest X-Ray Images for Classification", Mendeley Data, v2, 2018,
+  https://doi.org/10.17632/rscbjbr9sj.2 (CC BY 4.0).
 """
 
 from __future__ import annotations
@@ -97,7 +110,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import kermany, mean_std, parse_args, savefig, show, timed
+from _common import CLASSES, final_estimator, kermany, mean_std, parse_args, savefig, show, timed
 from imblearn.pipeline import make_pipeline
 from imblearn.under_sampling import RandomUnderSampler
 from sklearn.base import clone
@@ -105,10 +118,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.metrics import confusion_matrix, make_scorer, recall_score
 from sklearn.model_selection import StratifiedGroupKFold, cross_validate
 
-from skcxr import PretrainedCNNClassifier
-
-NAME = "study_002_user_backbone"
-CLASSES = ["NORMAL", "PNEUMONIA"]
+from skcxr import PretrainedCNNClassifier, kermany_patient_ids
 
 #: per part: training pool (a stratified subset of kermany224/train), outer folds, input size,
 #: epochs and early-stopping patience. DenseNet-121 costs ~10x lite0 per image on a CPU.
@@ -148,16 +158,6 @@ SCORING = {
     "tn": _cm_cell(0, 0), "fp": _cm_cell(0, 1), "fn": _cm_cell(1, 0), "tp": _cm_cell(1, 1),
 }
 METRICS = ["accuracy", "balanced_accuracy", "recall_NORMAL", "recall_PNEUMONIA", "roc_auc"]
-
-
-def patient_groups(paths) -> np.ndarray:
-    """Patient ids from Kermany file names: ``personN_`` (pneumonia), ``IM-NNNN`` (normal)."""
-    out = []
-    for p in paths:
-        stem = Path(p).stem
-        m = re.match(r"(person\d+)_", stem)
-        out.append(m.group(1) if m else re.sub(r"-\d+$", "", stem))
-    return np.asarray(out, dtype=object)
 
 
 def chexnet_state_dict(checkpoint: Path, out: Path) -> tuple[Path, int]:
@@ -239,7 +239,7 @@ def run_part(part: str, label: str, clf, cfg, args, class_weighted: bool):
     """Outer stratified, patient-grouped CV of every composition; one row per composition."""
     X, y = kermany(args.data, "train", n=cfg["n"])
     X = X.reshape(-1, 1)  # imblearn samplers want a 2-D X; skcxr takes an (n, 1) path column
-    groups = patient_groups(X[:, 0])
+    groups = kermany_patient_ids(X[:, 0])
     cv = StratifiedGroupKFold(n_splits=cfg["folds"], shuffle=True, random_state=0)
     splits = list(cv.split(X, y, groups))[:cfg.get("splits")]
     print(f"\n# {label}: {len(X)} images ({np.bincount(y).tolist()} NORMAL/PNEUMONIA, "
@@ -257,7 +257,7 @@ def run_part(part: str, label: str, clf, cfg, args, class_weighted: bool):
         for m in METRICS:
             row[m] = mean_std(res[f"test_{m}"])
         row["best fold acc"] = float(np.max(res["test_accuracy"]))
-        fitted = [e[-1] if hasattr(e, "steps") else e for e in res["estimator"]]
+        fitted = [final_estimator(e) for e in res["estimator"]]
         row["train rows/fold"] = row["best epoch"] = ""
         if key != "majority":
             row["train rows/fold"] = str(int(np.mean([e.n_train_samples_ for e in fitted])))
@@ -320,8 +320,7 @@ def plot_histories(results: dict, out: Path):
     keys = [k for k in results if k != "majority"]
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        est = results[key]["estimator"][0]
-        plot_history(est[-1] if hasattr(est, "steps") else est, ax=ax)
+        plot_history(final_estimator(results[key]["estimator"][0]), ax=ax)
         ax.set_title(f"lite0, fold 1: {LABELS[key]}", fontsize=9)
     return savefig(fig, out / "lite0_history_fold1.png")
 
@@ -331,30 +330,29 @@ def main():
         parser.add_argument("--checkpoint", type=Path, default=None,
                             help="CheXNet-style DenseNet-121 checkpoint (.pth, .pth.tar)")
 
-    args = parse_args(__doc__, NAME, extra)
+    args = parse_args(__doc__, extra)
     cfg = QUICK if args.quick else FULL
-    with timed("study 002 total"):
-        lite0 = make_classifier("tf_efficientnet_lite0", "imagenet", "blocks.6", cfg["lite0"])
-        lite0_label = "EfficientNet-Lite0, ImageNet (offline)"
-        rows, lite0_res = run_part("lite0", lite0_label, lite0, cfg["lite0"], args,
-                                   class_weighted=True)
+    lite0 = make_classifier("tf_efficientnet_lite0", "imagenet", "blocks.6", cfg["lite0"])
+    lite0_label = "EfficientNet-Lite0, ImageNet (offline)"
+    rows, lite0_res = run_part("lite0", lite0_label, lite0, cfg["lite0"], args,
+                               class_weighted=True)
 
-        module, weights, dn_label = densenet_backbone(args.checkpoint, args.out)
-        dense = make_classifier(module, weights, "features.denseblock4", cfg["densenet"])
-        dn_rows, dn_res = run_part("densenet", dn_label, dense, cfg["densenet"], args,
-                                   class_weighted=False)
-        table = pd.DataFrame(rows + dn_rows).set_index("training composition")
-        show(table, "Study 002: training composition, outer stratified patient-grouped CV "
-             "on kermany224/train (study: COVID vs non-COVID, max validation accuracy)",
-             args.out)
-        if args.checkpoint is None:
-            print("NOTE: the DenseNet-121 rows train from scratch (random init, three frozen "
-                  "random dense blocks): they are NOT comparable to the study's CheXNet "
-                  "numbers; pass --checkpoint for that. The lite0 rows carry the comparison.")
-        tables = {lite0_label: lite0_res, dn_label: dn_res}
-        plot_bars(tables, args.out)
-        plot_confusion(tables, args.out)
-        plot_histories(lite0_res, args.out)
+    module, weights, dn_label = densenet_backbone(args.checkpoint, args.out)
+    dense = make_classifier(module, weights, "features.denseblock4", cfg["densenet"])
+    dn_rows, dn_res = run_part("densenet", dn_label, dense, cfg["densenet"], args,
+                               class_weighted=False)
+    table = pd.DataFrame(rows + dn_rows).set_index("training composition")
+    show(table, "Study 002: training composition, outer stratified patient-grouped CV "
+         "on kermany224/train (study: COVID vs non-COVID, max validation accuracy)",
+         args.out)
+    if args.checkpoint is None:
+        print("NOTE: the DenseNet-121 rows train from scratch (random init, three frozen "
+              "random dense blocks): they are NOT comparable to the study's CheXNet "
+              "numbers; pass --checkpoint for that. The lite0 rows carry the comparison.")
+    tables = {lite0_label: lite0_res, dn_label: dn_res}
+    plot_bars(tables, args.out)
+    plot_confusion(tables, args.out)
+    plot_histories(lite0_res, args.out)
 
 
 if __name__ == "__main__":

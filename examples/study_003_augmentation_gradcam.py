@@ -2,15 +2,15 @@
 
 The study
 ---------
-Patadia, Patel & Tan compare VGG16, ResNet50v2 and DenseNet201 (ImageNet weights, Keras) on
-Kermany's pediatric pneumonia X-rays at 256x256, batch 16, with a head of two 512-unit dense
-layers with dropout, a StepLR every 10 epochs and a "saturation threshold": the head trains
-alone with the backbone frozen for about 10 epochs, then the feature extractor unfreezes.
-Scenario 1 trains on the original, imbalanced data (1341 NORMAL : 3875 PNEUMONIA); scenario 2
-augments (rotation +-20 deg, horizontal flip, contrast and brightness 0.1, hue 10 /
-saturation 20) and adds augmented copies of the NORMAL images to roughly balance the
-classes. They report accuracy, precision, recall and F1 on the test set (best: VGG16
-scenario 2, accuracy 0.82) and read Grad-CAM heatmaps to judge what each model looks at.
+Patadia, Patel & Tan (see References) compare VGG16, ResNet50v2 and DenseNet201 (ImageNet
+weights, Keras) on Kermany's pediatric pneumonia X-rays at 256x256, batch 16, with a head of
+two 512-unit dense layers with dropout, a StepLR every 10 epochs and a "saturation threshold":
+the head trains alone with the backbone frozen for about 10 epochs, then the feature extractor
+unfreezes. Scenario 1 trains on the original, imbalanced data (1341 NORMAL : 3875 PNEUMONIA);
+scenario 2 augments (rotation +-20 deg, horizontal flip, contrast and brightness 0.1, hue 10 /
+saturation 20) and adds augmented copies of the NORMAL images to roughly balance the classes.
+They report accuracy, precision, recall and F1 on the test set (best: VGG16 scenario 2,
+accuracy 0.82) and read Grad-CAM heatmaps to judge what each model looks at.
 
 What this script does
 ---------------------
@@ -76,6 +76,19 @@ Run it from the repository root::
 
     python examples/study_003_augmentation_gradcam.py --quick   # ~1 minute smoke run
     python examples/study_003_augmentation_gradcam.py           # full run, ~6-11 min on 2 cores
+
+References
+----------
+* Study: V. D. Patadia, M. A. Patel, X. Tan (Lakehead University), "Comparing Transfer
+  learning methods to Classify Pneumonia in Chest X-rays using Grad-CAMs" (the text gives no
+  venue or year; it cites web pages visited in 2023).
+* Grad-CAM: R. R. Selvaraju, M. Cogswell, A. Das, R. Vedantam, D. Parikh, D. Batra,
+  "Grad-CAM: Visual Explanations from Deep Networks via Gradient-Based Localization",
+  International Journal of Computer Vision 128(2), 2019,
+  https://doi.org/10.1007/s11263-019-01228-7.
+* Data: D. Kermany, K. Zhang, M. Goldbaum, "Labeled Optical Coherence Tomography (OCT) and
+  Chest X-Ray Images for Classification", Mendeley Data, v2, 2018,
+  https://doi.org/10.17632/rscbjbr9sj.2 (CC BY 4.0).
 """
 
 from __future__ import annotations
@@ -84,7 +97,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import kermany, parse_args, savefig, show, timed
+from _common import CLASSES, final_estimator, kermany, parse_args, savefig, show, timed
 from imblearn.over_sampling import RandomOverSampler
 from imblearn.pipeline import make_pipeline
 from sklearn.dummy import DummyClassifier
@@ -99,9 +112,6 @@ from sklearn.metrics import (
 from torchvision.transforms import v2
 
 from skcxr import PretrainedCNNClassifier
-
-NAME = "study_003_augmentation_gradcam"
-CLASSES = ["NORMAL", "PNEUMONIA"]
 
 FULL = dict(n_train=400, n_test=None, image_size=160, max_epochs=6, freeze_epochs=3,
             step_size=3, n_cam=48)
@@ -249,56 +259,55 @@ def gradcam_figure(clf, X_show, y_show, name: str, title: str, out: Path):
 
 
 def main():
-    args = parse_args(__doc__, NAME)
+    args = parse_args(__doc__)
     cfg = QUICK if args.quick else FULL
-    with timed("study 003 total"):
-        X_train, y_train = kermany(args.data, "train", n=cfg["n_train"])
-        X_test, y_test = kermany(args.data, "test", n=cfg["n_test"])
-        # imblearn samplers need 2-D X; skcxr reads an (n, 1) column of paths as well
-        X_train, X_test = X_train.reshape(-1, 1), X_test.reshape(-1, 1)
-        print(f"train: {len(X_train)} images {np.bincount(y_train).tolist()} NORMAL/PNEUMONIA"
-              f" (stratified subset of kermany224/train); test: {len(X_test)} images "
-              f"{np.bincount(y_test).tolist()} (kermany224/test)")
+    X_train, y_train = kermany(args.data, "train", n=cfg["n_train"])
+    X_test, y_test = kermany(args.data, "test", n=cfg["n_test"])
+    # imblearn samplers need 2-D X; skcxr reads an (n, 1) column of paths as well
+    X_train, X_test = X_train.reshape(-1, 1), X_test.reshape(-1, 1)
+    print(f"train: {len(X_train)} images {np.bincount(y_train).tolist()} NORMAL/PNEUMONIA"
+          f" (stratified subset of kermany224/train); test: {len(X_test)} images "
+          f"{np.bincount(y_test).tolist()} (kermany224/test)")
 
-        models = {
-            "scenario 1 (no augmentation)": make_classifier(cfg),
-            "scenario 2 (augmentation + RandomOverSampler)": make_pipeline(
-                RandomOverSampler(random_state=0),
-                make_classifier(cfg, augment=study_augmentation())),
-        }
-        ours, preds = {}, []
-        for name, model in models.items():
-            with timed(f"fit {name}"):
-                model.fit(X_train, y_train)
-            clf = model[-1] if hasattr(model, "steps") else model
-            print(f"{name}: trained on {clf.n_train_samples_} rows (+{clf.n_valid_samples_} "
-                  f"inner validation), best epoch {clf.best_epoch_} of {len(clf.history_)}")
-            ours[f"ours {name.split(' (')[0]}"], pred = scores(model, X_test, y_test)
-            preds.append(pred)
-        majority = DummyClassifier(strategy="most_frequent").fit(X_train, y_train)
-        ours["majority class"] = scores(majority, X_test, y_test)[0]
+    models = {
+        "scenario 1 (no augmentation)": make_classifier(cfg),
+        "scenario 2 (augmentation + RandomOverSampler)": make_pipeline(
+            RandomOverSampler(random_state=0),
+            make_classifier(cfg, augment=study_augmentation())),
+    }
+    ours, preds = {}, []
+    for name, model in models.items():
+        with timed(f"fit {name}"):
+            model.fit(X_train, y_train)
+        clf = final_estimator(model)
+        print(f"{name}: trained on {clf.n_train_samples_} rows (+{clf.n_valid_samples_} "
+              f"inner validation), best epoch {clf.best_epoch_} of {len(clf.history_)}")
+        ours[f"ours {name.split(' (')[0]}"], pred = scores(model, X_test, y_test)
+        preds.append(pred)
+    majority = DummyClassifier(strategy="most_frequent").fit(X_train, y_train)
+    ours["majority class"] = scores(majority, X_test, y_test)[0]
 
-        table = results_table(ours)
-        show(table, "Study 003: kermany224/test, PNEUMONIA positive (study: Table 1, "
-             "256x256, full training set; ours: EfficientNet-Lite0)", args.out)
-        print(mcnemar(y_test, *preds))
-        plot_histories(models, args.out)
+    table = results_table(ours)
+    show(table, "Study 003: kermany224/test, PNEUMONIA positive (study: Table 1, "
+         "256x256, full training set; ours: EfficientNet-Lite0)", args.out)
+    print(mcnemar(y_test, *preds))
+    plot_histories(models, args.out)
 
-        # Grad-CAM: 3 NORMAL and 3 PNEUMONIA test images, and a larger sample for the shares
-        rng = np.random.RandomState(0)
-        show_idx = np.concatenate([rng.choice(np.flatnonzero(y_test == c), 3, replace=False)
-                                   for c in (0, 1)])
-        cam_idx = np.concatenate([rng.choice(np.flatnonzero(y_test == c), cfg["n_cam"] // 2,
-                                             replace=False) for c in (0, 1)])
-        from skcxr.explain import gradcam
+    # Grad-CAM: 3 NORMAL and 3 PNEUMONIA test images, and a larger sample for the shares
+    rng = np.random.RandomState(0)
+    show_idx = np.concatenate([rng.choice(np.flatnonzero(y_test == c), 3, replace=False)
+                               for c in (0, 1)])
+    cam_idx = np.concatenate([rng.choice(np.flatnonzero(y_test == c), cfg["n_cam"] // 2,
+                                         replace=False) for c in (0, 1)])
+    from skcxr.explain import gradcam
 
-        for k, (name, model) in enumerate(models.items(), start=1):
-            clf = model[-1] if hasattr(model, "steps") else model
-            with timed(f"Grad-CAM {name}"):
-                gradcam_figure(clf, X_test[show_idx], y_test[show_idx], f"scenario{k}", name,
-                               args.out)
-                shares = region_shares(gradcam(clf, X_test[cam_idx]))
-            print(describe(name, shares, len(cam_idx)))
+    for k, (name, model) in enumerate(models.items(), start=1):
+        clf = final_estimator(model)
+        with timed(f"Grad-CAM {name}"):
+            gradcam_figure(clf, X_test[show_idx], y_test[show_idx], f"scenario{k}", name,
+                           args.out)
+            shares = region_shares(gradcam(clf, X_test[cam_idx]))
+        print(describe(name, shares, len(cam_idx)))
 
 
 def plot_histories(models: dict, out: Path):
@@ -308,7 +317,7 @@ def plot_histories(models: dict, out: Path):
 
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.6), squeeze=False)
     for ax, (name, model) in zip(axes[0], models.items()):
-        plot_history(model[-1] if hasattr(model, "steps") else model, ax=ax)
+        plot_history(final_estimator(model), ax=ax)
         ax.set_title(name, fontsize=9)
     return savefig(fig, out / "history.png")
 

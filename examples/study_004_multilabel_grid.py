@@ -1,8 +1,9 @@
 """Study 004: a (c, s) grid for multi-label NIH chest X-rays, scored against a majority classifier.
 
-The study (seeds/004_6a59ee6dda59ce32.txt, "Transfer Learning: Classifying Chest Medical
-Conditions From Chest X-Rays") fine-tunes an ImageNet ResNet-50 on NIH ChestX-ray14 as a
-multi-label problem (14 findings + "No Finding", sigmoid outputs, binary cross-entropy):
+The study (Chambers, Sharma and Liu, "Transfer Learning: Classifying Chest Medical
+Conditions From Chest X-Rays"; see References) fine-tunes an ImageNet ResNet-50 on NIH
+ChestX-ray14 as a multi-label problem (14 findings + "No Finding", sigmoid outputs, binary
+cross-entropy):
 
 * only the last c parameterised layers train (layers without parameters do not count; the new
   dense head always trains), c in 0..19;
@@ -86,17 +87,19 @@ Run from the repository root::
     python examples/study_004_multilabel_grid.py           # full grid, several minutes
     python examples/study_004_multilabel_grid.py --scratch # + from-scratch lite0 column
 
-Data: NIH Clinical Center ChestX-ray14 (Wang et al., CVPR 2017), 2020 label revision; we
-acknowledge the NIH Clinical Center.
+References
+----------
+* Study: A. Chambers, A. Sharma, Y. Liu (MIT), "Transfer Learning: Classifying Chest Medical
+  Conditions From Chest X-Rays" (the text gives no venue or year).
+* Data: NIH Clinical Center ChestX-ray14, https://nihcc.app.box.com/v/ChestXray-NIHCC,
+  labels of the 2020 revision; X. Wang, Y. Peng, L. Lu, Z. Lu, M. Bagheri, R. M. Summers,
+  "ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks on Weakly-Supervised
+  Classification and Localization of Common Thorax Diseases", IEEE Conference on Computer
+  Vision and Pattern Recognition (CVPR) 2017, pp. 3462-3471, arXiv:1705.02315. We
+  acknowledge the NIH Clinical Center.
 """
 
 from __future__ import annotations
-
-import os
-
-# torch's OpenMP threads spin while they wait; on a shared (oversubscribed) CPU that makes
-# every small op 4-40x slower. Passive waiting costs ~1% on an idle machine. Set before torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pandas as pd
@@ -110,7 +113,6 @@ from skcxr import PretrainedCNNClassifier, load_nih_csv
 from skcxr.plotting import plot_grid_heatmap
 from skcxr.protocol import split_rows
 
-NAME = "study_004_multilabel_grid"
 MIN_POSITIVES = 20  # per label, over the 1000 images
 
 
@@ -178,7 +180,7 @@ def load(args):
 
 
 def main():
-    args = parse_args(__doc__, NAME, extra=lambda p: p.add_argument(
+    args = parse_args(__doc__, extra=lambda p: p.add_argument(
         "--scratch", action="store_true",
         help="add a from-scratch lite0 (weights=None, all layers, 64x64) to the label table"))
     import matplotlib.pyplot as plt
@@ -303,5 +305,4 @@ def main():
 
 
 if __name__ == "__main__":
-    with timed(NAME):
-        main()
+    main()

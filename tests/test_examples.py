@@ -1,8 +1,11 @@
 """Every example runs end to end in --quick mode (CI), on the shared data beside the repo."""
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -10,22 +13,35 @@ from conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.py") if not p.name.startswith("_"))
+#: examples that run on the bundled sample, without the shared data
+SAMPLE_ONLY = {"quickstart"}
+#: the run record's keys (the docs' study pages read them)
+RUN_KEYS = {"example", "source_sha256", "skcxr_version", "command", "quick", "started",
+            "finished", "python", "torch"}
 
 
 def test_every_study_has_an_example():
     names = {p.stem for p in EXAMPLES}
     for study in ("study_000", "study_001", "study_002", "study_003", "study_004"):
         assert any(n.startswith(study) for n in names), study
-    assert "kermany_best" in names
+    assert {"kermany_best", "quickstart"} <= names
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs_in_quick_mode(script, tmp_path):
-    if not (SHARED_DATA / "kermany224").is_dir():
+    if script.stem not in SAMPLE_ONLY and not (SHARED_DATA / "kermany224").is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     env = {**os.environ, "MPLBACKEND": "Agg"}
     proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert list(tmp_path.glob("*.png")), "the example saved no figure"
-    assert (tmp_path / "table.md").exists() or list(tmp_path.glob("*.md"))
+    assert list(tmp_path.glob("*.md")), "the example saved no table"
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert set(record) == RUN_KEYS
+    assert record["example"] == script.name
+    assert record["source_sha256"] == hashlib.sha256(script.read_bytes()).hexdigest()
+    assert record["quick"] is True and record["command"][1:] == ["--quick", "--out",
+                                                                   str(tmp_path)]
+    started, finished = (datetime.fromisoformat(record[k]) for k in ("started", "finished"))
+    assert started <= finished
