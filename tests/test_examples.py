@@ -9,7 +9,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.py") if not p.name.startswith("_"))
@@ -28,9 +27,9 @@ def test_every_study_has_an_example():
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_runs_in_quick_mode(script, tmp_path):
-    if script.stem not in SAMPLE_ONLY and not (SHARED_DATA / "kermany224").is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+def test_example_runs_in_quick_mode(script, tmp_path, request):
+    if script.stem not in SAMPLE_ONLY:
+        request.getfixturevalue("shared_data")  # skips where the shared data is absent
     env = {**os.environ, "MPLBACKEND": "Agg"}
     proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
