@@ -111,7 +111,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, cross_va
 
 from skcxr import PretrainedCNNClassifier, load_nih_csv
 from skcxr.plotting import plot_grid_heatmap
-from skcxr.protocol import split_rows
+from skcxr.protocol import fit_rows
 
 MIN_POSITIVES = 20  # per label, over the 1000 images
 
@@ -150,8 +150,9 @@ class SubsampledMajority(DummyClassifier):
 
     def fit(self, X, y, sample_weight=None):
         y = np.asarray(y)
-        rows, _ = split_rows(y, "multilabel", self.train_size, self.validation_fraction,
-                             int(self.random_state))
+        rows = fit_rows(y, train_size=self.train_size,
+                        validation_fraction=self.validation_fraction,
+                        seed=int(self.random_state)).train  # the classifier's own protocol
         return super().fit(np.asarray(X)[rows], y[rows])
 
 
