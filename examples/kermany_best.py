@@ -57,17 +57,15 @@ Where the usual protocol is flawed, and the careful variant
 
 What the full run reaches, and what limits it
 ---------------------------------------------
-On the full run (2 CPU cores, about 11 minutes), CV selects the three concatenated feature
-sets + logistic regression (C=0.1; CV ROC AUC 0.998, the fine-tuned lite0 ties at 0.998), the
-tuned threshold is 0.80 (CV balanced accuracy 0.979), and the one test evaluation gives ROC
-AUC 0.962 and accuracy 0.859 (sensitivity 0.990, specificity 0.641): the goal (AUC >= 0.98,
-accuracy >= 94%) is NOT reached, and the AUC is just below Kermany et al.'s 0.968. What limits
-it is not fitting but the shift between Kermany's train and test sets: every candidate scores
-ROC AUC >= 0.994 in patient-grouped CV on train, so CV cannot tell the candidates apart or
-see the shift, and on test the model calls a third of the NORMAL images pneumonia. Published
-test accuracies of 92-93% come from end-to-end fine-tuning with heavy augmentation on a GPU
-(and, where a paper's test set doubles as its validation set, from choices made on it); on
-2 CPU cores within 20 minutes neither deep fine-tuning nor augmentation can be
+The last full run's numbers are in the tables of its docs page (generated from that run);
+what they have shown every time: the candidates cannot be told apart by CV (every one scores
+ROC AUC above 0.99 in patient-grouped CV on train), while the one test evaluation lands near
+ROC AUC 0.96 with a specificity far below the sensitivity: the model calls many NORMAL test
+images pneumonia. The goal (AUC >= 0.98, accuracy >= 94%) is NOT reached, and what limits it
+is not fitting but the shift between Kermany's train and test sets, which CV on train cannot
+see. Published test accuracies of 92-93% come from end-to-end fine-tuning with heavy
+augmentation on a GPU (and, where a paper's test set doubles as its validation set, from
+choices made on it); on 2 CPU cores within 20 minutes neither deep fine-tuning nor augmentation can be
 cross-validated. The test set has now been used once; trying further candidates against it
 would make it a validation set.
 
