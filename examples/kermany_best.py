@@ -65,9 +65,9 @@ images pneumonia. The goal (AUC >= 0.98, accuracy >= 94%) is NOT reached, and wh
 is not fitting but the shift between Kermany's train and test sets, which CV on train cannot
 see. Published test accuracies of 92-93% come from end-to-end fine-tuning with heavy
 augmentation on a GPU (and, where a paper's test set doubles as its validation set, from
-choices made on it); on 2 CPU cores within 20 minutes neither deep fine-tuning nor augmentation can be
-cross-validated. The test set has now been used once; trying further candidates against it
-would make it a validation set.
+choices made on it); on 2 CPU cores within 20 minutes neither deep fine-tuning nor
+augmentation can be cross-validated. The test set has now been used once; trying further
+candidates against it would make it a validation set.
 
 Run from the repository root::
 
