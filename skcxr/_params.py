@@ -170,8 +170,8 @@ cache : bool, default=True
     decoded, resized images where it is not.""",
     "memory": """\
 memory : str, path, joblib.Memory or None, default=None
-    A directory for an on-disk copy of the cache, shared by joblib worker processes
-    (``GridSearchCV(n_jobs=...)``) and later sessions.""",
+    A directory for an on-disk copy of the cache (with ``cache=True``), shared by joblib
+    worker processes (``GridSearchCV(n_jobs=...)``) and later sessions.""",
     "random_state": """\
 random_state : int, RandomState instance or None, default=None
     Seeds everything random: ``weights=None`` initialisation and, for the classifier,
