@@ -72,7 +72,7 @@ candidates against it would make it a validation set.
 Run from the repository root::
 
     python examples/kermany_best.py --quick   # ~1 minute smoke run (CI): tiny subsets
-    python examples/kermany_best.py           # the full protocol, ~10-15 minutes on 2 cores
+    python examples/kermany_best.py           # the full protocol, ~7 minutes on 2 idle cores
 
 References
 ----------

@@ -75,7 +75,7 @@ Where the study's protocol is flawed, and the careful variant
 Run it from the repository root::
 
     python examples/study_003_augmentation_gradcam.py --quick   # ~1 minute smoke run
-    python examples/study_003_augmentation_gradcam.py           # full run, ~6-11 min on 2 cores
+    python examples/study_003_augmentation_gradcam.py           # full run, ~2 min on 2 idle cores
 
 References
 ----------
