@@ -10,7 +10,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 # DATA: the shared data folder beside the repository (the --data default);
-# kermany(data, split, n): paths and targets of kermany224/<split>, a stratified subset of n
+# kermany(data, split, n): paths and targets of kermany224/<split>, a stratified subset of n.
+# The spawned process of run_in_process imports the benchmark script, hence this module and
+# _common, before it runs its target: nothing here may import torch, numpy or pandas at the
+# top. A spawned process that had imported torch (or pandas) at that point ran OpenVINO at a
+# third of its speed (bench_features, 1,024 images: 94-130 vs 256-311 img/s; importing them
+# inside the target is fine; the cause is not known).
 from _common import DATA, kermany  # noqa: E402, F401
 
 

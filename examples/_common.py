@@ -32,8 +32,9 @@ if _MAIN and Path(_MAIN).resolve().parent == HERE:  # an example (benchmarks: to
     # Set before torch is imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+# numpy, pandas (and torch) are imported where used: the benchmarks' spawned processes
+# import this module while they start, and OpenVINO ran at a third of its speed in a process
+# that had imported torch (or pandas) at that point (measured; see benchmarks/_harness.py).
 
 #: The shared data folder beside the repository (kermany224/, nih1000/): the ``--data``
 #: default of the examples and the benchmarks.
@@ -147,7 +148,7 @@ def final_estimator(model):
     return model[-1] if hasattr(model, "steps") else model
 
 
-def show(table: pd.DataFrame, title: str, out: Path, name: str = "table") -> None:
+def show(table, title: str, out: Path, name: str = "table") -> None:
     """Print a table and save it as ``<out>/<name>.md`` (markdown) and ``.csv``."""
     text = table.to_markdown(floatfmt=".4f") if _has_tabulate() else table.to_string()
     print(f"\n## {title}\n\n{text}\n")
@@ -164,6 +165,8 @@ def _has_tabulate() -> bool:
 
 
 def mean_std(values) -> str:
+    import numpy as np
+
     v = np.asarray(values, dtype=float)
     return f"{v.mean():.4f} +- {v.std():.4f}"
 
