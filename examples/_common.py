@@ -78,10 +78,18 @@ def _now() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
+def source_digest(script: Path) -> str:
+    """sha256 over the example's code: the script's bytes, then this module's (the helpers
+    every example runs). docs/studies/_sync.py and tests/test_docs.py compute the same."""
+    h = hashlib.sha256(Path(script).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()
+
+
 def start_record(script: Path, out: Path, quick: bool) -> Path:
     """Write ``<out>/run.json`` now and again, with ``finished``, when the run completes.
 
-    Keys: ``example`` (the script's file name), ``source_sha256`` (of the script's bytes),
+    Keys: ``example`` (the script's file name), ``source_sha256`` (:func:`source_digest`),
     ``skcxr_version``, ``command`` (``sys.argv``), ``quick``, ``started`` and ``finished``
     (ISO 8601 local times; ``finished`` stays null if the run fails), ``python``, ``torch``.
     At the end the total wall time is printed.
@@ -93,7 +101,7 @@ def start_record(script: Path, out: Path, quick: bool) -> Path:
     path = out / "run.json"
     record = {
         "example": script.name,
-        "source_sha256": hashlib.sha256(script.read_bytes()).hexdigest(),
+        "source_sha256": source_digest(script),
         "skcxr_version": skcxr.__version__,
         "command": list(sys.argv),
         "quick": bool(quick),

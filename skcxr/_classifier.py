@@ -9,14 +9,21 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _runtime
 from ._augment import make_augment
+from ._frozen import prefix_part
 from ._network import build_network
-from ._params import CLASSIFIER_CONSTRAINTS, fill_doc, validate_params
+from ._params import (
+    CLASSIFIER_CONSTRAINTS,
+    check_backbone_combinations,
+    check_training_combinations,
+    fill_doc,
+    validate_params,
+)
 from ._training import (
     TRAINING_PARAMS,
-    frozen_prefix,
     history_frame,
     kept_epoch,
     make_net,
+    train,
     training_datasets,
 )
 from ._validation import as_seed
@@ -163,7 +170,8 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
     (16, 2)
     """
 
-    _parameter_constraints = CLASSIFIER_CONSTRAINTS
+    _parameter_table = CLASSIFIER_CONSTRAINTS
+    _parameter_checks = (check_backbone_combinations, check_training_combinations)
 
     def __init__(
         self,
@@ -269,8 +277,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         prep = make_preprocessing(backbone.data_config, image_size=self.image_size,
                                   in_chans=self.in_chans, resize=self.resize,
                                   normalize=self.normalize)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with _runtime.seeded(seed):
             module = build_network(backbone, prep, self.n_trainable_layers,
                                    n_outputs=rows.n_outputs, hidden_units=self.head_hidden_units,
                                    dropout=self.dropout, batchnorm=self.batchnorm,
@@ -282,7 +289,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
                 num_workers=self.num_workers, verbose=self.verbose)
             net = make_net(module, train_ds, valid_ds, task=rows.task, pos_weight=rows.pos_weight,
                            device=run.device, **{k: params[k] for k in TRAINING_PARAMS})
-            net.fit(train_ds, y=None)
+            train(net, train_ds)
         module = net.module_.to("cpu").eval()  # keep the weights, drop optimizer and callbacks
         fitted = {
             "classes_": rows.classes, "target_type_": rows.task, "module_": module,
@@ -309,13 +316,14 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         prep, location = self.preprocessing_, resolve_location(self.memory)
         if self.prefix_namespace_ is not None:
             # the prefix is still the pretrained one: its cached outputs serve predict too
-            h = frozen_prefix(self.module_, prep, self.provenance_).outputs(
+            h = prefix_part(self.module_, prep, self.provenance_).outputs(
                 source, run, cache=self.cache, location=location, batch_size=self.batch_size,
                 num_workers=self.num_workers, verbose=self.verbose > 1, desc="frozen prefix")
-            loader = torch.utils.data.DataLoader(h, batch_size=self.batch_size)
+            # batches as slices: a DataLoader would draw from the global torch RNG
             out = _runtime.run_batches(lambda b: module.logits(h=b, precision=run.precision),
-                                       loader, len(source), device=run.device,
-                                       verbose=self.verbose > 1, desc="predict")
+                                       h.split(self.batch_size), len(source),
+                                       device=run.device, verbose=self.verbose > 1,
+                                       desc="predict")
         else:
             decoded = DecodedImages(source, prep, location) if self.cache else None
             loader = make_loader(source, prep, batch_size=self.batch_size,

@@ -8,7 +8,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _runtime
 from ._frozen import FrozenPart
-from ._params import TRANSFORMER_CONSTRAINTS, fill_doc, validate_params
+from ._params import (
+    TRANSFORMER_CONSTRAINTS,
+    check_backbone_combinations,
+    fill_doc,
+    validate_params,
+)
 from .backbones import DEFAULT_BACKBONE, load_backbone
 from .cache import resolve_location
 from .images import check_images, make_preprocessing
@@ -75,7 +80,8 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
     (4, 256)
     """
 
-    _parameter_constraints = TRANSFORMER_CONSTRAINTS
+    _parameter_table = TRANSFORMER_CONSTRAINTS
+    _parameter_checks = (check_backbone_combinations,)
 
     def __init__(
         self,

@@ -80,15 +80,10 @@ class FrozenPart:
         if run.engine == "openvino":
             return self._openvino(loader, run, len(source), verbose, desc).to(dtype)
         module = _runtime.on_device(self.module, run.device)
-
-        def forward(batch):
-            # channels_last: the layout oneDNN (CPU) and cuDNN convolutions are fastest in
-            x = prep.normalize(batch).contiguous(memory_format=torch.channels_last)
-            with _runtime.autocast(run.device, run.precision):
-                return module(x).to(dtype)
-
-        out = _runtime.run_batches(forward, loader, len(source), device=run.device,
-                                   verbose=verbose, desc=desc)
+        out = _runtime.run_batches(
+            lambda batch: _runtime.frozen_forward(module, prep.normalize(batch), run.precision,
+                                                  dtype),
+            loader, len(source), device=run.device, verbose=verbose, desc=desc)
         _runtime.release(run.device)
         return out
 
@@ -113,3 +108,14 @@ class FrozenPart:
 
         with tqdm(total=n, disable=not verbose, unit="img", desc=desc) as bar:
             return torch.from_numpy(run_pipelined(items(), n, bar))
+
+
+def prefix_part(net, preprocessing: Preprocessing, provenance: dict) -> FrozenPart:
+    """A classifier network's frozen prefix (everything before its cut) as a FrozenPart.
+
+    Its outputs are kept in the compute dtype, as the network's own uncached forward casts
+    them (see :meth:`skcxr._network.CXRNet.prefix`).
+    """
+    return FrozenPart(net.frozen_prefix(), preprocessing, provenance,
+                      {"kind": "frozen-prefix", "cut": net.chain_names[:net.cut]},
+                      keep="compute")

@@ -21,6 +21,7 @@ from ._layers import (
     sequential_chain,
     set_trainable,
 )
+from .images import normalize_batch
 
 
 def build_network(backbone, prep, n_trainable_layers, *, n_outputs: int, hidden_units=(),
@@ -146,17 +147,14 @@ class CXRNet(nn.Module):
     def prefix(self, x: torch.Tensor, precision: str | None = None) -> torch.Tensor:
         """Images -> output of the frozen prefix, in the compute dtype (what the cache holds).
 
-        The same operations as :meth:`skcxr._frozen.FrozenPart.outputs` in the same order,
-        so that a cached fit and an uncached one see the same numbers.
+        Computed by the same functions as :class:`skcxr._frozen.FrozenPart` (the package's
+        normalisation, then :func:`skcxr._runtime.frozen_forward`), so that a cached fit
+        and an uncached one see the same numbers.
         """
-        precision = precision or self.precision
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        with _runtime.autocast(x.device, precision):
-            for m in self._chain(0, self.cut) if self.cut else ():
-                x = m(x)
-        return x.to(_runtime.compute_dtype(precision))
+        # the chain as it is: in eval mode while training, unless batchnorm="train"
+        chain = nn.Sequential(*self._chain(0, self.cut)) if self.cut else nn.Identity()
+        return _runtime.frozen_forward(chain, normalize_batch(x, self.mean, self.std),
+                                       precision or self.precision)
 
     def suffix(self, h: torch.Tensor) -> torch.Tensor:
         """Frozen-prefix output -> pooled features."""

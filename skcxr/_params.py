@@ -1,9 +1,12 @@
 """Every parameter's allowed values: one table per estimator, shared entries declared once.
 
-In the spirit of scikit-learn's ``_parameter_constraints`` (built on public Python only):
-each estimator's ``_parameter_constraints`` is one of the tables below, and
+In the spirit of scikit-learn's ``_parameter_constraints`` (built on public Python only; the
+attribute is named ``_parameter_table`` so that scikit-learn's own ``_validate_params``
+never reads it): each estimator's ``_parameter_table`` is one of the tables below, and
 :func:`validate_params` checks every parameter at the top of ``fit``, before any image file
-is opened, with a message that names the parameter, what it may be and what it got. The
+is opened, with a message that names the parameter, what it may be and what it got; then
+the few combinations a table cannot express (``optimizer_kwargs`` must fit the optimizer,
+"plateau" needs validation rows, ...). The
 parameters both estimators share come from one dict (imbalanced-learn's pattern), and so
 does their docstring text (:func:`fill_doc`), so the two estimators cannot drift apart.
 
@@ -27,14 +30,15 @@ from ._validation import (
     NONE,
     RANDOM_STATE,
     Check,
-    Fraction,
     Interval,
+    InvalidParameterError,
     Options,
     validate,
 )
-from .backbones import BACKBONE_CONSTRAINTS
+from .backbones import BACKBONE_CONSTRAINTS, resolve_name
 from .cache import MEMORY_CONSTRAINT
 from .images import PREPROCESSING_CONSTRAINTS
+from .protocol import PROTOCOL_CONSTRAINTS
 
 #: Parameters both estimators take, with the same meaning and the same allowed values.
 SHARED_CONSTRAINTS = {
@@ -67,8 +71,7 @@ CLASSIFIER_CONSTRAINTS = {
     **SHARED_CONSTRAINTS,
     "n_trainable_layers": [Interval("int", -1), Options("all"),
                            Check(_module_name, "a module name")],
-    "train_size": [NONE, Interval("int", 1), Fraction("real", 0, 1, closed="right")],
-    "class_weight": [NONE, Options("balanced"), DICT],
+    **PROTOCOL_CONSTRAINTS,
     "head_hidden_units": [Check(_hidden_units, "a tuple of ints >= 1")],
     "dropout": [Interval("real", 0, 1, closed="left")],
     "max_epochs": [Interval("int", 1)],
@@ -80,7 +83,6 @@ CLASSIFIER_CONSTRAINTS = {
     "freeze_epochs": [Interval("int", 0)],
     "finetune_lr": [NONE, Interval("real", 0)],
     "batchnorm": [Options(*BATCHNORM_POLICIES)],
-    "validation_fraction": [Interval("real", 0, 1, closed="left")],
     "early_stopping": [BOOL],
     "patience": [Interval("int", 1)],
     "min_delta": [Interval("real", 0)],
@@ -89,17 +91,63 @@ CLASSIFIER_CONSTRAINTS = {
 
 
 def validate_params(estimator) -> dict:
-    """Check every parameter of ``estimator`` against its class's constraint table.
+    """Check every parameter of ``estimator`` against its class's table, then the
+    combinations its class checks (``_parameter_checks``).
 
+    Parameters that a subclass adds without an entry are left alone, as scikit-learn does.
     Returns the parameters (``get_params(deep=False)``), so ``fit`` reads one snapshot.
     """
     params = estimator.get_params(deep=False)
-    constraints = type(estimator)._parameter_constraints
-    missing = set(params) ^ set(constraints)
-    if missing:  # a parameter without an entry is a bug in skcxr, not in the caller
-        raise RuntimeError(f"{type(estimator).__name__} has no constraint for {sorted(missing)}")
-    validate(params, constraints, type(estimator).__name__)
+    table = type(estimator)._parameter_table
+    owner = type(estimator).__name__
+    validate({k: v for k, v in params.items() if k in table}, table, owner)
+    for check in getattr(type(estimator), "_parameter_checks", ()):
+        check(params, owner)
     return params
+
+
+def _kwargs_fit(name: str, owner: str, kwargs, target, extra=()) -> None:
+    """``kwargs`` must be keyword arguments that ``target`` takes (after its first)."""
+    import inspect
+
+    names = list(inspect.signature(target).parameters)[1:]  # not params / optimizer
+    unknown = sorted(set(kwargs or {}) - set(names) - set(extra))
+    if unknown:
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {owner} has keys {unknown} that {target.__name__} "
+            f"does not take; it takes {sorted(set(names) | set(extra))}.")
+
+
+def check_training_combinations(params: dict, owner: str) -> None:
+    """What the classifier's training parameters must agree on (checked before any work)."""
+    _kwargs_fit("optimizer_kwargs", owner, params["optimizer_kwargs"],
+                OPTIMIZER_CLASSES[params["optimizer"]])
+    if params["lr_scheduler"] is None:
+        if params["lr_scheduler_kwargs"]:
+            raise InvalidParameterError(
+                f"{owner} got lr_scheduler_kwargs={params['lr_scheduler_kwargs']!r} but "
+                "lr_scheduler=None: choose a scheduler or drop the kwargs.")
+        return
+    kwargs = params["lr_scheduler_kwargs"] or {}
+    _kwargs_fit("lr_scheduler_kwargs", owner, kwargs, SCHEDULER_CLASSES[params["lr_scheduler"]],
+                extra=("monitor", "event_name", "step_every"))  # skorch's LRScheduler's own
+    if (params["lr_scheduler"] == "plateau" and not params["validation_fraction"]
+            and kwargs.get("monitor", "valid_loss") == "valid_loss"):
+        raise InvalidParameterError(
+            f"{owner}: lr_scheduler='plateau' watches the validation loss, but "
+            "validation_fraction=0 leaves no validation rows; set validation_fraction > 0 "
+            "or lr_scheduler_kwargs={'monitor': 'train_loss'}.")
+
+
+def check_backbone_combinations(params: dict, owner: str) -> None:
+    """torchvision backbones pool internally: only ``pooling="avg"``."""
+    backbone = params["backbone"]
+    if (params.get("pooling", "avg") != "avg" and isinstance(backbone, str)
+            and resolve_name(backbone)[0] == "torchvision"):
+        raise InvalidParameterError(
+            f"{owner}: pooling={params['pooling']!r} is only available for timm backbones "
+            f"and modules; {backbone!r} pools internally (use pooling='avg', or the timm "
+            "name of this architecture).")
 
 
 # --------------------------------------------------------------------------- docstrings

@@ -20,7 +20,8 @@ ENGINES = ("auto", "torch", "openvino")
 def _device(value):
     if isinstance(value, torch.device):
         return None
-    if isinstance(value, str) and value.startswith("cuda:") and value[5:].isdigit():
+    if isinstance(value, str) and value.partition(":")[0] in ("cpu", "cuda") \
+            and value.partition(":")[2].isdigit():
         return None
     return ""
 
@@ -28,7 +29,7 @@ def _device(value):
 #: The allowed values of ``device``, ``precision`` and ``engine``; what this machine can
 #: do is checked by :func:`resolve`.
 RUNTIME_CONSTRAINTS = {
-    "device": [Options(*DEVICES), Check(_device, "'cuda:N' or a torch.device")],
+    "device": [Options(*DEVICES), Check(_device, "'cuda:N', 'cpu:N' or a torch.device")],
     "precision": [Options(*PRECISIONS)],
     "engine": [Options(*ENGINES)],
 }
@@ -121,12 +122,37 @@ def resolve_engine(engine: str, device: torch.device) -> str:
     return "torch"
 
 
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Seed torch's global RNGs inside; the caller's CPU and CUDA RNG states are restored after.
+
+    ``torch.manual_seed`` seeds every CUDA device too (lazily, if CUDA is not initialised
+    yet), so their states are forked as well, not only the CPU's.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def autocast(device: torch.device, precision: str):
     """Autocast context for ``precision`` ('fp32' gives a no-op context)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def frozen_forward(module: torch.nn.Module, x: torch.Tensor, precision: str,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A frozen module on a normalised batch: channels_last, autocast, output in ``dtype``
+    (default: the compute dtype). The one way the package runs a frozen network in torch,
+    cached or not, so that both paths compute the same numbers."""
+    # channels_last: the layout oneDNN (CPU) and cuDNN convolutions are fastest in
+    x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(x.device, precision):
+        out = module(x)
+    return out.to(dtype or compute_dtype(precision))
 
 
 def on_device(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:

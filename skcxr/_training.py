@@ -1,9 +1,9 @@
 """Everything skorch: the training data, the weighted loss, callbacks, the net and its history.
 
 ``PretrainedCNNClassifier.fit`` asks this module for the datasets of a fit
-(:func:`training_datasets`), a configured skorch net (:func:`make_net`) and, after
-training, the history and the epoch whose weights were kept (:func:`history_frame`,
-:func:`kept_epoch`). No other module imports skorch.
+(:func:`training_datasets`), a configured skorch net (:func:`make_net`), the training
+(:func:`train`) and, after it, the history and the epoch whose weights were kept
+(:func:`history_frame`, :func:`kept_epoch`). No other module imports skorch.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from skorch.helper import predefined_split
 from skorch.utils import noop
 from torch import nn
 
-from ._frozen import FrozenPart
+from ._frozen import prefix_part
 from .cache import DecodedImages
 from .images import ImageDataset, ImageSource, Preprocessing, collate_images
 
@@ -105,7 +105,7 @@ def training_datasets(net, source: ImageSource, rows, prep: Preprocessing, run, 
     train_ds, valid_ds (None without validation rows), namespace (None when not cached)
     """
     if cache and augment is None and net.prefix_is_fixed:
-        prefix = frozen_prefix(net, prep, provenance)
+        prefix = prefix_part(net, prep, provenance)
         fit_rows = np.concatenate([rows.train, rows.valid])
         h = prefix.outputs(source.subset(fit_rows), run, location=location,
                            batch_size=batch_size, num_workers=num_workers,
@@ -126,13 +126,6 @@ def training_datasets(net, source: ImageSource, rows, prep: Preprocessing, run, 
     return train_ds, (valid_ds if len(rows.valid) else None), namespace
 
 
-def frozen_prefix(net, prep: Preprocessing, provenance: dict) -> FrozenPart:
-    """The network's frozen prefix as a :class:`~skcxr._frozen.FrozenPart`."""
-    return FrozenPart(net.frozen_prefix(), prep, provenance,
-                      {"kind": "frozen-prefix", "cut": net.chain_names[:net.cut]},
-                      keep="compute")
-
-
 # --------------------------------------------------------------------------- the net
 
 
@@ -150,6 +143,19 @@ class WeightedNet(NeuralNet):
         w = X["sample_weight"].to(per_sample.device) if isinstance(X, dict) else 1.0
         return (per_sample * w).mean()
 
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        # skorch stops early by raising KeyboardInterrupt, and its partial_fit swallows every
+        # KeyboardInterrupt, so a Ctrl-C would return a half-trained net that fit then keeps:
+        # let early stopping's own stop through, smuggle a real interrupt past partial_fit
+        # (see :func:`train`)
+        try:
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        except KeyboardInterrupt as exc:
+            stopper = _callback(self, _EarlyStopping)
+            if stopper is not None and stopper.stopped_:
+                raise
+            raise _Interrupted from exc
+
     def get_all_learnable_params(self):
         module = self.module_
         planned = set(module.trainable_layers)
@@ -160,6 +166,33 @@ class WeightedNet(NeuralNet):
                 owner = name[len("backbone."):].rpartition(".")[0]
                 if owner in planned:
                     yield name, p
+
+
+class _EarlyStopping(EarlyStopping):
+    """skorch's EarlyStopping, noting when it is the one that stops training."""
+
+    def on_train_begin(self, net, **kwargs):
+        self.stopped_ = False
+        super().on_train_begin(net, **kwargs)
+
+    def on_epoch_end(self, net, **kwargs):
+        try:
+            super().on_epoch_end(net, **kwargs)
+        except KeyboardInterrupt:  # skorch's way of stopping a fit early
+            self.stopped_ = True
+            raise
+
+
+class _Interrupted(Exception):
+    """A KeyboardInterrupt on its way through skorch (which would swallow the original)."""
+
+
+def train(net: WeightedNet, train_ds) -> None:
+    """``net.fit(train_ds)``; an interrupt (Ctrl-C) stops it and propagates as itself."""
+    try:
+        net.fit(train_ds, y=None)
+    except _Interrupted:
+        raise KeyboardInterrupt from None
 
 
 def make_net(module, train_ds, valid_ds, *, task: str, pos_weight, device: torch.device,
@@ -175,7 +208,7 @@ def make_net(module, train_ds, valid_ds, *, task: str, pos_weight, device: torch
     """
     callbacks = [("unfreeze", Unfreeze(int(freeze_epochs))), ("record", EpochRecord(task))]
     if early_stopping and valid_ds is not None:
-        callbacks.append(("early_stopping", EarlyStopping(
+        callbacks.append(("early_stopping", _EarlyStopping(
             monitor="valid_loss", patience=int(patience), threshold=float(min_delta),
             threshold_mode="abs", load_best=True, sink=noop)))
     if lr_scheduler is not None:

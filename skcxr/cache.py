@@ -37,7 +37,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._validation import NONE, Check, InstanceOf
+from ._validation import NONE, Check
+
+__all__ = [
+    "cache_info",
+    "clear_cache",
+    "set_cache_budget",
+]
 
 
 def _memory(value):  # a joblib.Memory: what counts is its location
@@ -49,8 +55,14 @@ def _memory(value):  # a joblib.Memory: what counts is its location
     return f"its location {location!r} is not a directory path"
 
 
+def _directory(value):
+    if not isinstance(value, (str, os.PathLike)):
+        return ""
+    return None if os.fspath(value).strip() else "an empty path would cache into the cwd"
+
+
 #: The allowed values of ``memory``.
-MEMORY_CONSTRAINT = [NONE, InstanceOf((str, os.PathLike), "a directory path"),
+MEMORY_CONSTRAINT = [NONE, Check(_directory, "a directory path"),
                      Check(_memory, "a joblib.Memory")]
 
 

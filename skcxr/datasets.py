@@ -11,6 +11,13 @@ from sklearn.utils import Bunch
 
 from .images import SUPPORTED_EXTENSIONS
 
+__all__ = [
+    "kermany_patient_ids",
+    "load_image_folder",
+    "load_nih_csv",
+    "load_sample_cxr",
+]
+
 _SAMPLE_DIR = Path(__file__).parent / "data" / "kermany_sample"
 
 _SAMPLE_DESCR = """\

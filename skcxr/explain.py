@@ -16,6 +16,10 @@ from torch import nn
 
 from .images import ImageSource, Preprocessing, check_images, make_loader, read_image
 
+__all__ = [
+    "gradcam",
+]
+
 METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam")
 
 

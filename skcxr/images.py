@@ -29,6 +29,19 @@ from torchvision.transforms.v2 import functional as TF
 
 from ._validation import NONE, Check, Interval, Options, validate
 
+__all__ = [
+    "DataConfig",
+    "ImageDataset",
+    "ImageReadError",
+    "ImageSource",
+    "Preprocessing",
+    "SUPPORTED_EXTENSIONS",
+    "check_images",
+    "make_loader",
+    "make_preprocessing",
+    "read_image",
+]
+
 PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 SUPPORTED_EXTENSIONS = PIL_EXTENSIONS + DICOM_EXTENSIONS
@@ -392,12 +405,22 @@ class Preprocessing:
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """Scale a batch to [0, 1] floats and normalise with mean/std."""
-        x = batch.float()
-        if batch.dtype == torch.uint8:
-            x = x / 255.0
-        mean = torch.tensor(self.mean[: x.shape[1]], device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std[: x.shape[1]], device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return normalize_batch(batch, self.mean, self.std)
+
+
+def normalize_batch(batch: torch.Tensor, mean, std) -> torch.Tensor:
+    """``(batch / 255 if uint8 else batch - mean) / std`` per channel, as float32.
+
+    The one normalisation of the package (preprocessing, the network's frozen prefix), so that
+    every path computes the same numbers. ``mean``/``std``: sequences or tensors.
+    """
+    x = batch.float()
+    if batch.dtype == torch.uint8:
+        x = x / 255.0
+    c = x.shape[1]
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).reshape(-1)[:c]
+    std = torch.as_tensor(std, dtype=torch.float32, device=x.device).reshape(-1)[:c]
+    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
 def _size_pair(value):
@@ -461,7 +484,7 @@ def make_preprocessing(
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if in_chans == 1:
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
-    return Preprocessing(size=size, in_chans=in_chans, resize=resize,
+    return Preprocessing(size=size, in_chans=int(in_chans), resize=resize,
                          interpolation=data_config.interpolation,
                          crop_pct=data_config.crop_pct, mean=mean, std=std)
 

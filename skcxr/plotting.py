@@ -12,6 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "plot_gradcam",
+    "plot_grid_heatmap",
+    "plot_history",
+]
+
 
 def _plt():
     try:

@@ -20,13 +20,39 @@ Examples
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import type_of_target
+
+from ._validation import NONE, Check, Fraction, Interval, Options, validate
+
+__all__ = [
+    "FitRows",
+    "fit_rows",
+]
+
+
+def _weights_dict(value):
+    if not isinstance(value, dict):
+        return ""
+    bad = {k: v for k, v in value.items()
+           if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or v < 0}
+    return f"weights must be finite numbers >= 0, not {bad}" if bad else None
+
+
+#: The protocol parameters' allowed values (the classifier's and :func:`fit_rows`'s).
+PROTOCOL_CONSTRAINTS = {
+    "train_size": [NONE, Interval("int", 1), Fraction("real", 0, 1, closed="right")],
+    "validation_fraction": [Interval("real", 0, 1, closed="left")],
+    "class_weight": [NONE, Options("balanced"),
+                     Check(_weights_dict, "a dict of class -> weight >= 0")],
+}
 
 
 @dataclass(frozen=True)
@@ -88,6 +114,10 @@ def fit_rows(y, n: int | None = None, *, sample_weight=None, train_size=None,
     -------
     FitRows
     """
+    validate({"train_size": train_size, "validation_fraction": validation_fraction,
+              "class_weight": class_weight}, PROTOCOL_CONSTRAINTS, "fit_rows")
+    if y is None:
+        raise ValueError("y is required: PretrainedCNNClassifier is supervised.")
     classes, y_enc, task = encode_targets(y, len(y) if n is None else n)
     weights = check_sample_weight(sample_weight, len(y_enc))
     train, valid = split_rows(y_enc, task, train_size, validation_fraction, seed)

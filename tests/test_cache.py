@@ -173,3 +173,13 @@ def test_both_estimators_share_one_frozen_output_path(data, tiny_fe, tmp_path):
     again = FeatureExtractorTransformer(**tiny_fe, memory=tmp_path).fit(X).transform(X[:10])
     assert cache_info()["disk_hits"] == 10 and cache_info()["computed"] == 0
     np.testing.assert_array_equal(again, first[:10])
+
+
+def test_the_same_setting_spelled_differently_shares_entries(data, tiny_fe):
+    """numpy ints, lists and tuples are the same parameter values: the same cache entries."""
+    X, _ = data
+    FeatureExtractorTransformer(**{**tiny_fe, "image_size": (64, 64)}, in_chans=1).fit(X) \
+        .transform(X)
+    FeatureExtractorTransformer(**{**tiny_fe, "image_size": [np.int64(64)] * 2},
+                                in_chans=np.int64(1)).fit(X).transform(X)
+    assert cache_info()["computed"] == 60 and cache_info()["hits"] == 60

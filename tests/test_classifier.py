@@ -414,15 +414,16 @@ def _assert_same_state(est, state):
 
 
 class FailOnCall:
-    """An augmentation that fails on its n-th image: a fit that breaks in mid-training."""
+    """An augmentation that raises ``exc`` on its n-th image: a fit that breaks (or is
+    interrupted, as by Ctrl-C) in mid-training."""
 
-    def __init__(self, n):
-        self.n, self.calls = n, 0
+    def __init__(self, n, exc=RuntimeError):
+        self.n, self.exc, self.calls = n, exc, 0
 
     def __call__(self, x):
         self.calls += 1
         if self.calls >= self.n:
-            raise RuntimeError("augmentation failed")
+            raise self.exc("augmentation failed")
         return x
 
 
@@ -430,6 +431,7 @@ class FailOnCall:
     ({"backbone": "resnet5O"}, ValueError),  # a typo: fails at once
     ({"n_trainable_layers": 99}, ValueError),  # fails after the targets are read
     ({"augment": FailOnCall(40)}, RuntimeError),  # fails in the first epoch
+    ({"augment": FailOnCall(70, KeyboardInterrupt)}, KeyboardInterrupt),  # Ctrl-C, epoch 2
 ])
 def test_a_failed_refit_leaves_the_estimator_as_it_was(data, tiny_clf, change, exc):
     X, y = data
@@ -444,12 +446,15 @@ def test_a_failed_refit_leaves_the_estimator_as_it_was(data, tiny_clf, change, e
 
 
 @pytest.mark.parametrize("params", [{}, {"augment": "flip"}], ids=["cached", "uncached"])
-def test_predict_writes_no_attribute(data, tiny_clf, params):
+def test_fit_and_predict_leave_global_state_alone(data, tiny_clf, params):
     X, y = data
+    rng = torch.get_rng_state()
     clf = PretrainedCNNClassifier(**tiny_clf, **params).fit(X, y)
+    assert torch.equal(torch.get_rng_state(), rng)  # fit seeds its own, then restores
     state = _state(clf)
     clf.predict_proba(X[:10])
     clf.predict(X[:10])
     clf.decision_function(X[:10])
     _assert_same_state(clf, state)
     assert not clf.module_.training
+    assert torch.equal(torch.get_rng_state(), rng)  # nor does predict draw from it

@@ -6,8 +6,6 @@ script changed since is stale: its docstring, tables and figures may no longer b
 script says and does.
 """
 
-import hashlib
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -20,15 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = ROOT / "docs" / "studies"
 
 
-def _load_sync():
-    spec = importlib.util.spec_from_file_location("skcxr_docs_sync", PAGES / "_sync.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-_sync = _load_sync()
+sys.path.insert(0, str(PAGES))
+import _sync  # noqa: E402  (docs/studies/_sync.py, the study pages' generator)
 
 
 def stale_reason(script: Path, page: Path) -> str | None:
@@ -50,9 +41,10 @@ def stale_reason(script: Path, page: Path) -> str | None:
     if record["quick"]:
         return (f"{shown} is a preview from a --quick run of examples/{script.name} "
                 f"(_sync.py --allow-quick): never commit one. {todo}")
-    now = hashlib.sha256(script.read_bytes()).hexdigest()
+    now = _sync.source_digest(script)
     if record["source_sha256"] != now:
-        return (f"examples/{script.name} changed since the full run that {shown} shows "
+        return (f"examples/{script.name} (or examples/_common.py) changed since the full run "
+                f"that {shown} shows "
                 f"(page: sha256 {record['source_sha256'][:12]}..., script now: "
                 f"{now[:12]}...). {todo}")
     return None
@@ -127,7 +119,7 @@ def repo(tmp_path):
 
 def _write_run(out: Path, script: Path, **changes) -> dict:
     run = {"example": script.name,
-           "source_sha256": hashlib.sha256(script.read_bytes()).hexdigest(),
+           "source_sha256": _sync.source_digest(script),
            "skcxr_version": "0.1.0.dev0",
            "command": ["/usr/bin/python", f"examples/{script.name}"], "quick": False,
            "started": "2026-11-24T10:00:00+00:00", "finished": "2026-11-24T10:12:00+00:00",
@@ -145,7 +137,7 @@ def test_sync_writes_recorded_pages_for_study_examples_only(repo):
 
     page = repo.pages / "study_999_fake.md"
     text = page.read_text()
-    sha = hashlib.sha256((repo.examples / "study_999_fake.py").read_bytes()).hexdigest()
+    sha = _sync.source_digest(repo.examples / "study_999_fake.py")
     assert _sync.read_record(text) == {
         "example": "study_999_fake.py", "source_sha256": sha, "skcxr_version": "0.1.0.dev0",
         "finished": "2026-11-24T10:12:00+00:00", "quick": False}
@@ -174,7 +166,7 @@ def test_sync_writes_recorded_pages_for_study_examples_only(repo):
     # the script changes: the page is stale, and says how to regenerate it
     (repo.examples / "study_999_fake.py").write_text(DOCSTRING + "# edited\n")
     reason = stale_reason(repo.examples / "study_999_fake.py", page)
-    assert "examples/study_999_fake.py changed" in reason
+    assert "examples/study_999_fake.py (or examples/_common.py) changed" in reason
     assert "python examples/study_999_fake.py\n    python docs/studies/_sync.py" in reason
     # ... and _sync refuses the old run
     with pytest.raises(_sync.SyncError, match="another version of study_999_fake.py"):

@@ -20,12 +20,12 @@ SHARED_BAD = {
     "resize": ["squash", None],
     "normalize": ["zscore", (0.5, 0), ([0.5], [-1.0]), 0.5],
     "batch_size": [0, 2.5, True, "32"],
-    "device": ["tpu", 3, "cuda:x"],
+    "device": ["tpu", 3, "cuda:x", "cpu:"],
     "precision": ["int8", None],
     "engine": ["tensorrt", None],
     "num_workers": [-1, 1.5],
     "cache": ["yes", 1],
-    "memory": [3, object()],
+    "memory": [3, object(), ""],
     "random_state": ["abc", -1, 1.5],
     "verbose": [-1, "loud"],
 }
@@ -35,7 +35,7 @@ BAD = {
         **SHARED_BAD,
         "n_trainable_layers": [-2, 2.5, "", None],
         "train_size": [0, 0.0, 1.5, -3, "half", True],
-        "class_weight": ["auto", [1, 2]],
+        "class_weight": ["auto", [1, 2], {0: -1.0}, {0: "x"}, {0: math.inf}],
         "head_hidden_units": [512, (512, 0), (512.5,)],
         "dropout": [1.0, -0.1],
         "max_epochs": [0, True, 2.0],
@@ -96,3 +96,30 @@ def test_what_this_machine_cannot_do_is_said_before_any_file_is_touched(estimato
             estimator(device="cpu", precision="fp16").fit(NO_FILES, [0, 1])
     with pytest.raises(FileNotFoundError):  # good parameters: the files are next
         estimator(random_state=np.random.RandomState(0), verbose=True).fit(NO_FILES, [0, 1])
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"optimizer_kwargs": {"momentm": 0.9}},
+     r"'optimizer_kwargs' parameter of PretrainedCNNClassifier has keys \['momentm'\] that "
+     "Adam does not take"),
+    ({"optimizer": "sgd", "optimizer_kwargs": {"betas": (0.9, 0.99)}}, "SGD does not take"),
+    ({"lr_scheduler": "step", "lr_scheduler_kwargs": {"step": 2}}, "StepLR does not take"),
+    ({"lr_scheduler_kwargs": {"step_size": 2}}, "lr_scheduler=None"),
+    ({"lr_scheduler": "plateau", "validation_fraction": 0}, "no validation rows"),
+    ({"backbone": "torchvision:resnet18", "pooling": "max"}, "pools internally"),
+])
+def test_combinations_are_checked_before_any_file_is_touched(params, match):
+    estimator = FeatureExtractorTransformer if "pooling" in params else PretrainedCNNClassifier
+    with pytest.raises(ValueError, match=match):
+        estimator(**params).fit(NO_FILES, [0, 1])
+
+
+@pytest.mark.parametrize("params", [
+    {"optimizer": "sgd", "optimizer_kwargs": {"nesterov": True, "weight_decay": 1e-6}},
+    {"lr_scheduler": "plateau", "validation_fraction": 0,
+     "lr_scheduler_kwargs": {"monitor": "train_loss", "factor": 0.5}},
+    {"device": "cpu:0", "in_chans": np.int64(1), "image_size": [64, 48]},
+])
+def test_good_combinations_pass(params):
+    with pytest.raises(FileNotFoundError):  # past every parameter check: the files are next
+        PretrainedCNNClassifier(**params).fit(NO_FILES, [0, 1])

@@ -9,7 +9,7 @@ examples/output/<name>/, with the tables, the figures and ``run.json``):
 
 Pages are made for ``examples/study_*.py`` and ``examples/kermany_best.py`` only. For each, it
 checks ``run.json`` (a full run, not ``--quick``, of the script as it is now: the sha256 of
-its source must match), copies the printed tables (``*.md``) to
+its source and of examples/_common.py must match), copies the printed tables (``*.md``) to
 docs/studies/results/<name>/ and the figures (``*.png``, byte for byte, as the example saved
 them) to docs/_static/studies/<name>/, and writes docs/studies/<name>.md: the docstring
 (reStructuredText, rendered), the tables, the figures and the command lines. Each page
@@ -74,8 +74,15 @@ def study_scripts(examples: Path) -> list[Path]:
     return scripts
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def source_digest(script: Path) -> str:
+    """What ``run.json``'s ``source_sha256`` records (examples/_common.py's
+    ``source_digest``): sha256 over the script's bytes, then those of the ``_common.py``
+    beside it (the helpers every example runs), where there is one."""
+    h = hashlib.sha256(script.read_bytes())
+    common = script.parent / "_common.py"
+    if common.is_file():
+        h.update(common.read_bytes())
+    return h.hexdigest()
 
 
 def read_record(page_text: str) -> dict | None:
@@ -110,7 +117,7 @@ def find_run(script: Path, layout: Layout, allow_quick: bool = False) -> tuple[P
     script as it is now. With ``allow_quick``, a --quick run (there or in ``<name>-quick/``)
     is accepted as well, for a preview.
     """
-    name, now = script.stem, sha256(script)
+    name, now = script.stem, source_digest(script)
     folders = [layout.outputs / name]
     if allow_quick:
         folders.append(layout.outputs / f"{name}-quick")
