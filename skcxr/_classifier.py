@@ -320,18 +320,16 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
                 source, run, cache=self.cache, location=location, batch_size=self.batch_size,
                 num_workers=self.num_workers, verbose=self.verbose > 1, desc="frozen prefix")
             # batches as slices: a DataLoader would draw from the global torch RNG
-            out = _runtime.run_batches(lambda b: module.logits(h=b, precision=run.precision),
-                                       h.split(self.batch_size), len(source),
-                                       device=run.device, verbose=self.verbose > 1,
-                                       desc="predict")
+            batches, given = h.split(self.batch_size), "h"
         else:
             decoded = DecodedImages(source, prep, location) if self.cache else None
-            loader = make_loader(source, prep, batch_size=self.batch_size,
-                                 num_workers=self.num_workers,
-                                 pin_memory=run.device.type == "cuda", decoded=decoded)
-            out = _runtime.run_batches(lambda b: module.logits(x=b, precision=run.precision),
-                                       loader, len(source), device=run.device,
-                                       verbose=self.verbose > 1, desc="predict")
+            batches, given = make_loader(source, prep, batch_size=self.batch_size,
+                                         num_workers=self.num_workers,
+                                         pin_memory=run.device.type == "cuda",
+                                         decoded=decoded), "x"
+        out = _runtime.run_batches(
+            lambda b: module.logits(**{given: b}, precision=run.precision), batches,
+            len(source), device=run.device, verbose=self.verbose > 1, desc="predict")
         _runtime.release(run.device)
         return out.numpy()
 

@@ -139,8 +139,7 @@ def autocast(device: torch.device, precision: str):
     """Autocast context for ``precision`` ('fp32' gives a no-op context)."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=compute_dtype(precision))
 
 
 def frozen_forward(module: torch.nn.Module, x: torch.Tensor, precision: str,
