@@ -4,6 +4,7 @@ comparison run in its own process."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue as queue_module
 import resource
 import sys
 from pathlib import Path
@@ -34,6 +35,13 @@ def run_in_process(target, *args):
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
-    result = queue.get()
+    while True:  # a side that dies (crash, out of memory) must not hang the benchmark
+        try:
+            result = queue.get(timeout=1)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"{target.__name__}{args[:1]} died with exit code "
+                                   f"{proc.exitcode} before reporting a result") from None
     proc.join()
     return result

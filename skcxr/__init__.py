@@ -1,10 +1,14 @@
 """skcxr: pretrained CNN backbones as scikit-learn estimators for chest X-ray classification."""
 
-from ._classifier import PretrainedCNNClassifier
-from ._features import FeatureExtractorTransformer
-from .backbones import WeightsUnavailableError, list_offline_backbones, load_backbone
-from .datasets import kermany_patient_ids, load_image_folder, load_nih_csv, load_sample_cxr
-from .images import ImageReadError
+from ._threads import passive_wait_on_import
+
+passive_wait_on_import()  # before anything imports torch: see skcxr._threads
+
+from ._classifier import PretrainedCNNClassifier  # noqa: E402
+from ._features import FeatureExtractorTransformer  # noqa: E402
+from .backbones import WeightsUnavailableError, list_offline_backbones, load_backbone  # noqa: E402
+from .datasets import kermany_patient_ids, load_image_folder, load_nih_csv, load_sample_cxr  # noqa: E402
+from .images import ImageReadError  # noqa: E402
 
 __version__ = "0.1.0.dev0"
 

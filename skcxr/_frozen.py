@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from . import _runtime
+from ._threads import thread_budget
 from .cache import cached_rows, namespace_digest
 from .images import ImageSource, Preprocessing, make_loader
 
@@ -65,7 +66,7 @@ class FrozenPart:
         """
         def compute(src):
             return self._compute(src, run, batch_size=batch_size, num_workers=num_workers,
-                                 verbose=verbose, desc=desc)
+                                 verbose=verbose, desc=desc, location=location)
 
         if not cache:
             return compute(source)
@@ -73,12 +74,13 @@ class FrozenPart:
                            lambda missing: compute(source.subset(missing)), location=location)
         return torch.stack(rows)
 
-    def _compute(self, source, run, *, batch_size, num_workers, verbose, desc) -> torch.Tensor:
+    def _compute(self, source, run, *, batch_size, num_workers, verbose, desc, location,
+                 ) -> torch.Tensor:
         prep, dtype = self.preprocessing, self.dtype(run)
         loader = make_loader(source, prep, batch_size=batch_size, num_workers=num_workers,
                              pin_memory=run.device.type == "cuda")
         if run.engine == "openvino":
-            return self._openvino(loader, run, len(source), verbose, desc).to(dtype)
+            return self._openvino(loader, run, len(source), verbose, desc, location).to(dtype)
         module = _runtime.on_device(self.module, run.device)
         out = _runtime.run_batches(
             lambda batch: _runtime.frozen_forward(module, prep.normalize(batch), run.precision,
@@ -87,8 +89,9 @@ class FrozenPart:
         _runtime.release(run.device)
         return out
 
-    def _openvino(self, loader, run, n, verbose, desc) -> torch.Tensor:
-        """The module compiled by OpenVINO: uint8 images in, normalisation in the graph."""
+    def _openvino(self, loader, run, n, verbose, desc, location) -> torch.Tensor:
+        """The module compiled by OpenVINO: uint8 images in, normalisation in the graph,
+        on the cores this call was given; compiled blobs go beside the disk cache."""
         from tqdm.auto import tqdm
 
         from ._openvino import compile_frozen, run_pipelined
@@ -96,14 +99,16 @@ class FrozenPart:
         prep = self.preprocessing
         key = namespace_digest({**self.identity, "preprocessing": repr(prep)})
         shape = (prep.in_chans, *prep.size)
+        options = {"threads": thread_budget(),
+                   "cache_dir": None if location is None else location / "skcxr-openvino"}
 
         def items():  # 8-bit batches go in raw; 16-bit/DICOM ones are normalised here
             for b in loader:
                 if b.dtype == torch.uint8:
                     yield compile_frozen(self.module, shape, run.precision, key, prep.mean,
-                                         prep.std), b
+                                         prep.std, **options), b
                 else:
-                    yield (compile_frozen(self.module, shape, run.precision, key),
+                    yield (compile_frozen(self.module, shape, run.precision, key, **options),
                            prep.normalize(b))
 
         with tqdm(total=n, disable=not verbose, unit="img", desc=desc) as bar:

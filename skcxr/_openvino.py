@@ -15,6 +15,8 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from ._threads import available_cores, torch_threads
+
 
 def available() -> bool:
     try:
@@ -47,7 +49,7 @@ class CompiledModule:
     request_size = 4
 
     def __init__(self, module: torch.nn.Module, input_shape: tuple[int, int, int],
-                 precision: str, mean=None, std=None):
+                 precision: str, mean=None, std=None, threads: int = 1, cache_dir=None):
         ov = _import()
         module = module.eval()
         shape = (self.request_size, *input_shape)
@@ -67,32 +69,55 @@ class CompiledModule:
         config = {
             "PERFORMANCE_HINT": "THROUGHPUT",
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            # the cores this call was given (skcxr._threads.thread_budget), not the machine's
+            "INFERENCE_NUM_THREADS": threads,
         }
-        self.compiled = ov.Core().compile_model(model, "CPU", config)
+        if threads < available_cores():
+            # sharing the machine: pinned streams of two processes would land on the same
+            # cores; unpinned, the OS spreads them
+            config["ENABLE_CPU_PINNING"] = False
+        core = ov.Core()
+        if cache_dir is not None:  # compiled blobs shared by worker processes and sessions
+            core.set_property({"CACHE_DIR": str(cache_dir)})
+        self.threads = threads
+        self.compiled = core.compile_model(model, "CPU", config)
         self.n_requests = self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
-        self.queue = ov.AsyncInferQueue(self.compiled, self.n_requests)
+
+    def queue(self, callback):
+        """A fresh queue of infer requests, owned by one call (the compiled model is shared
+        by threads; requests and their callbacks are not)."""
+        queue = _import().AsyncInferQueue(self.compiled, self.n_requests)
+        queue.set_callback(callback)
+        return queue
 
     def __getstate__(self):
         raise TypeError("an OpenVINO compiled model is not picklable; it is rebuilt on demand")
 
 
 _COMPILED: OrderedDict = OrderedDict()
+_COMPILED_LOCK = threading.Lock()
 
 
 def compile_frozen(module: torch.nn.Module, input_shape, precision: str, key: str,
-                   mean=None, std=None):
-    """Compile a frozen module once per process and ``key`` (an identity of its weights).
+                   mean=None, std=None, *, threads: int = 1, cache_dir=None):
+    """Compile a frozen module once per process, ``key`` (an identity of its weights) and
+    thread count.
 
     With ``mean``/``std`` the compiled model takes uint8 images and normalises them itself.
     Clones with identical weights share one compiled model; the 8 most recent are kept.
+    With ``cache_dir``, OpenVINO also keeps the compiled blob there, so other processes
+    (joblib or Dask workers sharing ``memory=``) load it instead of compiling again.
+    Thread-safe: one thread compiles, concurrent callers of the same key wait for it.
     """
-    k = (key, tuple(input_shape), precision, mean, std)
-    if k not in _COMPILED:
-        _COMPILED[k] = CompiledModule(module, tuple(input_shape), precision, mean, std)
-        while len(_COMPILED) > 8:
-            _COMPILED.popitem(last=False)
-    _COMPILED.move_to_end(k)
-    return _COMPILED[k]
+    k = (key, tuple(input_shape), precision, mean, std, threads)
+    with _COMPILED_LOCK:
+        if k not in _COMPILED:
+            _COMPILED[k] = CompiledModule(module, tuple(input_shape), precision, mean, std,
+                                          threads, cache_dir)
+            while len(_COMPILED) > 8:
+                _COMPILED.popitem(last=False)
+        _COMPILED.move_to_end(k)
+        return _COMPILED[k]
 
 
 def run_pipelined(items, n: int, bar=None) -> np.ndarray:
@@ -100,6 +125,7 @@ def run_pipelined(items, n: int, bar=None) -> np.ndarray:
 
     Requests run in OpenVINO's threads while the caller's iterator decodes the next batch,
     so decoding overlaps inference instead of alternating with it.
+    Thread-safe: each call has its own infer queues and output array.
     """
     sink: dict = {}
     lock = threading.Lock()
@@ -112,27 +138,24 @@ def run_pipelined(items, n: int, bar=None) -> np.ndarray:
                 sink["out"] = np.empty((n, *r.shape[1:]), dtype=np.float32)
         sink["out"][i:i + k] = r[:k]
 
-    used = []
+    queues: dict = {}
     start = 0
-    threads = torch.get_num_threads()
     # OpenVINO's streams own the cores; the caller's side (decode, collate) stays on one
     # torch thread instead of a pool that would fight them for every core
-    torch.set_num_threads(1)
-    try:
-        for compiled, batch in items:
-            start = _submit(compiled, batch, start, used, done, bar)
-        for compiled in used:
-            compiled.queue.wait_all()
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(1):
+        try:
+            for compiled, batch in items:
+                if id(compiled) not in queues:
+                    queues[id(compiled)] = (compiled, compiled.queue(done))
+                start = _submit(compiled, queues[id(compiled)][1], batch, start, bar)
+        finally:  # never leave requests running into a caller that has moved on
+            for _, queue in queues.values():
+                queue.wait_all()
     return sink["out"]
 
 
-def _submit(compiled, batch, start, used, done, bar) -> int:
+def _submit(compiled, queue, batch, start, bar) -> int:
     """Queue one batch as requests of ``request_size`` images; return the next row."""
-    if compiled not in used:
-        compiled.queue.set_callback(done)
-        used.append(compiled)
     x = batch.detach().cpu().numpy()
     size = compiled.request_size
     for j in range(0, len(x), size):
@@ -141,7 +164,7 @@ def _submit(compiled, batch, start, used, done, bar) -> int:
         if k < size:  # the compiled shape is static: pad the last request, drop its rows
             chunk = np.concatenate([chunk, np.zeros((size - k, *chunk.shape[1:]),
                                                     dtype=chunk.dtype)])
-        compiled.queue.start_async({0: chunk}, userdata=(start + j, k))
+        queue.start_async({0: chunk}, userdata=(start + j, k))
     start += len(x)
     if bar is not None:
         bar.update(len(x))

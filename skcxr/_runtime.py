@@ -85,9 +85,12 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_device(device) -> torch.device:
-    """Turn the ``device`` parameter into a :class:`torch.device`."""
+    """Turn the ``device`` parameter into a :class:`torch.device`.
+
+    "auto" is the CPU without CUDA, else this process's GPU (:func:`process_gpu`).
+    """
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return process_gpu() if torch.cuda.is_available() else torch.device("cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
@@ -95,6 +98,49 @@ def resolve_device(device) -> torch.device:
             "use device='auto' or 'cpu'."
         )
     return dev
+
+
+_GPU_LEASE: dict = {}
+
+
+def process_gpu(lock_dir=None) -> torch.device:
+    """The GPU of this process: one worker process per GPU.
+
+    With one visible GPU (``CUDA_VISIBLE_DEVICES`` set per worker, as dask-cuda's
+    ``LocalCUDACluster`` and SLURM's ``--gpus-per-task`` do), that one. With several, the
+    process leases the first GPU no other process on this machine holds, for its lifetime
+    (an ``flock`` on ``<tmp>/skcxr-gpu-<uid>/<bus id or index>.lock``, released by the OS
+    when the process exits), so that joblib or Dask workers that all see every GPU spread
+    over them instead of all fitting on GPU 0. When every GPU is held, processes share them
+    round-robin by pid. ``device="cuda:N"`` asks for a GPU explicitly and takes no lease.
+    """
+    n = torch.cuda.device_count()
+    if n <= 1:
+        return torch.device("cuda", 0)
+    if "index" not in _GPU_LEASE:
+        _GPU_LEASE["index"] = _lease_gpu(n, lock_dir)
+    return torch.device("cuda", _GPU_LEASE["index"])
+
+
+def _lease_gpu(n: int, lock_dir=None) -> int:
+    import fcntl
+    import tempfile
+    from pathlib import Path
+
+    root = Path(lock_dir or Path(tempfile.gettempdir()) / f"skcxr-gpu-{os.getuid()}")
+    root.mkdir(parents=True, exist_ok=True)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    names = [v.strip() for v in visible.split(",")] if visible else [str(i) for i in range(n)]
+    for i in range(n):
+        f = open(root / f"{names[i] if i < len(names) else i}.lock", "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _GPU_LEASE["file"] = f  # held (open) for the life of the process
+        return i
+    return os.getpid() % n
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

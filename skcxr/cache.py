@@ -140,6 +140,10 @@ class _MemoryLRU:
         self.lock = threading.Lock()
         self.stats = {"hits": 0, "misses": 0, "computed": 0, "disk_hits": 0, "evicted": 0}
 
+    def count(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            self.stats[name] += n
+
     def get(self, key):
         with self.lock:
             t = self.entries.get(key)
@@ -246,18 +250,18 @@ class DecodedImages:
         key = (self.ns, self.keys[i])
         t = _DECODED.get(key)
         if t is not None:
-            _DECODED.stats["hits"] += 1
+            _DECODED.count("hits")
             return t.clone()  # a user's augmentation may work in place
-        _DECODED.stats["misses"] += 1
+        _DECODED.count("misses")
         if self.store is not None:
             found, _ = self.store.get_many([self.keys[i]])
             if found:
-                _DECODED.stats["disk_hits"] += 1
+                _DECODED.count("disk_hits")
                 t = torch.from_numpy(found[0])
                 _DECODED.put(key, t)
                 return t.clone()
         t = self.preprocessing.decode(self.source, i).contiguous()
-        _DECODED.stats["computed"] += 1
+        _DECODED.count("computed")
         _DECODED.put(key, t)
         if self.store is not None:
             self.store.put_many([self.keys[i]], [t.numpy()])
@@ -271,28 +275,140 @@ def cached_rows(namespace: dict, keys: list[str], compute, *, location: Path | N
     ``compute`` receives the positions (into ``keys``) still missing and returns a tensor
     whose first dimension runs over them. New results go to memory and, when ``location``
     is set, to disk.
+
+    Each entry is computed once, also when several threads or processes ask for it at the
+    same time: threads of one process take turns per namespace; processes sharing
+    ``location`` claim the entries they compute (:class:`_Claims`) and wait for the ones
+    another process has claimed, so two workers of a grid search split the work instead of
+    doing it twice.
     """
     ns = namespace_digest(namespace)
     out: list[torch.Tensor | None] = [_MEMORY.get((ns, k)) for k in keys]
     missing = [i for i, t in enumerate(out) if t is None]
-    _MEMORY.stats["hits"] += len(keys) - len(missing)
-    _MEMORY.stats["misses"] += len(missing)
+    _MEMORY.count("hits", len(keys) - len(missing))
+    _MEMORY.count("misses", len(missing))
+    if not missing:
+        return out
     store = FeatureStore(location, namespace) if location is not None else None
-    if missing and store is not None:
-        dtype = getattr(torch, namespace.get("dtype", "float32"))
-        found, still = store.get_many([keys[i] for i in missing])
+    dtype = getattr(torch, namespace.get("dtype", "float32"))
+
+    def from_disk(positions: list[int]) -> list[int]:
+        """Fill ``out`` from the disk store; return the positions still missing."""
+        found, still = store.get_many([keys[i] for i in positions])
         for j, arr in found.items():
-            i = missing[j]
+            i = positions[j]
             out[i] = _from_numpy(arr, dtype)
             _MEMORY.put((ns, keys[i]), out[i])
-        _MEMORY.stats["disk_hits"] += len(found)
-        missing = [missing[j] for j in still]
-    if missing:
-        computed = compute(missing)
-        _MEMORY.stats["computed"] += len(missing)
-        for j, i in enumerate(missing):
+        _MEMORY.count("disk_hits", len(found))
+        return [positions[j] for j in still]
+
+    def compute_and_store(positions: list[int]) -> None:
+        computed = compute(positions)
+        _MEMORY.count("computed", len(positions))
+        for j, i in enumerate(positions):
             out[i] = computed[j].clone()
             _MEMORY.put((ns, keys[i]), out[i])
         if store is not None:
-            store.put_many([keys[i] for i in missing], [_to_numpy(out[i]) for i in missing])
+            store.put_many([keys[i] for i in positions], [_to_numpy(out[i]) for i in positions])
+
+    with _namespace_lock(ns):
+        missing = [i for i in missing if _fill(out, i, ns, keys)]
+        if store is not None and missing:
+            missing = from_disk(missing)
+        if missing and store is None:
+            compute_and_store(missing)
+            return out
+        claims = _Claims(store.dir) if missing else None
+        while missing:
+            # a chunk at a time, so that processes asking for the same entries split them
+            mine = claims.claim([keys[i] for i in missing], limit=_Claims.chunk)
+            try:
+                if mine:
+                    compute_and_store([i for i in missing if keys[i] in mine])
+            finally:
+                claims.release(mine)
+            missing = [i for i in missing if keys[i] not in mine]
+            if missing:  # claimed by another process: wait for its entries to land
+                claims.wait([keys[i] for i in missing], store)
+                missing = from_disk(missing)
     return out
+
+
+def _fill(out, i, ns, keys) -> bool:
+    """Look position ``i`` up in memory again (another thread may have computed it while this
+    one waited); True when it is still missing."""
+    out[i] = _MEMORY.get((ns, keys[i]))
+    return out[i] is None
+
+
+_NS_LOCKS: dict[str, threading.Lock] = {}
+_NS_LOCKS_GUARD = threading.Lock()
+
+
+def _namespace_lock(ns: str) -> threading.Lock:
+    with _NS_LOCKS_GUARD:
+        return _NS_LOCKS.setdefault(ns, threading.Lock())
+
+
+class _Claims:
+    """Which process computes which entries of a shared disk store.
+
+    A claim is a file ``<key>.claim`` beside the entry's ``.npy``, created atomically
+    (``O_CREAT | O_EXCL``, which works on local and network file systems) before the entry
+    is computed and removed after it is stored. A claim whose holder stopped updating it for
+    ``stale`` seconds (the holder died) is taken over; holders claim at most ``chunk``
+    entries at a time (minutes of work at most), so a live claim does not go stale.
+    """
+
+    stale = 600.0
+    chunk = 64
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.claim"
+
+    def claim(self, keys: list[str], limit: int | None = None) -> set[str]:
+        """Claim up to ``limit`` keys that nobody holds (or whose holder went stale)."""
+        import time
+
+        mine = set()
+        for key in keys:
+            if limit is not None and len(mine) >= limit:
+                break
+            path = self._path(key)
+            path.parent.mkdir(exist_ok=True)
+            for _ in range(2):
+                try:
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                    mine.add(key)
+                    break
+                except FileExistsError:
+                    try:
+                        age = time.time() - path.stat().st_mtime
+                    except FileNotFoundError:  # released meanwhile: try again
+                        continue
+                    if age < self.stale:
+                        break
+                    path.unlink(missing_ok=True)  # a dead holder's claim
+        return mine
+
+    def release(self, keys) -> None:
+        for key in keys:
+            self._path(key).unlink(missing_ok=True)
+
+    def wait(self, keys: list[str], store: FeatureStore) -> None:
+        """Until every key is on disk or no longer claimed (its holder failed or released
+        it without storing: the caller then claims it itself)."""
+        import time
+
+        delay = 0.01
+        pending = list(keys)
+        while pending:
+            pending = [k for k in pending
+                       if not store._path(k).exists() and self._path(k).exists()]
+            if pending:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)

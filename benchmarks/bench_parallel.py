@@ -1,0 +1,162 @@
+"""Many fits at once: one grid search run sequentially, with ``n_jobs=2`` (loky), on a Dask
+``LocalCluster`` of 2 workers, and sequentially beside a busy neighbour process.
+
+The grid: ``GridSearchCV(PretrainedCNNClassifier(max_epochs=2), {"n_trainable_layers":
+[0, 4, 16]}, cv=StratifiedKFold(3), scoring="roc_auc")`` on 300 kermany224 training images,
+defaults otherwise. Every configuration runs in its own fresh process, each with its own
+empty ``memory=`` directory (the shared disk cache the workers use), in one run of this script:
+
+* sequential: ``n_jobs=1``, the process alone on the machine;
+* ``n_jobs=2``: joblib's default (loky) backend, 2 worker processes;
+* Dask: ``joblib.parallel_config("dask")`` over ``distributed.LocalCluster(n_workers=2,
+  threads_per_worker=1)`` (cluster start-up not counted, reported apart);
+* beside a neighbour: sequential, while another process of the same priority runs 2-thread
+  torch matrix products the whole time (a colleague's training job).
+
+Columns: wall seconds of ``search.fit``, ratio to sequential, best mean ROC AUC, frozen-prefix
+computations (images whose prefix was computed, summed over all processes; each image has 3
+cut points, so 900 is the least possible) and the peak RSS summed over all processes.
+
+    python benchmarks/bench_parallel.py            # the grid above
+    python benchmarks/bench_parallel.py --quick    # 150 images, c in {0, 4}
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from _harness import DATA, kermany, peak_rss_mb, run_in_process
+
+
+def probe_scorer(est, X, y):
+    """A scorer that reports the process it ran in: pid, prefix computations so far and peak
+    RSS, packed into one float so that they travel back in ``cv_results_``."""
+    import resource
+
+    from skcxr.cache import cache_info
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return os.getpid() * 1e9 + cache_info()["computed"] * 1e4 + min(rss, 9999)
+
+
+def _grid(mode, X, y, grid, folds, epochs, queue):
+    import sys
+
+    import cloudpickle  # what loky and Dask serialise functions with
+    import joblib
+    from sklearn.metrics import get_scorer
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    from skcxr import PretrainedCNNClassifier
+
+    # this script is not importable in the workers: ship its functions by value
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    auc = get_scorer("roc_auc")
+
+    with tempfile.TemporaryDirectory() as memory:
+        est = PretrainedCNNClassifier(max_epochs=epochs, memory=memory, random_state=0)
+        search = GridSearchCV(est, grid, cv=StratifiedKFold(folds, shuffle=True, random_state=0),
+                              scoring={"auc": auc, "probe": probe_scorer}, refit=False,
+                              error_score="raise", n_jobs=2 if mode == "n_jobs=2" else None)
+        startup = 0.0
+        if mode == "dask":
+            from distributed import Client, LocalCluster
+
+            t0 = time.perf_counter()
+            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True)
+            client = Client(cluster)
+            client.run(lambda: __import__("skcxr"))  # workers import torch before the clock
+            startup = time.perf_counter() - t0
+            with joblib.parallel_config("dask"):
+                start = time.perf_counter()
+                search.fit(X, y)
+                elapsed = time.perf_counter() - start
+            client.close()
+            cluster.close()
+        else:
+            start = time.perf_counter()
+            search.fit(X, y)
+            elapsed = time.perf_counter() - start
+    res = search.cv_results_
+    per_pid: dict = {}
+    for key in res:
+        if key.startswith("split") and key.endswith("test_probe"):
+            for v in res[key]:
+                v = int(v)
+                pid, computed, rss = v // 10**9, (v % 10**9) // 10**4, v % 10**4
+                old = per_pid.get(pid, (0, 0))
+                per_pid[pid] = (max(old[0], computed), max(old[1], rss))
+    rss = sum(r for _, r in per_pid.values())
+    if os.getpid() not in per_pid:
+        rss += peak_rss_mb()
+    queue.put({"seconds": elapsed, "startup": startup,
+               "best_auc": float(res["mean_test_auc"].max()),
+               "computed": sum(c for c, _ in per_pid.values()), "rss": rss,
+               "processes": len(per_pid)})
+
+
+def _neighbour(stop):
+    """A colleague's job: 2-thread torch matrix products, same priority, until told to stop."""
+    import torch
+
+    torch.set_num_threads(2)
+    a = torch.randn(1024, 1024)
+    while not stop.is_set():
+        a = torch.tanh(a @ a)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="150 images, c in {0, 4}")
+    parser.add_argument("--data", type=Path, default=DATA,
+                        help="the shared data folder (with kermany224/)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--modes", default="sequential,n_jobs=2,dask,neighbour")
+    args = parser.parse_args()
+    n, grid = (150, {"n_trainable_layers": [0, 4]}) if args.quick else \
+        (300, {"n_trainable_layers": [0, 4, 16]})
+    folds = 3
+    X, y = kermany(args.data, "train", n=n, seed=0)
+    print(f"GridSearchCV {grid}, {folds}-fold, {n} kermany224 images, {args.epochs} epochs, "
+          f"defaults otherwise; {os.cpu_count()} CPUs\n")
+    results = {}
+    for mode in args.modes.split(","):
+        if mode == "neighbour":
+            ctx = mp.get_context("spawn")
+            stop = ctx.Event()
+            proc = ctx.Process(target=_neighbour, args=(stop,))
+            # the neighbour runs with OpenMP's defaults, whatever this shell exports
+            saved = {k: os.environ.pop(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+                     if k in os.environ}
+            proc.start()
+            os.environ.update(saved)
+            time.sleep(3)  # let it reach its steady state
+            try:
+                results[mode] = run_in_process(_grid, "sequential", X, y, grid, folds,
+                                               args.epochs)
+            finally:
+                stop.set()
+                proc.join()
+        else:
+            results[mode] = run_in_process(_grid, mode, X, y, grid, folds, args.epochs)
+    labels = {"sequential": "sequential (n_jobs=1), alone",
+              "n_jobs=2": "n_jobs=2 (loky, 2 processes)",
+              "dask": "Dask LocalCluster, 2 workers x 1 thread",
+              "neighbour": "sequential beside a busy 2-thread neighbour"}
+    base = results.get("sequential")
+    print(f"{'':<46}{'wall s':>8}{'vs seq':>8}{'best AUC':>10}{'prefix':>8}{'RSS MB':>8}")
+    for mode, r in results.items():
+        ratio = f"{r['seconds'] / base['seconds']:.2f}x" if base else "-"
+        print(f"{labels[mode]:<46}{r['seconds']:>8.1f}{ratio:>8}{r['best_auc']:>10.4f}"
+              f"{r['computed']:>8}{r['rss']:>8.0f}")
+    if "dask" in results:
+        print(f"\n(Dask cluster start-up, not counted above: {results['dask']['startup']:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

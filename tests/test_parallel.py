@@ -1,0 +1,253 @@
+"""Many fits at once: threads sharing one fitted estimator, thread limits, processes sharing
+one disk cache, Dask workers and the GPU of each worker."""
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+from skcxr import FeatureExtractorTransformer, ImageReadError, PretrainedCNNClassifier
+from skcxr.cache import cache_info
+
+ENGINES = ["torch", pytest.param("openvino", marks=pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("openvino") is None, reason="no openvino"))]
+
+
+def _concurrently(fn, args, threads=4):
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(fn, args))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_concurrent_transform_equals_sequential(data, tiny_fe, engine):
+    X, _ = data
+    # cache=False: every call computes, so the threads really run the network at once
+    fe = FeatureExtractorTransformer(**{**tiny_fe, "engine": engine}, cache=False).fit(X[:2])
+    chunks = [X[i::6] for i in range(6)] * 2  # 12 calls, each on other images
+    expected = [fe.transform(c) for c in chunks]
+    got = _concurrently(fe.transform, chunks)
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_concurrent_transform_with_the_cache_computes_each_image_once(data, tiny_fe):
+    X, _ = data
+    fe = FeatureExtractorTransformer(**tiny_fe).fit(X[:2])
+    got = _concurrently(fe.transform, [X] * 4)
+    assert cache_info()["computed"] == len(X)  # not 4x: the threads took turns
+    for g in got[1:]:
+        np.testing.assert_array_equal(g, got[0])
+
+
+@pytest.fixture(scope="module")
+def fitted(data, tiny_clf):
+    X, y = data
+    return PretrainedCNNClassifier(**{**tiny_clf, "n_trainable_layers": 2}).fit(X, y)
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "decision_function"])
+def test_concurrent_predict_equals_sequential(fitted, data, method):
+    X, _ = data
+    chunks = [X[i::5] for i in range(5)] * 2
+    fn = getattr(fitted, method)
+    expected = [fn(c) for c in chunks]
+    for e, g in zip(expected, _concurrently(fn, chunks)):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_concurrent_gradcam_equals_sequential(fitted, data):
+    pytest.importorskip("pytorch_grad_cam")
+    from skcxr.explain import gradcam
+
+    X, _ = data
+    chunks = [X[i:i + 2] for i in range(0, 8, 2)]
+    expected = [gradcam(fitted, c) for c in chunks]
+    for e, g in zip(expected, _concurrently(lambda c: gradcam(fitted, c), chunks)):
+        np.testing.assert_allclose(g, e, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- thread limits
+
+
+def test_threadpool_limits_sizes_torch_and_openvino_and_is_restored(data, tiny_fe):
+    pytest.importorskip("openvino")
+    from threadpoolctl import threadpool_limits
+
+    from skcxr import _openvino
+    from skcxr._threads import thread_budget
+
+    X, _ = data
+    before = torch.get_num_threads()
+    fe = FeatureExtractorTransformer(**{**tiny_fe, "engine": "openvino"}, cache=False).fit(X[:2])
+    _openvino._COMPILED.clear()
+    with threadpool_limits(1):  # what scikit-learn users write to limit native threads
+        assert thread_budget() == 1
+        fe.transform(X[:8])
+        assert torch.get_num_threads() == 1  # the user's limit, left as it was
+    assert torch.get_num_threads() == before
+    (compiled,) = _openvino._COMPILED.values()
+    assert compiled.threads == 1
+    assert compiled.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    # inside run_pipelined torch drops to 1 thread; afterwards the caller's count is back
+    fe.transform(X[:8])
+    assert torch.get_num_threads() == before
+
+
+def test_torch_threads_is_restored_by_the_last_of_concurrent_holders():
+    from skcxr._threads import thread_budget, torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+        assert thread_budget() == min(before, os.cpu_count())  # the caller's, not ours
+        with torch_threads(1):
+            pass
+        assert torch.get_num_threads() == 1  # an inner holder leaving restores nothing
+    assert torch.get_num_threads() == before
+
+
+def test_import_makes_waiting_omp_threads_passive_and_restores_the_environment():
+    """libgomp reads its wait policy once, when torch loads it: skcxr sets it for that moment
+    only (OMP_DISPLAY_ENV makes libgomp print what it read)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = "import skcxr, os; print('left:', os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_DISPLAY_ENV": "VERBOSE"},
+                         capture_output=True, text=True, check=True)
+    # torch's OpenMP runtime loads first: no spinning (libgomp's default is 300000 spins)
+    assert [line for line in out.stderr.splitlines() if "GOMP_SPINCOUNT" in line][0] \
+        == "  GOMP_SPINCOUNT = '0'"
+    assert "left: None" in out.stdout  # child processes see the user's environment
+    # a policy the user chose is theirs
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "OMP_DISPLAY_ENV": "VERBOSE", "OMP_WAIT_POLICY": "ACTIVE"})
+    assert "OMP_WAIT_POLICY = 'ACTIVE'" in out.stderr and "left: ACTIVE" in out.stdout
+
+
+# --------------------------------------------------------------------------- shared disk cache
+
+
+def test_claims_split_work_and_survive_a_dead_holder(tmp_path):
+    from skcxr.cache import FeatureStore, _Claims
+
+    store = FeatureStore(tmp_path, {"kind": "test"})
+    a, b = _Claims(store.dir), _Claims(store.dir)
+    keys = [f"{i:04x}" * 8 for i in range(6)]
+    mine = a.claim(keys, limit=4)
+    assert len(mine) == 4 and b.claim(keys) == set(keys) - mine  # b takes the rest only
+    # b waits for a's entries: released after storing, they land on disk
+    store.put_many(sorted(mine), [np.zeros(2)] * 4)
+    a.release(mine)
+    t0 = time.perf_counter()
+    b.wait(sorted(mine), store)
+    assert time.perf_counter() - t0 < 1
+    # a holder that died leaves its claim: stale ones are taken over
+    (key,) = a.claim([f"{9:04x}" * 8])
+    assert b.claim([key]) == set()
+    old = time.time() - _Claims.stale - 1
+    os.utime(a._path(key), (old, old))
+    assert b.claim([key]) == {key}
+
+
+# --------------------------------------------------------------------------- Dask
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def _grid(tiny_clf, memory, n_jobs=None):
+    clf = PretrainedCNNClassifier(**{**tiny_clf, "max_epochs": 1}, memory=memory)
+    return GridSearchCV(clf, {"n_trainable_layers": [0, 2]}, scoring="roc_auc", refit=False,
+                        cv=StratifiedKFold(3, shuffle=True, random_state=0),
+                        error_score="raise", n_jobs=n_jobs)
+
+
+def test_grid_search_on_dask_workers(dask_client, data, tiny_clf, tmp_path):
+    import cloudpickle
+    import joblib
+    from threadpoolctl import threadpool_limits
+
+    X, y = data
+    with threadpool_limits(1):  # the workers' 1 thread each: same float sums, same scores
+        sequential = _grid(tiny_clf, tmp_path / "seq").fit(X, y).cv_results_
+    dask_client.run(__import__("skcxr.cache").cache.clear_cache)
+    search = _grid(tiny_clf, tmp_path / "shared")
+    # what travels to the workers: the unfitted estimator and paths, not pixels
+    assert len(cloudpickle.dumps((search.estimator, X, y))) < 20_000
+    with joblib.parallel_config("dask"):
+        search.fit(X, y)
+    np.testing.assert_array_equal(search.cv_results_["mean_test_score"],
+                                  sequential["mean_test_score"])
+    np.testing.assert_array_equal(search.cv_results_["split0_test_score"],
+                                  sequential["split0_test_score"])
+    # each image's prefix computed once across both workers: 60 images x 2 cut points
+    per_worker = dask_client.run(lambda: __import__("skcxr.cache").cache.cache_info())
+    assert len(per_worker) == 2
+    assert sum(info["computed"] for info in per_worker.values()) == 2 * len(X)
+    # OpenVINO compiled blobs were shared too (when the auto engine picks OpenVINO)
+
+
+def test_dask_worker_failure_surfaces_as_the_original_error(dask_client, undecodable,
+                                                            tiny_clf, tmp_path):
+    import joblib
+
+    X, y = undecodable
+    with joblib.parallel_config("dask"), pytest.raises(ImageReadError, match="img"):
+        _grid(tiny_clf, tmp_path).fit(X, y)
+
+
+def test_grid_search_with_n_jobs_shares_the_disk_cache(data, tiny_clf, tmp_path):
+    X, y = data
+    search = _grid(tiny_clf, tmp_path, n_jobs=2).fit(X, y)
+    sequential = _grid(tiny_clf, tmp_path / "seq").fit(X, y)
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"],
+                               sequential.cv_results_["mean_test_score"], atol=0.02)
+    entries = list((tmp_path / "skcxr-features").glob("*/*/*.npy"))
+    assert len(entries) == 2 * len(X)  # one per image and cut point
+    assert not list(tmp_path.glob("skcxr-features/*/*/*.claim"))  # all released
+
+
+# --------------------------------------------------------------------------- GPUs
+
+
+def test_device_auto_gives_each_worker_process_its_own_gpu(tmp_path):
+    """Four worker processes on a (faked) 3-GPU machine: three GPUs leased, one shared."""
+    code = ("import sys, torch; torch.cuda.is_available = lambda: True; "
+            "torch.cuda.device_count = lambda: 3; from skcxr import _runtime; "
+            "print(_runtime.resolve_device('auto'), flush=True); sys.stdin.read()")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "5,6,7", "TMPDIR": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env) for _ in range(4)]
+    try:
+        got = [p.stdout.readline().strip() for p in procs]
+    finally:
+        for p in procs:
+            p.communicate("")
+    # each GPU leased once; the fourth worker shares one (more workers than GPUs)
+    assert set(got) == {"cuda:0", "cuda:1", "cuda:2"} and len(got) == 4
+    assert sorted(f.name for f in (tmp_path / f"skcxr-gpu-{os.getuid()}").iterdir()) == \
+        ["5.lock", "6.lock", "7.lock"]  # leased by physical id
+
+
+def test_device_auto_with_one_visible_gpu_and_explicit_devices(monkeypatch, tmp_path):
+    from skcxr import _runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _runtime.resolve_device("auto") == torch.device("cuda", 0)  # CUDA_VISIBLE_DEVICES
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert _runtime.resolve_device("cuda:3") == torch.device("cuda", 3)  # asked: no lease
+    assert "index" not in _runtime._GPU_LEASE
