@@ -64,11 +64,15 @@ def _grid(mode, X, y, grid, folds, epochs, queue):
                               scoring={"auc": auc, "probe": probe_scorer}, refit=False,
                               error_score="raise", n_jobs=2 if mode == "n_jobs=2" else None)
         startup = 0.0
-        if mode == "dask":
+        if mode == "calibrate":
+            queue.put(_calibrate(search, X, y))
+            return
+        if mode.startswith("dask"):
             from distributed import Client, LocalCluster
 
             t0 = time.perf_counter()
-            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True)
+            cluster = LocalCluster(n_workers=int(mode[4:] or 2), threads_per_worker=1,
+                                   processes=True, dashboard_address=None)
             client = Client(cluster)
             client.run(lambda: __import__("skcxr"))  # workers import torch before the clock
             startup = time.perf_counter() - t0
@@ -100,6 +104,50 @@ def _grid(mode, X, y, grid, folds, epochs, queue):
                "processes": len(per_pid)})
 
 
+def _calibrate(search, X, y):
+    """The cost model's inputs, on one thread (what one worker of the Dask runs has): the
+    grid cold (prefixes computed), then warm (prefixes read from ``memory=``)."""
+    from threadpoolctl import threadpool_limits
+
+    from skcxr.cache import cache_info, clear_cache
+
+    with threadpool_limits(1):
+        start = time.perf_counter()
+        search.fit(X, y)
+        cold = time.perf_counter() - start
+        computed = cache_info()["computed"]
+        clear_cache()  # the in-process copies go; the disk store stays
+        start = time.perf_counter()
+        search.fit(X, y)
+        warm = time.perf_counter() - start
+    res = search.cv_results_
+    n_splits = search.n_splits_
+    # one task = one fit + its scoring; with every prefix on disk it is the suffix's cost
+    tasks = [float(f + s) for f, s in zip(res["mean_fit_time"], res["mean_score_time"])
+             for _ in range(n_splits)]
+    return {"cold": cold, "warm": warm, "computed": computed,
+            "prefix_s": (cold - warm) / computed, "tasks": tasks}
+
+
+def predict_wall(model: dict, n_workers: int, n_prefix: int | None = None,
+                 tasks: list | None = None) -> float:
+    """Predicted wall time of a grid on ``n_workers`` one-thread workers sharing ``memory=``.
+
+    Each image's prefix at each cut is computed once, split across the workers (claims), and
+    the fits are scheduled longest first on whichever worker is free (what joblib's and
+    Dask's schedulers approximate):
+
+        T(N) = n_prefix * prefix_s / N + makespan(task costs over N workers)
+    """
+    import heapq
+
+    n_prefix = model["computed"] if n_prefix is None else n_prefix
+    workers = [0.0] * n_workers
+    for t in sorted(model["tasks"] if tasks is None else tasks, reverse=True):
+        heapq.heapreplace(workers, workers[0] + t)
+    return n_prefix * model["prefix_s"] / n_workers + max(workers)
+
+
 def _neighbour(stop):
     """A colleague's job: 2-thread torch matrix products, same priority, until told to stop."""
     import torch
@@ -116,7 +164,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA,
                         help="the shared data folder (with kermany224/)")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--modes", default="sequential,n_jobs=2,dask,neighbour")
+    parser.add_argument("--modes",
+                        default="sequential,n_jobs=2,dask1,dask,neighbour,calibrate")
     args = parser.parse_args()
     n, grid = (150, {"n_trainable_layers": [0, 4]}) if args.quick else \
         (300, {"n_trainable_layers": [0, 4, 16]})
@@ -146,16 +195,29 @@ def main() -> None:
             results[mode] = run_in_process(_grid, mode, X, y, grid, folds, args.epochs)
     labels = {"sequential": "sequential (n_jobs=1), alone",
               "n_jobs=2": "n_jobs=2 (loky, 2 processes)",
+              "dask1": "Dask LocalCluster, 1 worker x 1 thread",
               "dask": "Dask LocalCluster, 2 workers x 1 thread",
               "neighbour": "sequential beside a busy 2-thread neighbour"}
+    model = results.pop("calibrate", None)
     base = results.get("sequential")
-    print(f"{'':<46}{'wall s':>8}{'vs seq':>8}{'best AUC':>10}{'prefix':>8}{'RSS MB':>8}")
+    print(f"{'':<46}{'wall s':>8}{'vs seq':>8}{'best AUC':>10}{'prefix':>8}{'RSS MB':>8}"
+          f"{'model s':>9}")
     for mode, r in results.items():
         ratio = f"{r['seconds'] / base['seconds']:.2f}x" if base else "-"
+        predicted = "-"
+        if model and mode.startswith("dask"):
+            predicted = f"{predict_wall(model, int(mode[4:] or 2)):.1f}"
         print(f"{labels[mode]:<46}{r['seconds']:>8.1f}{ratio:>8}{r['best_auc']:>10.4f}"
-              f"{r['computed']:>8}{r['rss']:>8.0f}")
-    if "dask" in results:
-        print(f"\n(Dask cluster start-up, not counted above: {results['dask']['startup']:.1f} s)")
+              f"{r['computed']:>8}{r['rss']:>8.0f}{predicted:>9}")
+    for mode in ("dask1", "dask"):
+        if mode in results:
+            print(f"({labels[mode]}: cluster start-up, not counted above: "
+                  f"{results[mode]['startup']:.1f} s)")
+    if model:
+        per_task = sorted(set(round(t, 2) for t in model["tasks"]))
+        print(f"\nCost model, calibrated on one thread: grid cold {model['cold']:.1f} s, warm "
+              f"{model['warm']:.1f} s -> {1000 * model['prefix_s']:.1f} ms per image and cut "
+              f"point (frozen prefix), {per_task} s per fit + scoring (one per candidate)")
 
 
 if __name__ == "__main__":

@@ -219,7 +219,9 @@ cache : bool, default=True
     "memory": """\
 memory : str, path, joblib.Memory or None, default=None
     A directory for an on-disk copy of the cache (with ``cache=True``), shared by joblib
-    worker processes (``GridSearchCV(n_jobs=...)``) and later sessions.""",
+    worker processes (``GridSearchCV(n_jobs=...)``), Dask workers that can all reach it
+    and later sessions: each image's entry is computed once across all of them (see
+    ``docs/scaling.md``). Compiled OpenVINO models are cached there too.""",
     "random_state": """\
 random_state : int, RandomState instance or None, default=None
     Seeds everything random: ``weights=None`` initialisation and, for the classifier,

@@ -323,8 +323,10 @@ def cached_rows(namespace: dict, keys: list[str], compute, *, location: Path | N
             # a chunk at a time, so that processes asking for the same entries split them
             mine = claims.claim([keys[i] for i in missing], limit=_Claims.chunk)
             try:
-                if mine:
-                    compute_and_store([i for i in missing if keys[i] in mine])
+                # another process may have stored one between our look and our claim
+                todo = from_disk([i for i in missing if keys[i] in mine]) if mine else []
+                if todo:
+                    compute_and_store(todo)
             finally:
                 claims.release(mine)
             missing = [i for i in missing if keys[i] not in mine]

@@ -70,6 +70,7 @@ def test_cache_is_skipped_where_it_would_not_be_exact(data, tiny3):
 
 
 def _fit_in_worker(params, X, y, location):
+    clear_cache()  # loky reuses its workers across tests: count this fit only
     PretrainedCNNClassifier(**params, n_trainable_layers=2, memory=location).fit(X, y)
     return cache_info()["computed"]
 
