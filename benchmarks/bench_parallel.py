@@ -104,6 +104,43 @@ def _grid(mode, X, y, grid, folds, epochs, queue):
                "processes": len(per_pid)})
 
 
+def _timed_fit(X, y, epochs, memory, barrier, queue):
+    """One c=4 fit on one thread with its prefixes on disk: warm up once, wait for the other
+    processes of the measurement (``barrier``), then time the fit."""
+    from threadpoolctl import threadpool_limits
+
+    from skcxr import PretrainedCNNClassifier
+    from skcxr.cache import clear_cache
+
+    with threadpool_limits(1):
+        clf = PretrainedCNNClassifier(max_epochs=epochs, n_trainable_layers=4, memory=memory,
+                                      random_state=0)
+        clf.fit(X, y)
+        clear_cache()
+        barrier.wait()
+        start = time.perf_counter()
+        clf.fit(X, y)
+        queue.put(time.perf_counter() - start)
+
+
+def contention(X, y, epochs, n=2) -> float:
+    """How much slower one fit runs while ``n - 1`` others run beside it (shared caches,
+    memory bandwidth, the host's other tenants; 1.0 would be perfect scaling)."""
+    ctx = mp.get_context("spawn")
+    times = {}
+    with tempfile.TemporaryDirectory() as memory:
+        for k in (1, n):
+            queue, barrier = ctx.Queue(), ctx.Barrier(k)
+            procs = [ctx.Process(target=_timed_fit, args=(X, y, epochs, memory, barrier, queue))
+                     for _ in range(k)]
+            for p in procs:
+                p.start()
+            times[k] = sum(queue.get(timeout=600) for _ in procs) / k
+            for p in procs:
+                p.join()
+    return times[n] / times[1]
+
+
 def _calibrate(search, X, y):
     """The cost model's inputs, on one thread (what one worker of the Dask runs has): the
     grid cold (prefixes computed), then warm (prefixes read from ``memory=``)."""
@@ -122,7 +159,8 @@ def _calibrate(search, X, y):
         warm = time.perf_counter() - start
     res = search.cv_results_
     n_splits = search.n_splits_
-    # one task = one fit + its scoring; with every prefix on disk it is the suffix's cost
+    # one task = one fit + its scoring; with every prefix on disk it is the suffix's cost.
+    # Listed in the order GridSearchCV dispatches them (candidate by candidate, folds inner)
     tasks = [float(f + s) for f, s in zip(res["mean_fit_time"], res["mean_score_time"])
              for _ in range(n_splits)]
     return {"cold": cold, "warm": warm, "computed": computed,
@@ -133,19 +171,23 @@ def predict_wall(model: dict, n_workers: int, n_prefix: int | None = None,
                  tasks: list | None = None) -> float:
     """Predicted wall time of a grid on ``n_workers`` one-thread workers sharing ``memory=``.
 
-    Each image's prefix at each cut is computed once, split across the workers (claims), and
-    the fits are scheduled longest first on whichever worker is free (what joblib's and
-    Dask's schedulers approximate):
+    Each image's prefix at each cut point is computed once, split across the workers
+    (claims); the fits go, in the order GridSearchCV lists them, to whichever worker is
+    free first (what joblib's and Dask's schedulers do); with several workers busy at once
+    every task runs ``contention`` times slower than alone:
 
-        T(N) = n_prefix * prefix_s / N + makespan(task costs over N workers)
+        T(N) = k_N * (n_prefix * prefix_s / N + list-schedule(task costs, N workers))
+
+    with k_1 = 1 and k_N = the measured contention for N > 1.
     """
     import heapq
 
     n_prefix = model["computed"] if n_prefix is None else n_prefix
+    k = 1.0 if n_workers == 1 else model["contention"]
     workers = [0.0] * n_workers
-    for t in sorted(model["tasks"] if tasks is None else tasks, reverse=True):
+    for t in model["tasks"] if tasks is None else tasks:
         heapq.heapreplace(workers, workers[0] + t)
-    return n_prefix * model["prefix_s"] / n_workers + max(workers)
+    return k * (n_prefix * model["prefix_s"] / n_workers + max(workers))
 
 
 def _neighbour(stop):
@@ -171,6 +213,8 @@ def main() -> None:
         (300, {"n_trainable_layers": [0, 4, 16]})
     folds = 3
     X, y = kermany(args.data, "train", n=n, seed=0)
+    for path in X:  # the files in the page cache first: every row reads them warm
+        Path(path).read_bytes()
     print(f"GridSearchCV {grid}, {folds}-fold, {n} kermany224 images, {args.epochs} epochs, "
           f"defaults otherwise; {os.cpu_count()} CPUs\n")
     results = {}
@@ -199,6 +243,8 @@ def main() -> None:
               "dask": "Dask LocalCluster, 2 workers x 1 thread",
               "neighbour": "sequential beside a busy 2-thread neighbour"}
     model = results.pop("calibrate", None)
+    if model:
+        model["contention"] = contention(X, y, args.epochs)
     base = results.get("sequential")
     print(f"{'':<46}{'wall s':>8}{'vs seq':>8}{'best AUC':>10}{'prefix':>8}{'RSS MB':>8}"
           f"{'model s':>9}")
@@ -217,7 +263,8 @@ def main() -> None:
         per_task = sorted(set(round(t, 2) for t in model["tasks"]))
         print(f"\nCost model, calibrated on one thread: grid cold {model['cold']:.1f} s, warm "
               f"{model['warm']:.1f} s -> {1000 * model['prefix_s']:.1f} ms per image and cut "
-              f"point (frozen prefix), {per_task} s per fit + scoring (one per candidate)")
+              f"point (frozen prefix), {per_task} s per fit + scoring (one per candidate); "
+              f"a fit runs {model['contention']:.2f}x slower while another runs beside it")
 
 
 if __name__ == "__main__":
