@@ -103,13 +103,13 @@ def resolve_device(device) -> torch.device:
 _GPU_LEASE: dict = {}
 
 
-def process_gpu(lock_dir=None) -> torch.device:
+def process_gpu() -> torch.device:
     """The GPU of this process: one worker process per GPU.
 
     With one visible GPU (``CUDA_VISIBLE_DEVICES`` set per worker, as dask-cuda's
     ``LocalCUDACluster`` and SLURM's ``--gpus-per-task`` do), that one. With several, the
     process leases the first GPU no other process on this machine holds, for its lifetime
-    (an ``flock`` on ``<tmp>/skcxr-gpu-<uid>/<bus id or index>.lock``, released by the OS
+    (an ``flock`` on ``<tmp>/skcxr-gpu-<uid>/<device id>.lock``, released by the OS
     when the process exits), so that joblib or Dask workers that all see every GPU spread
     over them instead of all fitting on GPU 0. When every GPU is held, processes share them
     round-robin by pid. ``device="cuda:N"`` asks for a GPU explicitly and takes no lease.
@@ -118,16 +118,16 @@ def process_gpu(lock_dir=None) -> torch.device:
     if n <= 1:
         return torch.device("cuda", 0)
     if "index" not in _GPU_LEASE:
-        _GPU_LEASE["index"] = _lease_gpu(n, lock_dir)
+        _GPU_LEASE["index"] = _lease_gpu(n)
     return torch.device("cuda", _GPU_LEASE["index"])
 
 
-def _lease_gpu(n: int, lock_dir=None) -> int:
+def _lease_gpu(n: int) -> int:
     import fcntl
     import tempfile
     from pathlib import Path
 
-    root = Path(lock_dir or Path(tempfile.gettempdir()) / f"skcxr-gpu-{os.getuid()}")
+    root = Path(tempfile.gettempdir()) / f"skcxr-gpu-{os.getuid()}"
     root.mkdir(parents=True, exist_ok=True)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     names = [v.strip() for v in visible.split(",")] if visible else [str(i) for i in range(n)]

@@ -31,6 +31,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -312,13 +313,16 @@ def cached_rows(namespace: dict, keys: list[str], compute, *, location: Path | N
             store.put_many([keys[i] for i in positions], [_to_numpy(out[i]) for i in positions])
 
     with _namespace_lock(ns):
-        missing = [i for i in missing if _fill(out, i, ns, keys)]
-        if store is not None and missing:
-            missing = from_disk(missing)
-        if missing and store is None:
-            compute_and_store(missing)
+        for i in missing:  # another thread may have computed some while this one waited
+            out[i] = _MEMORY.get((ns, keys[i]))
+        missing = [i for i in missing if out[i] is None]
+        if store is None:
+            if missing:
+                compute_and_store(missing)
             return out
-        claims = _Claims(store.dir) if missing else None
+        if missing:
+            missing = from_disk(missing)
+        claims = _Claims(store) if missing else None
         while missing:
             # a chunk at a time, so that processes asking for the same entries split them
             mine = claims.claim([keys[i] for i in missing], limit=_Claims.chunk)
@@ -331,16 +335,9 @@ def cached_rows(namespace: dict, keys: list[str], compute, *, location: Path | N
                 claims.release(mine)
             missing = [i for i in missing if keys[i] not in mine]
             if missing:  # claimed by another process: wait for its entries to land
-                claims.wait([keys[i] for i in missing], store)
+                claims.wait([keys[i] for i in missing])
                 missing = from_disk(missing)
     return out
-
-
-def _fill(out, i, ns, keys) -> bool:
-    """Look position ``i`` up in memory again (another thread may have computed it while this
-    one waited); True when it is still missing."""
-    out[i] = _MEMORY.get((ns, keys[i]))
-    return out[i] is None
 
 
 _NS_LOCKS: dict[str, threading.Lock] = {}
@@ -365,17 +362,15 @@ class _Claims:
     stale = 600.0
     chunk = 64
 
-    def __init__(self, directory: Path):
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, store: FeatureStore):
+        self.store = store
+        store.dir.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        return self.dir / key[:2] / f"{key}.claim"
+        return self.store._path(key).with_suffix(".claim")
 
     def claim(self, keys: list[str], limit: int | None = None) -> set[str]:
         """Claim up to ``limit`` keys that nobody holds (or whose holder went stale)."""
-        import time
-
         mine = set()
         for key in keys:
             if limit is not None and len(mine) >= limit:
@@ -401,16 +396,14 @@ class _Claims:
         for key in keys:
             self._path(key).unlink(missing_ok=True)
 
-    def wait(self, keys: list[str], store: FeatureStore) -> None:
+    def wait(self, keys: list[str]) -> None:
         """Until every key is on disk or no longer claimed (its holder failed or released
         it without storing: the caller then claims it itself)."""
-        import time
-
         delay = 0.01
         pending = list(keys)
         while pending:
             pending = [k for k in pending
-                       if not store._path(k).exists() and self._path(k).exists()]
+                       if not self.store._path(k).exists() and self._path(k).exists()]
             if pending:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)

@@ -136,7 +136,7 @@ def test_claims_split_work_and_survive_a_dead_holder(tmp_path):
     from skcxr.cache import FeatureStore, _Claims
 
     store = FeatureStore(tmp_path, {"kind": "test"})
-    a, b = _Claims(store.dir), _Claims(store.dir)
+    a, b = _Claims(store), _Claims(store)
     keys = [f"{i:04x}" * 8 for i in range(6)]
     mine = a.claim(keys, limit=4)
     assert len(mine) == 4 and b.claim(keys) == set(keys) - mine  # b takes the rest only
@@ -144,7 +144,7 @@ def test_claims_split_work_and_survive_a_dead_holder(tmp_path):
     store.put_many(sorted(mine), [np.zeros(2)] * 4)
     a.release(mine)
     t0 = time.perf_counter()
-    b.wait(sorted(mine), store)
+    b.wait(sorted(mine))
     assert time.perf_counter() - t0 < 1
     # a holder that died leaves its claim: stale ones are taken over
     (key,) = a.claim([f"{9:04x}" * 8])
