@@ -15,7 +15,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from ._threads import available_cores, torch_threads
+from ._threads import available_cores, caller_threads
 
 
 def available() -> bool:
@@ -142,7 +142,7 @@ def run_pipelined(items, n: int, bar=None) -> np.ndarray:
     start = 0
     # OpenVINO's streams own the cores; the caller's side (decode, collate) stays on one
     # torch thread instead of a pool that would fight them for every core
-    with torch_threads(1):
+    with caller_threads(1):
         try:
             for compiled, batch in items:
                 if id(compiled) not in queues:

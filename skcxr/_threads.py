@@ -24,9 +24,9 @@ so child processes and other libraries see the user's environment unchanged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
-import threading
 
 
 def passive_wait_on_import() -> None:
@@ -43,10 +43,6 @@ def passive_wait_on_import() -> None:
         del os.environ["OMP_WAIT_POLICY"]
 
 
-_LOCK = threading.Lock()
-_HELD = {"depth": 0, "saved": None}
-
-
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity, e.g. a cgroup/SLURM allocation)."""
     try:
@@ -56,35 +52,31 @@ def available_cores() -> int:
 
 
 def thread_budget() -> int:
-    """The threads one skcxr call may use: torch's intra-op thread count, at most the cores
-    this process may run on (see the module docstring for what sets it)."""
+    """The threads one skcxr call may use: torch's intra-op thread count in the calling
+    thread, at most the cores this process may run on (see the module docstring for what
+    sets it)."""
     import torch
 
-    with _LOCK:  # while torch_threads() holds torch lower, the caller's count is the budget
-        n = _HELD["saved"] if _HELD["depth"] else torch.get_num_threads()
-    return max(1, min(n, available_cores()))
+    return max(1, min(torch.get_num_threads(), available_cores()))
+
+
+@functools.lru_cache(maxsize=1)
+def _openmp():
+    import torch  # noqa: F401  (its OpenMP runtime must be loaded to be found)
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="openmp")
 
 
 @contextlib.contextmanager
-def torch_threads(n: int):
-    """Run torch on at most ``n`` intra-op threads inside, restored when the last holder
-    leaves.
+def caller_threads(n: int):
+    """Run the torch work of *the calling thread* on at most ``n`` OpenMP threads inside.
 
-    torch's thread count is process-wide, so concurrent holders (threads of a web service,
-    say) share one setting: the first saves the caller's count, the last restores it.
+    OpenMP's thread count is a per-thread setting, so this changes nothing in other threads
+    and nothing process-wide: concurrent callers (threads of a web service, say) cannot
+    leave each other's count changed, and threads started meanwhile get the process's
+    count. (``torch.set_num_threads`` would also change the count that every *new* thread
+    starts with, which concurrent callers could leave lowered for the rest of the process.)
     """
-    import torch
-
-    with _LOCK:
-        if _HELD["depth"] == 0:
-            _HELD["saved"] = torch.get_num_threads()
-        _HELD["depth"] += 1
-        if n < torch.get_num_threads():
-            torch.set_num_threads(n)
-    try:
+    with _openmp().limit(limits=n):
         yield
-    finally:
-        with _LOCK:
-            _HELD["depth"] -= 1
-            if _HELD["depth"] == 0:
-                torch.set_num_threads(_HELD["saved"])
