@@ -1,8 +1,10 @@
 """skcxr: pretrained CNN backbones as scikit-learn estimators for chest X-ray classification."""
 
+from ._allocator import restore_large_heap_blocks
 from ._threads import passive_wait_on_import
 
 passive_wait_on_import()  # before anything imports torch: see skcxr._threads
+restore_large_heap_blocks()  # in Dask workers: see skcxr._allocator
 
 from ._classifier import PretrainedCNNClassifier  # noqa: E402
 from ._features import FeatureExtractorTransformer  # noqa: E402
