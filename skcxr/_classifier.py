@@ -268,6 +268,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         params = validate_params(self)
         run = _runtime.resolve(self.device, self.precision, self.engine)
         source = check_images(X)
+        location = resolve_location(self.memory)
         seed = as_seed(self.random_state)
         rows = fit_rows(y, len(source), sample_weight=sample_weight, train_size=self.train_size,
                         validation_fraction=self.validation_fraction,
@@ -284,7 +285,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
                                    precision=run.precision)
             train_ds, valid_ds, namespace = training_datasets(
                 module, source, rows, prep, run, augment=make_augment(self.augment, prep.size),
-                cache=self.cache, location=resolve_location(self.memory),
+                cache=self.cache, location=location,
                 provenance=backbone.provenance, batch_size=self.batch_size,
                 num_workers=self.num_workers, verbose=self.verbose)
             net = make_net(module, train_ds, valid_ds, task=rows.task, pos_weight=rows.pos_weight,

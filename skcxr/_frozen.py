@@ -14,7 +14,7 @@ import torch
 
 from . import _runtime
 from ._threads import thread_budget
-from .cache import cached_rows, namespace_digest
+from .cache import cached_rows, location_writable, namespace_digest
 from .images import ImageSource, Preprocessing, make_loader
 
 
@@ -100,7 +100,8 @@ class FrozenPart:
         key = namespace_digest({**self.identity, "preprocessing": repr(prep)})
         shape = (prep.in_chans, *prep.size)
         options = {"threads": thread_budget(),
-                   "cache_dir": None if location is None else location / "skcxr-openvino"}
+                   "cache_dir": location / "skcxr-openvino"
+                   if location is not None and location_writable(location) else None}
 
         def items():  # 8-bit batches go in raw; 16-bit/DICOM ones are normalised here
             for b in loader:

@@ -168,6 +168,23 @@ class WeightedNet(NeuralNet):
                     yield name, p
 
 
+class FiniteLoss(Callback):
+    """Stop the fit with an error as soon as a training or validation loss is NaN or infinite
+    (otherwise the weights turn NaN and every prediction is class 0)."""
+
+    def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
+        if loss is not None and not torch.isfinite(loss).all():
+            epoch = len(net.history)
+            which = "training" if training else "validation"
+            raise FloatingPointError(
+                f"The {which} loss became {float(loss)} in epoch {epoch} (batch "
+                f"{len(net.history[-1].get('batches', [])) or 1}). "
+                f"Likely causes: a learning rate too high (lr={net.lr}; try 10x lower), NaN "
+                "or infinite weights, or inputs. The estimator keeps its state from before "
+                "this fit."
+            )
+
+
 class _EarlyStopping(EarlyStopping):
     """skorch's EarlyStopping, noting when it is the one that stops training."""
 
@@ -206,7 +223,8 @@ def make_net(module, train_ds, valid_ds, *, task: str, pos_weight, device: torch
     validation loss with best-weights restore, the LR scheduler, a progress bar at
     ``verbose > 1``.
     """
-    callbacks = [("unfreeze", Unfreeze(int(freeze_epochs))), ("record", EpochRecord(task))]
+    callbacks = [("unfreeze", Unfreeze(int(freeze_epochs))), ("record", EpochRecord(task)),
+                 ("finite_loss", FiniteLoss())]
     if early_stopping and valid_ds is not None:
         callbacks.append(("early_stopping", _EarlyStopping(
             monitor="valid_loss", patience=int(patience), threshold=float(min_delta),

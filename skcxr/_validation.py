@@ -1,4 +1,4 @@
-"""How a parameter's value is checked: constraint kinds, ``validate`` and the seed helper.
+"""How a value is checked: constraint kinds, ``validate``, the seed helper, the input errors.
 
 The allowed values of each parameter live with the concept they belong to (resize modes in
 :mod:`skcxr.images`, devices in :mod:`skcxr._runtime`, ...), written with the constraint
@@ -11,6 +11,14 @@ import math
 from numbers import Integral, Real
 
 import numpy as np
+
+
+class ImageReadError(ValueError):
+    """An image file exists but cannot be decoded (corrupt, truncated, unsupported).
+
+    Defined here, below every module that reads or caches images, so that all of them can
+    name it; public as ``skcxr.ImageReadError`` and ``skcxr.images.ImageReadError``.
+    """
 
 
 class InvalidParameterError(ValueError, TypeError):

@@ -28,6 +28,8 @@ import functools
 import hashlib
 import importlib
 import os
+import socket
+import urllib.parse
 from dataclasses import dataclass, field
 
 import torch
@@ -279,6 +281,8 @@ def _load_timm(name, weights, in_chans, pooling, num_classes) -> Backbone:
                 weights_sha256=file_sha256(offline),
             )
         else:
+            _fail_fast_when_unreachable(name, "timm", _timm_hub_cached(name),
+                                        os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
             try:
                 model = timm.create_model(name, pretrained=True, **kwargs)
             except Exception as exc:  # hub errors come as many types: OSError, HTTP, hub errors
@@ -302,6 +306,42 @@ def _load_timm(name, weights, in_chans, pooling, num_classes) -> Backbone:
 
 def _weights_label(weights):
     return weights if weights is None or isinstance(weights, str) else os.fspath(weights)
+
+
+def _timm_hub_cached(name: str) -> bool:
+    """Whether the Hugging Face cache already holds this timm model's weights."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from timm.models import get_pretrained_cfg
+
+        repo = getattr(get_pretrained_cfg(name), "hf_hub_id", None)
+        return bool(repo) and any(
+            isinstance(try_to_load_from_cache(repo, f), str)
+            for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+    except Exception:  # an old hub library, a name timm resolves later: let timm decide
+        return False
+
+
+def hub_reachable(url: str, timeout: float = 3.0) -> bool:
+    """One TCP connection to the hub's host: can a download start at all?"""
+    parsed = urllib.parse.urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _fail_fast_when_unreachable(name: str, hub: str, cached: bool, url: str) -> None:
+    """Weights that are not cached need the hub: when its host cannot be reached, say so now
+    instead of after the hub client's retries (~47 s seen for timm)."""
+    if cached or os.environ.get("HF_HUB_OFFLINE") or hub_reachable(url):
+        return
+    host = urllib.parse.urlparse(url).hostname
+    raise WeightsUnavailableError(_offline_help(
+        name, hub, OSError(f"{host} cannot be reached from this machine (checked once, "
+                           "without retries)")))
 
 
 def _offline_help(name: str, hub: str, exc: Exception) -> str:
@@ -343,6 +383,9 @@ def _load_torchvision(name, weights, in_chans, pooling, num_classes) -> Backbone
                   "weights": _weights_label(weights)}
     tv_weights = torchvision.models.get_model_weights(name).DEFAULT
     if weights == "imagenet":
+        cached = os.path.exists(os.path.join(torch.hub.get_dir(), "checkpoints",
+                                             os.path.basename(tv_weights.url)))
+        _fail_fast_when_unreachable(name, "torchvision", cached, tv_weights.url)
         try:
             model = torchvision.models.get_model(name, weights=tv_weights)
         except Exception as exc:
@@ -460,9 +503,19 @@ def _probe(model: nn.Module, in_chans: int, data_config: DataConfig) -> torch.Te
     h, w = data_config.image_size
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        out = model(torch.zeros(1, in_chans, h, w))
-    model.train(was_training)
+    try:
+        with torch.inference_mode():
+            out = model(torch.zeros(1, in_chans, h, w))
+    except Exception as exc:
+        raise ValueError(
+            f"The backbone module {type(model).__name__} cannot take a batch of images: calling "
+            f"it on one zero image of shape (1, {in_chans}, {h}, {w}) raised "
+            f"{type(exc).__name__}: {exc}. A backbone must map (n, {in_chans}, H, W) images to "
+            "(n, features) or a feature map (n, channels, h, w); check in_chans and the "
+            "module's forward."
+        ) from exc
+    finally:
+        model.train(was_training)
     if isinstance(out, (tuple, list)):
         out = out[0]
     return out
@@ -480,7 +533,11 @@ def read_state_dict(path: str) -> dict:
     if path.lower().endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        sd = load_file(path, device="cpu")
+        try:
+            sd = load_file(path, device="cpu")
+        except Exception as exc:  # a header safetensors cannot parse, a truncated file
+            raise ValueError(f"Cannot read checkpoint {path!r}: not a valid safetensors "
+                             f"file ({type(exc).__name__}: {exc}).") from exc
     else:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -534,6 +591,13 @@ def _load_checkpoint(model: nn.Module, path: str, *, order_fallback: bool) -> di
                     f"Checkpoint {path!r}: tensor {k!r} has shape {tuple(v.shape)} but the "
                     f"backbone expects {tuple(target[k].shape)}."
                 )
+    bad = [k for k, v in mapped.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(
+            f"Checkpoint {path!r} holds NaN or infinite values in {len(bad)} tensor(s) (e.g. "
+            f"{bad[:5]}): it is corrupt, or was saved after training diverged. Use another "
+            "checkpoint (an earlier epoch)."
+        )
     model.load_state_dict(mapped, strict=True)
     return {
         "weights_origin": "local checkpoint",

@@ -19,9 +19,9 @@ Two stores:
 * in-process LRU stores with byte budgets (:func:`set_cache_budget`), living outside
   estimator instances, so the clones that ``cross_val_score`` and ``GridSearchCV`` make share
   it;
-* an optional on-disk store (a directory: the ``memory`` parameter), one ``.npy`` file per
-  entry written to a temporary name and renamed into place, so several joblib worker
-  processes can share it.
+* an optional on-disk store (a directory: the ``memory`` parameter), one self-verifying
+  ``.entry`` file per entry (:func:`encode_entry`) written to a temporary name and renamed
+  into place, so several joblib worker processes can share it.
 """
 
 from __future__ import annotations
@@ -29,16 +29,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import tempfile
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ._validation import NONE, Check
+from ._validation import NONE, Check, ImageReadError
 
 __all__ = [
     "cache_info",
@@ -68,9 +70,28 @@ MEMORY_CONSTRAINT = [NONE, Check(_directory, "a directory path"),
 
 
 def resolve_location(memory) -> Path | None:
-    """The (validated) ``memory`` parameter: None, a path or a joblib.Memory -> a directory."""
+    """The (validated) ``memory`` parameter: None, a path or a joblib.Memory -> a directory.
+
+    Checked before any work: a path that is a file, or a directory that cannot be created,
+    raises; one this process cannot write to is used read-only (warned).
+    """
     location = getattr(memory, "location", memory)  # joblib.Memory
-    return None if location is None else Path(location)
+    if location is None:
+        return None
+    path = Path(location)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"memory={os.fspath(location)!r} is a file, not a directory: give a "
+                         "directory path for the disk cache, or memory=None.")
+    if not path.exists():
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(
+                f"memory={os.fspath(location)!r} cannot be created ({exc.strerror or exc}): "
+                "give a directory path this process can write to, or memory=None."
+            ) from exc
+    location_writable(path)  # warns now, before any work, when it is read-only
+    return path
 
 
 def namespace_digest(description: dict) -> str:
@@ -93,39 +114,172 @@ def _from_numpy(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
 
 
-class FeatureStore:
-    """Per-image arrays under ``<root>/skcxr-features/<namespace digest>/``."""
+#: Bumped whenever what an entry holds or how it is encoded changes: older entries are misses.
+ENTRY_VERSION = 2
+_MAGIC = b"skcxr-entry"
+_PREFIX = struct.Struct("<BI")  # version, header length
 
-    def __init__(self, root: Path, namespace: dict):
+
+def encode_entry(namespace: str, row: np.ndarray) -> bytes:
+    """An entry file's bytes: magic, version, a JSON header (namespace digest, dtype, shape),
+    a BLAKE2b checksum of header and data, then the raw data."""
+    row = np.ascontiguousarray(row)
+    header = json.dumps({"namespace": namespace, "dtype": row.dtype.str,
+                         "shape": list(row.shape)}).encode()
+    body = row.tobytes()
+    digest = hashlib.blake2b(header + body, digest_size=16).digest()
+    return _MAGIC + _PREFIX.pack(ENTRY_VERSION, len(header)) + header + digest + body
+
+
+def decode_entry(blob: bytes, namespace: str, dtype=None, shape=None) -> np.ndarray | None:
+    """The row an entry holds, or None when anything does not verify: magic, version,
+    namespace, dtype and shape (when given), size, checksum."""
+    start = len(_MAGIC) + _PREFIX.size
+    if len(blob) < start or not blob.startswith(_MAGIC):
+        return None
+    version, n = _PREFIX.unpack_from(blob, len(_MAGIC))
+    if version != ENTRY_VERSION or len(blob) < start + n + 16:
+        return None
+    header_bytes = blob[start:start + n]
+    digest, body = blob[start + n:start + n + 16], blob[start + n + 16:]
+    if hashlib.blake2b(header_bytes + body, digest_size=16).digest() != digest:
+        return None
+    try:
+        header = json.loads(header_bytes)
+        got = np.dtype(header["dtype"])
+        got_shape = tuple(int(d) for d in header["shape"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if header.get("namespace") != namespace or (dtype is not None and got != dtype) \
+            or (shape is not None and got_shape != tuple(shape)) \
+            or len(body) != got.itemsize * int(np.prod(got_shape, dtype=np.int64)):
+        return None
+    return np.frombuffer(body, dtype=got).reshape(got_shape).copy()
+
+
+_WARNED_READ_ONLY: set[str] = set()
+
+
+class FeatureStore:
+    """Per-image arrays under ``<root>/skcxr-features/<namespace digest>/``.
+
+    Each entry is one file that carries what it must be (see :func:`encode_entry`); one that
+    does not verify (another version, another namespace, dtype or row shape, a wrong size,
+    a checksum mismatch: truncated, tampered, bit rot) is a miss, counted as ``"rejected"``
+    by :func:`cache_info`, and the recomputed entry replaces it. With ``fixed_shape`` every
+    row of the namespace has one shape, recorded in ``meta.json`` by the first write.
+
+    A root this process cannot write to is used read-only: entries are read, new ones are
+    not stored (warned once per root).
+    """
+
+    def __init__(self, root: Path, namespace: dict, *, fixed_shape: bool = True):
         self.namespace = namespace
-        self.dir = Path(root) / "skcxr-features" / namespace_digest(namespace)
+        self.digest = namespace_digest(namespace)
+        self.dir = Path(root) / "skcxr-features" / self.digest
+        self.dtype = _numpy_dtype(namespace.get("dtype"))
+        self.fixed_shape = fixed_shape
+        self.rejected: set[str] = set()  # keys whose entry did not verify
+        self._shape = None
 
     def _path(self, key: str) -> Path:
-        return self.dir / key[:2] / f"{key}.npy"
+        return self.dir / key[:2] / f"{key}.entry"
+
+    @property
+    def writable(self) -> bool:
+        return location_writable(self.dir.parent.parent)
+
+    def row_shape(self):
+        if self.fixed_shape and self._shape is None:
+            try:
+                self._shape = tuple(json.loads((self.dir / "meta.json").read_text())["row_shape"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        return self._shape
 
     def get_many(self, keys: list[str]) -> tuple[dict[int, np.ndarray], list[int]]:
-        """Return (found rows by position, positions not in the store)."""
+        """Return (found rows by position, positions not in the store or not verified)."""
         found, missing = {}, []
+        shape = self.row_shape()
         for i, key in enumerate(keys):
             try:
-                found[i] = np.load(self._path(key))
-            except (FileNotFoundError, ValueError, OSError):
+                blob = self._path(key).read_bytes()
+            except OSError:
                 missing.append(i)
+                continue
+            row = decode_entry(blob, self.digest, self.dtype, shape)
+            if row is None:
+                self.rejected.add(key)
+                missing.append(i)
+            else:
+                found[i] = row
         return found, missing
 
     def put_many(self, keys: list[str], rows) -> None:
-        if not self.dir.exists():
-            self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "namespace.json").write_text(
-                json.dumps(self.namespace, sort_keys=True, indent=1, default=str)
-            )
+        rows = [np.ascontiguousarray(r) for r in rows]
+        if not rows or not self.writable:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / "namespace.json").exists():
+            _write(self.dir / "namespace.json", json.dumps(
+                self.namespace, sort_keys=True, indent=1, default=str).encode())
+        if self.fixed_shape and self.row_shape() != rows[0].shape:  # first write, or stale
+            self._shape = rows[0].shape
+            _write(self.dir / "meta.json", json.dumps(
+                {"entry_version": ENTRY_VERSION, "row_shape": list(rows[0].shape)}).encode())
         for key, row in zip(keys, rows):
             path = self._path(key)
             path.parent.mkdir(exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, row)
-            os.replace(tmp, path)
+            _write(path, encode_entry(self.digest, row))
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write to a temporary name, then rename into place (readers never see half a file).
+
+    The file is created with mode 0666 less the umask, like any file the user writes, so a
+    cache shared by a group (umask 002) is readable and replaceable by the group.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _numpy_dtype(name):
+    if name is None:
+        return None
+    if name == "bfloat16":  # stored as its bits
+        return np.dtype(np.int16)
+    return np.dtype(getattr(np, name, None) or name)
+
+
+def location_writable(root: Path) -> bool:
+    """Whether this process can create files under ``root`` (probed once per root)."""
+    key = os.fspath(root)
+    if key not in _WRITABLE:
+        try:
+            Path(root).mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=root, prefix=".skcxr-probe-")
+            os.close(fd)
+            os.unlink(probe)
+            _WRITABLE[key] = True
+        except OSError:
+            _WRITABLE[key] = False
+            if key not in _WARNED_READ_ONLY:
+                _WARNED_READ_ONLY.add(key)
+                warnings.warn(
+                    f"memory={key!r} is not writable by this process: cached entries there "
+                    "are read, new results are not stored. Give a writable directory to "
+                    "cache them.", UserWarning, stacklevel=3)
+    return _WRITABLE[key]
+
+
+_WRITABLE: dict[str, bool] = {}
 
 
 # --------------------------------------------------------------------------- memory
@@ -139,7 +293,8 @@ class _MemoryLRU:
         self.entries: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
         self.nbytes = 0
         self.lock = threading.Lock()
-        self.stats = {"hits": 0, "misses": 0, "computed": 0, "disk_hits": 0, "evicted": 0}
+        self.stats = {"hits": 0, "misses": 0, "computed": 0, "disk_hits": 0, "rejected": 0,
+                      "evicted": 0}
 
     def count(self, name: str, n: int = 1) -> None:
         with self.lock:
@@ -245,7 +400,8 @@ class DecodedImages:
         namespace = {"kind": "decoded", **preprocessing.decode_description()}
         self.ns = namespace_digest(namespace)
         self.keys = source.keys()
-        self.store = FeatureStore(location, namespace) if location is not None else None
+        self.store = (FeatureStore(location, namespace, fixed_shape=False)
+                      if location is not None else None)
 
     def get(self, i: int) -> torch.Tensor:
         key = (self.ns, self.keys[i])
@@ -256,6 +412,8 @@ class DecodedImages:
         _DECODED.count("misses")
         if self.store is not None:
             found, _ = self.store.get_many([self.keys[i]])
+            _DECODED.count("rejected", len(self.store.rejected))
+            self.store.rejected.clear()
             if found:
                 _DECODED.count("disk_hits")
                 t = torch.from_numpy(found[0])
@@ -293,6 +451,8 @@ def cached_rows(namespace: dict, keys: list[str], compute, *, location: Path | N
     store = FeatureStore(location, namespace) if location is not None else None
     dtype = getattr(torch, namespace.get("dtype", "float32"))
 
+    counted: set[str] = set()  # rejected entries already counted
+
     def from_disk(positions: list[int]) -> list[int]:
         """Fill ``out`` from the disk store; return the positions still missing."""
         found, still = store.get_many([keys[i] for i in positions])
@@ -301,27 +461,45 @@ def cached_rows(namespace: dict, keys: list[str], compute, *, location: Path | N
             out[i] = _from_numpy(arr, dtype)
             _MEMORY.put((ns, keys[i]), out[i])
         _MEMORY.count("disk_hits", len(found))
+        _MEMORY.count("rejected", len(store.rejected - counted))  # once per entry
+        counted.update(store.rejected)
         return [positions[j] for j in still]
 
+    done = [0]  # entries computed (and kept) by this call
+
     def compute_and_store(positions: list[int]) -> None:
-        computed = compute(positions)
+        try:
+            computed = compute(positions)
+        except ImageReadError as exc:
+            if not done[0]:
+                raise
+            where = "in memory" + (f" and in {location}" if store is not None and store.writable
+                                   else "")
+            raise ImageReadError(
+                f"{exc} The {done[0]} image(s) computed before it are cached {where}: "
+                "fix or remove that file and run again to resume from them.") from exc
         _MEMORY.count("computed", len(positions))
         for j, i in enumerate(positions):
             out[i] = computed[j].clone()
             _MEMORY.put((ns, keys[i]), out[i])
         if store is not None:
             store.put_many([keys[i] for i in positions], [_to_numpy(out[i]) for i in positions])
+        done[0] += len(positions)
+
+    def in_chunks(positions: list[int]) -> None:
+        # a chunk at a time, so that what was computed before a bad file is kept
+        for start in range(0, len(positions), _CHUNK):
+            compute_and_store(positions[start:start + _CHUNK])
 
     with _namespace_lock(ns):
         for i in missing:  # another thread may have computed some while this one waited
             out[i] = _MEMORY.get((ns, keys[i]))
         missing = [i for i in missing if out[i] is None]
-        if store is None:
-            if missing:
-                compute_and_store(missing)
-            return out
-        if missing:
+        if missing and store is not None:
             missing = from_disk(missing)
+        if store is None or not store.writable:
+            in_chunks(missing)
+            return out
         claims = _Claims(store) if missing else None
         while missing:
             # a chunk at a time, so that processes asking for the same entries split them
@@ -340,6 +518,10 @@ def cached_rows(namespace: dict, keys: list[str], compute, *, location: Path | N
     return out
 
 
+#: Entries computed per call of ``compute`` without a shared store (with one, a claim's worth).
+_CHUNK = 512
+
+
 _NS_LOCKS: dict[str, threading.Lock] = {}
 _NS_LOCKS_GUARD = threading.Lock()
 
@@ -352,7 +534,7 @@ def _namespace_lock(ns: str) -> threading.Lock:
 class _Claims:
     """Which process computes which entries of a shared disk store.
 
-    A claim is a file ``<key>.claim`` beside the entry's ``.npy``, created atomically
+    A claim is a file ``<key>.claim`` beside the entry's ``.entry`` file, created atomically
     (``O_CREAT | O_EXCL``, which works on local and network file systems) before the entry
     is computed and removed after it is stored. A claim whose holder stopped updating it for
     ``stale`` seconds (the holder died) is taken over; holders claim at most ``chunk``

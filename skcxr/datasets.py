@@ -194,12 +194,19 @@ def load_nih_csv(csv_path, *, root=None, label_column="finding_labels", sep="|",
     for col in (path_column, label_column):
         if col not in frame:
             raise ValueError(f"{csv_path} has no column {col!r}; columns: {list(frame.columns)}.")
+    empty = np.flatnonzero(frame[path_column].isna().to_numpy()
+                           | (frame[path_column].astype(str).str.strip() == "").to_numpy())
+    if len(empty):
+        raise ValueError(
+            f"{csv_path}: column {path_column!r} is empty in {len(empty)} row(s) (first data "
+            f"rows {(empty[:5] + 2).tolist()}, counting the header as line 1); fill in or drop "
+            "those rows.")
     root = Path(root) if root is not None else csv_path.parent
     findings = frame[label_column].fillna("").astype(str).str.split(sep)
     names = sorted({f.strip() for row in findings for f in row if f.strip()})
     target = np.array([[int(n in {f.strip() for f in row}) for n in names] for row in findings],
                       dtype=np.int64)
-    data = np.array([os.fspath(root / p) for p in frame[path_column]], dtype=object)
+    data = np.array([os.fspath(root / str(p)) for p in frame[path_column]], dtype=object)
     groups = frame[group_column].to_numpy() if group_column in frame else None
     return Bunch(data=data, target=target, target_names=np.array(names, dtype=object),
                  groups=groups, frame=frame, filenames=data,

@@ -8,26 +8,38 @@ Every estimator in skcxr accepts the same ``X``:
 * a numpy array of images, ``(n, H, W)`` grayscale or ``(n, H, W, C)`` with ``C`` in
   {1, 3} (channels last).
 
-Pixel value convention (both for arrays and files): unsigned integers are scaled by the
-maximum of their type (``uint8`` by 255, ``uint16`` by 65535, so a 12-bit image stored in
-``uint16`` looks dark: rescale it yourself or save it as 16-bit PNG with its full range);
-floating-point arrays must already lie in ``[0, 1]``. DICOM files go through the modality
-LUT (rescale slope/intercept) and the VOI LUT or window, are scaled to ``[0, 1]`` and
-MONOCHROME1 images are inverted so that bone is bright in every input.
+Pixel value convention (the same for arrays and files): ``uint8`` and ``uint16`` are scaled
+by the maximum of their *type* (255, 65535; never by the values present, so an image's
+pixels never depend on the other images of a call, and a 12-bit image stored in ``uint16``
+looks dark: rescale it yourself or save it with its full range); ``bool`` is 0 or 255;
+floating-point pixels must already lie in ``[0, 1]``. Other integer types (signed, 32/64-bit)
+have no defined scale and are rejected with the conversion to use. DICOM files go through
+the modality LUT (rescale slope/intercept) and the VOI LUT or window, are scaled to
+``[0, 1]`` and MONOCHROME1 images are inverted so that bone is bright in every input.
+Files are turned upright by their EXIF orientation tag.
+
+Shape rule for arrays: 3-D arrays are ``(n, H, W)`` batches of grey images, 4-D arrays
+``(n, H, W, C)``. A single image must get its batch axis (``X[None]``): a 3-D array whose
+last axis has at most 4 entries (``(H, W, 3)``, an image 3 pixels wide is no image) or
+whose first axis is 3 (``(3, H, W)``: one channels-first RGB image or three grey ones
+cannot be told apart) is rejected with the fix for each reading. Images must be at least
+2x2 pixels, files and arrays alike.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from ._validation import NONE, Check, Interval, Options, validate
+from ._validation import NONE, Check, ImageReadError, Interval, Options, validate
 
 __all__ = [
     "DataConfig",
@@ -46,13 +58,11 @@ PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 SUPPORTED_EXTENSIONS = PIL_EXTENSIONS + DICOM_EXTENSIONS
 RESIZE_MODES = ("stretch", "pad", "crop")
+#: The largest ``image_size`` side: a batch of 32 RGB float images of 4096^2 is 6 GiB already.
+MAX_IMAGE_SIZE = 4096
 NORMALIZATIONS = ("backbone", "imagenet", "centered", "unit")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ImageReadError(ValueError):
-    """An image file exists but cannot be decoded (corrupt, truncated, unsupported)."""
 
 
 # --------------------------------------------------------------------------- inputs
@@ -124,8 +134,16 @@ def check_images(X, *, check_files: bool = True) -> ImageSource:
         )
     if not isinstance(X, np.ndarray):
         X = list(X)
-        if X and all(isinstance(x, (str, os.PathLike)) for x in X):
+        is_path = [isinstance(x, (str, os.PathLike)) for x in X]
+        if X and all(is_path):
             X = np.array([os.fspath(x) for x in X], dtype=object)
+        elif any(is_path):
+            first = is_path.index(False)
+            raise ValueError(
+                f"X mixes file paths and other items (X[{first}] is a "
+                f"{type(X[first]).__name__}); pass only paths, or only images of one size "
+                "stacked into an (n, H, W[, C]) array."
+            )
         else:
             try:
                 X = np.asarray(X)
@@ -161,10 +179,13 @@ def _check_path(p, check_files: bool) -> str:
             f"{', '.join(SUPPORTED_EXTENSIONS)}."
         )
     if not os.path.isfile(p):
-        what = "is a directory, not an image file" if os.path.isdir(p) else "does not exist"
-        raise FileNotFoundError(f"Image file {p!r} {what} (working directory {os.getcwd()!r}).")
+        raise FileNotFoundError(f"Image file {p!r} {_why_not_a_file(p)} "
+                                f"(working directory {os.getcwd()!r}).")
     if os.path.getsize(p) == 0:
         raise ImageReadError(f"Image file {p!r} is empty (0 bytes).")
+    if not os.access(p, os.R_OK):
+        raise PermissionError(f"Image file {p!r} is not readable by this user (permission "
+                              "denied); fix its permissions or run as a user who can read it.")
     if check_files:
         if ext in DICOM_EXTENSIONS:
             pydicom = _import_pydicom(p)
@@ -173,34 +194,84 @@ def _check_path(p, check_files: bool) -> str:
             except Exception as exc:
                 raise ImageReadError(f"Cannot read DICOM file {p!r}: {exc}") from exc
         else:
-            try:
-                with Image.open(p):
-                    pass
-            except (UnidentifiedImageError, OSError) as exc:
-                raise ImageReadError(
-                    f"Cannot read image file {p!r}: not a valid PNG/JPEG/BMP/TIFF ({exc})."
-                ) from exc
+            with _pil_errors(p, "read"):
+                with Image.open(p) as im:
+                    size = im.size
+            if min(size) < 2:
+                raise ImageReadError(f"Image file {p!r} is {size[0]}x{size[1]} pixels; images "
+                                     "must be at least 2x2 (as arrays must).")
     return p
 
 
+def _why_not_a_file(p: str) -> str:
+    if os.path.islink(p):
+        try:
+            os.stat(p)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "is a symbolic link loop"
+            return f"is a broken symbolic link (to {os.readlink(p)!r})"
+    if os.path.isdir(p):
+        return "is a directory, not an image file"
+    return "does not exist"
+
+
+@contextlib.contextmanager
+def _pil_errors(path: str, what: str):
+    """PIL's errors as ImageReadError naming the file, the real cause kept."""
+    try:
+        yield
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(
+            f"Image file {path!r} is larger than PIL's decompression-bomb limit "
+            f"({Image.MAX_IMAGE_PIXELS:,} pixels x 2): {exc}. If the file is trusted, raise "
+            "the limit: PIL.Image.MAX_IMAGE_PIXELS = None (or a larger number)."
+        ) from exc
+    except PermissionError as exc:
+        raise PermissionError(f"Image file {path!r} is not readable: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        problem = ("not a valid PNG/JPEG/BMP/TIFF" if what == "read"
+                   else "corrupt or truncated")
+        raise ImageReadError(f"Cannot {what} image file {path!r}: {problem} ({exc}).") from exc
+
+
 def _check_array(X: np.ndarray) -> np.ndarray:
-    if X.ndim == 4 and X.shape[-1] not in (1, 3) and X.shape[1] in (1, 3):
+    shape = X.shape
+    if X.ndim == 3 and shape[-1] <= 4:
         raise ValueError(
-            f"Image arrays must be channels-last (n, H, W, C); got shape {X.shape}, which looks "
+            f"X has shape {shape}: that is one (H, W, C) image, not {shape[0]} images "
+            f"{shape[2]} pixel(s) wide. Add the batch axis: X[None] (shape (1, {shape[0]}, "
+            f"{shape[1]}, {shape[2]}))."
+        )
+    if X.ndim == 3 and shape[0] == 3:
+        raise ValueError(
+            f"X has shape {shape}: one channels-first RGB image or 3 grey images? Say which: "
+            "X.transpose(1, 2, 0)[None] for one RGB image, X[..., None] for 3 grey images."
+        )
+    if X.ndim == 4 and shape[-1] not in (1, 3) and shape[1] in (1, 3):
+        raise ValueError(
+            f"Image arrays must be channels-last (n, H, W, C); got shape {shape}, which looks "
             "channels-first. Use X.transpose(0, 2, 3, 1)."
         )
-    if X.ndim == 4 and X.shape[-1] not in (1, 3):
+    if X.ndim == 4 and shape[-1] == 4:
         raise ValueError(
-            f"Image arrays of shape (n, H, W, C) must have C in {{1, 3}}; got C={X.shape[-1]}."
+            "Image arrays of shape (n, H, W, C) must have C in {1, 3}; got C=4 (RGBA?). "
+            "Drop or composite the alpha channel, e.g. X[..., :3]."
+        )
+    if X.ndim == 4 and shape[-1] not in (1, 3):
+        raise ValueError(
+            f"Image arrays of shape (n, H, W, C) must have C in {{1, 3}}; got C={shape[-1]}."
         )
     if X.ndim not in (3, 4):
         raise ValueError(
             f"Image arrays must have shape (n, H, W) or (n, H, W, C); got {X.ndim}-D array of "
-            f"shape {X.shape}. For a single image use X[None]."
+            f"shape {shape}. For a single image use X[None]."
         )
-    if X.shape[1] < 2 or X.shape[2] < 2:
-        raise ValueError(f"Images must be at least 2x2 pixels; got shape {X.shape}.")
+    if shape[1] < 2 or shape[2] < 2:
+        raise ValueError(f"Images must be at least 2x2 pixels; got shape {shape}.")
     if X.dtype.kind == "f":
+        if X.dtype.itemsize > 8:
+            X = X.astype(np.float64)
         if not np.isfinite(X).all():
             bad = np.flatnonzero(~np.isfinite(X.reshape(len(X), -1)).all(axis=1))
             raise ValueError(
@@ -213,13 +284,28 @@ def _check_array(X: np.ndarray) -> np.ndarray:
                 f"Float image arrays must lie in [0, 1]; got values in [{lo:.4g}, {hi:.4g}]. "
                 "Pass uint8/uint16 arrays as they are, or scale floats, e.g. X / 255."
             )
-    elif X.dtype.kind == "i":
-        if X.min() < 0:
-            raise ValueError("Integer image arrays must be non-negative.")
-        X = X.astype(np.uint16 if X.max() > 255 else np.uint8)
+    elif X.dtype.kind in "iu" and X.dtype not in (np.uint8, np.uint16):
+        lo, hi = int(X.min()), int(X.max())
+        raise ValueError(
+            f"Integer image arrays must be uint8 or uint16 (scaled by 255 or 65535, their "
+            f"type's maximum); got {X.dtype} with values in [{lo}, {hi}], which has no defined "
+            f"scale. {_integer_fix(lo, hi)}"
+        )
     elif X.dtype == np.bool_:
         X = X.astype(np.uint8) * 255
     return X
+
+
+def _integer_fix(lo: int, hi: int) -> str:
+    if lo < 0:
+        return ("Negative values are not pixel intensities: map them to [0, 1] yourself, "
+                "e.g. (X - X.min()) / (X.max() - X.min()) with a fixed window per data set.")
+    if hi <= 255:
+        return "If 0..255 is the full range, pass X.astype(np.uint8)."
+    if hi <= 65535:
+        return "If 0..65535 is the full range, pass X.astype(np.uint16)."
+    return ("Values above 65535 do not fit 16 bits: scale to floats in [0, 1] with a fixed "
+            "maximum, e.g. X / max_value.")
 
 
 # --------------------------------------------------------------------------- decoding
@@ -236,17 +322,24 @@ def _import_pydicom(path: str):
 
 
 def read_image(path: str) -> np.ndarray:
-    """Decode one image file to ``(H, W)`` or ``(H, W, 3)``.
+    """Decode one image file to a writable ``(H, W)`` or ``(H, W, 3)`` array.
 
-    8-bit images come back as ``uint8``; 16-bit PNG/TIFF and DICOM as ``float32`` in
-    ``[0, 1]``. Alpha is composited onto black; palettes are expanded.
+    8-bit images come back as ``uint8``; 16-bit PNG/TIFF, float TIFF and DICOM as
+    ``float32`` in ``[0, 1]``. Alpha is composited onto black; palettes are expanded;
+    the EXIF orientation is applied. A float file outside ``[0, 1]`` or a 32-bit integer
+    file beyond 16 bits is rejected, as the same pixels in an array would be.
     """
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext in DICOM_EXTENSIONS:
             return _read_dicom(path)
-        return _read_pil(path)
-    except (ImageReadError, ImportError):
+        with _pil_errors(path, "decode"):
+            img = _read_pil(path)
+        if min(img.shape[:2]) < 2:
+            raise ImageReadError(f"Image file {path!r} is {img.shape[1]}x{img.shape[0]} "
+                                 "pixels; images must be at least 2x2 (as arrays must).")
+        return img
+    except (ImageReadError, ImportError, PermissionError):
         raise
     except Exception as exc:
         raise ImageReadError(f"Cannot decode image file {path!r}: {exc}") from exc
@@ -255,22 +348,36 @@ def read_image(path: str) -> np.ndarray:
 def _read_pil(path: str) -> np.ndarray:
     with Image.open(path) as im:
         im.load()
+        im = ImageOps.exif_transpose(im)  # a photo of a film taken sideways stands up
         mode = im.mode
-        if mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im).astype(np.float32)
-            return np.clip(arr / 65535.0, 0.0, 1.0)
-        if mode == "F":
-            return np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
+        if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            arr = np.array(im, dtype=np.float32 if mode == "F" else np.float64)
+            lo, hi = float(arr.min()), float(arr.max())
+            if mode == "F":
+                if not np.isfinite(arr).all() or lo < 0.0 or hi > 1.0:
+                    raise ImageReadError(
+                        f"Float image file {path!r} has values in [{lo:.4g}, {hi:.4g}]; float "
+                        "pixels must lie in [0, 1] (as in arrays). Window or rescale it first "
+                        "(e.g. save as 16-bit PNG), or pass the pixels as an array in [0, 1]."
+                    )
+                return arr
+            if lo < 0 or hi > 65535:
+                raise ImageReadError(
+                    f"Integer image file {path!r} (PIL mode {mode}) has values in "
+                    f"[{lo:.0f}, {hi:.0f}], beyond 16 bits; only 0..65535 has a defined scale. "
+                    "Rescale it to 16 bits, or pass the pixels as floats in [0, 1]."
+                )
+            return (arr / 65535.0).astype(np.float32)
         if mode in ("1", "L"):
-            return np.asarray(im.convert("L"))
+            return np.array(im.convert("L"))
         if mode == "P":
             im = im.convert("RGBA")
             mode = "RGBA"
         if mode in ("RGBA", "LA", "PA"):
             im = im.convert("RGBA")
             black = Image.new("RGBA", im.size, (0, 0, 0, 255))
-            return np.asarray(Image.alpha_composite(black, im).convert("RGB"))
-        return np.asarray(im.convert("RGB"))
+            return np.array(Image.alpha_composite(black, im).convert("RGB"))
+        return np.array(im.convert("RGB"))
 
 
 def _read_dicom(path: str) -> np.ndarray:
@@ -425,7 +532,7 @@ def normalize_batch(batch: torch.Tensor, mean, std) -> torch.Tensor:
 
 def _size_pair(value):
     ok = (isinstance(value, (tuple, list)) and len(value) == 2
-          and all(Interval("int", 8).reason(v) is None for v in value))
+          and all(Interval("int", 8, MAX_IMAGE_SIZE).reason(v) is None for v in value))
     return None if ok else ""
 
 
@@ -443,8 +550,8 @@ def _mean_std(value):
 
 #: The preprocessing parameters' allowed values (both estimators, :func:`make_preprocessing`).
 PREPROCESSING_CONSTRAINTS = {
-    "image_size": [NONE, Interval("int", 8),
-                   Check(_size_pair, "a (height, width) pair of ints >= 8")],
+    "image_size": [NONE, Interval("int", 8, MAX_IMAGE_SIZE),
+                   Check(_size_pair, f"a (height, width) pair of ints in [8, {MAX_IMAGE_SIZE}]")],
     "in_chans": [Options(1, 3)],
     "resize": [Options(*RESIZE_MODES)],
     "normalize": [Options(*NORMALIZATIONS), Check(_mean_std, "a (mean, std) pair")],

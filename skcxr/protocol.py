@@ -121,7 +121,8 @@ def fit_rows(y, n: int | None = None, *, sample_weight=None, train_size=None,
     classes, y_enc, task = encode_targets(y, len(y) if n is None else n)
     weights = check_sample_weight(sample_weight, len(y_enc))
     train, valid = split_rows(y_enc, task, train_size, validation_fraction, seed)
-    cw = class_weights(class_weight, y_enc[train], task, classes)
+    names = [str(c) for c in y.columns] if hasattr(y, "columns") else None
+    cw = class_weights(class_weight, y_enc[train], task, classes, label_names=names)
     if cw is not None and task != "multilabel":
         weights = weights * cw[y_enc]
     return FitRows(classes, task, y_enc, train, valid, weights.astype(np.float32), cw)
@@ -143,6 +144,11 @@ def encode_targets(y, n: int):
         raise ValueError(f"y contains NaN in {rows} row(s); drop those rows first.")
     if y.dtype == object and pd.isna(y).any():
         raise ValueError("y contains missing values (None/NaN); drop those rows first.")
+    if y.dtype == object:
+        types = sorted({type(v).__name__ for v in y.ravel()})
+        if len(types) > 1:
+            raise ValueError(f"y mixes label types {types}; use one type for every label, e.g. "
+                             "y = np.asarray(y).astype(str).")
     kind = type_of_target(y)
     if kind == "multilabel-indicator":
         y = y.astype(np.float32)
@@ -158,8 +164,9 @@ def encode_targets(y, n: int):
         raise ValueError(f"y must be 1-D labels or a 0/1 indicator matrix; got shape {y.shape}"
                          f" ({kind}).")
     if kind not in ("binary", "multiclass"):
-        raise ValueError(f"y must hold class labels; got a {kind} target. Continuous targets "
-                         "are not supported (this is a classifier).")
+        what = ("Continuous targets are not supported (this is a classifier)"
+                if kind.startswith("continuous") else "Pass class labels (ints or strings)")
+        raise ValueError(f"y must hold class labels; got a {kind} target. {what}.")
     classes, y_enc = np.unique(y, return_inverse=True)
     if len(classes) < 2:
         raise ValueError(f"y has a single class ({classes[0]!r}); a classifier needs at least 2.")
@@ -214,8 +221,12 @@ def split_rows(y, task: str, train_size, validation_fraction, seed: int):
     return train, valid
 
 
-def class_weights(class_weight, y_train, task: str, classes):
-    """Loss weights from the training rows: per class, or per-label ``pos_weight``."""
+def class_weights(class_weight, y_train, task: str, classes, label_names=None):
+    """Loss weights from the training rows: per class, or per-label ``pos_weight``.
+
+    A multi-label dict names labels by column index, or by column name when ``y`` was a
+    DataFrame (``label_names``); any other key is an error, never silently ignored.
+    """
     cw = class_weight
     if cw is None:
         return None
@@ -223,8 +234,25 @@ def class_weights(class_weight, y_train, task: str, classes):
         pos = y_train.sum(0)
         if cw == "balanced":
             return ((len(y_train) - pos) / np.maximum(pos, 1)).astype(np.float32)
-        return np.array([float(cw.get(j, 1.0)) for j in range(y_train.shape[1])],
-                        dtype=np.float32)
+        n_labels = y_train.shape[1]
+        index = {}
+        for key in cw:
+            if isinstance(key, (int, np.integer)) and not isinstance(key, bool) \
+                    and 0 <= key < n_labels:
+                index[key] = int(key)
+            elif label_names is not None and str(key) in label_names \
+                    and not isinstance(key, (int, np.integer)):
+                index[key] = label_names.index(str(key))
+            else:
+                known = f"label names {label_names} or " if label_names else ""
+                raise ValueError(
+                    f"class_weight key {key!r} names no label of this multi-label y; use "
+                    f"{known}column indices 0..{n_labels - 1}."
+                    + ("" if label_names else " (Label names work when y is a DataFrame.)"))
+        w = np.ones(n_labels, dtype=np.float32)
+        for key, j in index.items():
+            w[j] = float(cw[key])
+        return w
     codes = np.arange(len(classes))
     if cw == "balanced":
         present = np.unique(y_train)

@@ -301,7 +301,7 @@ def test_grid_search_with_n_jobs_shares_the_disk_cache(data, tiny_clf, tmp_path)
     sequential = _grid(tiny_clf, tmp_path / "seq").fit(X, y)
     np.testing.assert_allclose(search.cv_results_["mean_test_score"],
                                sequential.cv_results_["mean_test_score"], atol=0.02)
-    entries = list((tmp_path / "skcxr-features").glob("*/*/*.npy"))
+    entries = list((tmp_path / "skcxr-features").glob("*/*/*.entry"))
     assert len(entries) == 2 * len(X)  # one per image and cut point
     assert not list(tmp_path.glob("skcxr-features/*/*/*.claim"))  # all released
 
