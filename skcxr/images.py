@@ -196,11 +196,35 @@ def _check_path(p, check_files: bool) -> str:
         else:
             with _pil_errors(p, "read"):
                 with Image.open(p) as im:
-                    size = im.size
+                    size, fmt = im.size, im.format
             if min(size) < 2:
                 raise ImageReadError(f"Image file {p!r} is {size[0]}x{size[1]} pixels; images "
                                      "must be at least 2x2 (as arrays must).")
+            _check_end_marker(p, fmt)
     return p
+
+
+#: The marker each format's last bytes hold, and how far from the end it is looked for
+#: (a few bytes of trailing data after it are common, e.g. from cameras).
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
+_TAIL = 4096
+
+
+def _check_end_marker(path: str, fmt: str | None) -> None:
+    """A cheap check for truncation (the usual way a copy or download goes wrong): a JPEG
+    ends with its EOI marker, a PNG with its IEND chunk. One read of the last 4 KiB."""
+    marker = _END_MARKERS.get(fmt or "")
+    if marker is None:
+        return
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - _TAIL))
+        tail = f.read()
+    if marker not in tail:
+        raise ImageReadError(
+            f"Image file {path!r} is truncated: this {fmt} file ({size:,} bytes) ends before "
+            f"its end marker. Copy or download it again, or remove it from X."
+        )
 
 
 def _why_not_a_file(p: str) -> str:

@@ -203,6 +203,9 @@ def files(tmp_path_factory):
     jpg, png = Path(f["jpg"]).read_bytes(), Path(f["png"]).read_bytes()
     (d / "trunc.jpg").write_bytes(jpg[: len(jpg) // 2])
     (d / "trunc.png").write_bytes(png[: len(png) // 2])
+    corrupt = bytearray(png)  # whole, but its image data damaged: found only when decoded
+    corrupt[len(png) // 2:len(png) // 2 + 64] = b"\xff" * 64
+    (d / "corrupt.png").write_bytes(bytes(corrupt))
     (d / "empty.png").write_bytes(b"")
     (d / "text.png").write_text("not an image")
     (d / "text.jpg").write_text("not an image either")
@@ -212,7 +215,8 @@ def files(tmp_path_factory):
     os.symlink(d / "loop_a.png", d / "loop_b.png")
     os.symlink(d / "gone.png", d / "broken.png")
     f.update({k: str(d / n) for k, n in [
-        ("truncated jpg", "trunc.jpg"), ("truncated png", "trunc.png"), ("empty", "empty.png"),
+        ("truncated jpg", "trunc.jpg"), ("truncated png", "trunc.png"),
+        ("corrupt png", "corrupt.png"), ("empty", "empty.png"),
         ("text png", "text.png"), ("text jpg", "text.jpg"), ("directory", "dir.png"),
         ("gif", "anim.gif"), ("symlink loop", "loop_a.png"), ("broken symlink", "broken.png"),
         ("missing", "nope.png")]})
@@ -233,6 +237,10 @@ FILES_CHECK = [  # check_images([path]): what is found before any pixel is decod
     ("gif", Raises(ValueError, ["'.gif'", "supported"])),
     ("1x1", Raises(ImageReadError, ["one.png", "1x1", "2x2"])),
     ("1x64", Raises(ImageReadError, ["line.png", "64x1"])),
+    ("truncated jpg", Raises(ImageReadError, ["trunc.jpg", "truncated", "end marker"])),
+    ("truncated png", Raises(ImageReadError, ["trunc.png", "truncated"])),
+    ("corrupt png", None),  # complete, damaged inside: only decoding can tell
+    ("exif", None), ("float HU", None), ("cmyk", None),
 ]
 
 
@@ -262,6 +270,7 @@ FILES_READ = [  # read_image(path): pixels, with the same rules as arrays
     ("int32 negative", Raises(ImageReadError, ["i32n.tif", "16 bits"])),
     ("truncated jpg", Raises(ImageReadError, ["trunc.jpg", "truncated"])),
     ("truncated png", Raises(ImageReadError, ["trunc.png"])),
+    ("corrupt png", Raises(ImageReadError, ["corrupt.png", "corrupt"])),
     ("1x1", Raises(ImageReadError, ["one.png", "2x2"])),
     ("2x2", Gives(_range(128, 128, np.uint8))),
 ]
@@ -512,6 +521,30 @@ def test_interrupt_propagates_and_leaves_the_previous_model(fitted_clf, sample_p
     pd.testing.assert_frame_equal(fitted_clf.history_, history)
 
 
+@pytest.mark.parametrize("runner", ["cross_val_score", "GridSearchCV"])
+def test_interrupt_stops_cross_validation_too(sample_paths, monkeypatch, runner):
+    """Not scored as a failed fold (error_score) and carried on from: the search stops."""
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+
+    from skcxr import _training
+
+    X, y = sample_paths
+    fits = []
+
+    def ctrl_c(self, net, **kwargs):
+        fits.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_training.EpochRecord, "on_epoch_end", ctrl_c)
+    clf = PretrainedCNNClassifier(**TINY)
+    with pytest.raises(KeyboardInterrupt):
+        if runner == "cross_val_score":
+            cross_val_score(clf, X, y, cv=3, error_score=np.nan)
+        else:
+            GridSearchCV(clf, {"lr": [1e-3, 1e-2]}, cv=3, error_score=np.nan).fit(X, y)
+    assert len(fits) == 1
+
+
 def test_nan_loss_stops_the_fit_naming_the_epoch(sample_paths):
     X, y = sample_paths
     clf = PretrainedCNNClassifier(**{**TINY, "lr": 1e38, "max_epochs": 3,
@@ -714,12 +747,12 @@ def test_truncated_file_keeps_the_work_before_it(tmp_path, sample_paths, files, 
     monkeypatch.setattr(cache, "_CHUNK", 4)
     monkeypatch.setattr(cache._Claims, "chunk", 4)
     X, _ = sample_paths
-    bad = np.array(list(X[:9]) + [files["truncated jpg"]] + list(X[9:]), dtype=object)
+    bad = np.array(list(X[:9]) + [files["corrupt png"]] + list(X[9:]), dtype=object)
     for memory in (None, tmp_path):
         clear_cache()
         fe = _fe(memory) if memory else _fe(tmp_path).set_params(memory=None)
         fe.fit(X[:2])
-        err = Raises(ImageReadError, ["trunc.jpg", "8 image(s) computed before it are cached",
+        err = Raises(ImageReadError, ["corrupt.png", "8 image(s) computed before it are cached",
                                       "resume"]).check(lambda: fe.transform(bad))
         assert ("in " + str(tmp_path)) in str(err) if memory else "memory" in str(err)
         assert cache_info()["computed"] == 8
