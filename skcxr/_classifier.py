@@ -65,7 +65,15 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
     class_weight : None, "balanced" or dict, default=None
         Loss weights per class, computed from the training rows only (after the subsample
         and the validation split). Multi-label: per-label positive weights
-        (``n_negative / n_positive`` for "balanced").
+        (``n_negative / n_positive`` for "balanced"); a dict names labels by column index,
+        or by column name when ``y`` is a DataFrame.
+    sampler : imbalanced-learn sampler or None, default=None
+        Resamples the *training* rows after the inner validation split, so a duplicated row
+        never sits on both sides of the early-stopping split (as it does with
+        ``make_pipeline(RandomOverSampler(), clf)``, which resamples before ``fit`` splits).
+        Samplers that select rows work (``RandomOverSampler``, ``RandomUnderSampler``);
+        ones that make synthetic samples (SMOTE) are rejected. Seeded by ``random_state``
+        when its own ``random_state`` is None.
     head_hidden_units : tuple of int, default=()
         Hidden dense layers of the head (study 000: ``(1028,)``; study 003: ``(512, 512)``).
     dropout : float, default=0.0
@@ -142,6 +150,9 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         Weights used in the loss, computed on the training rows.
     n_train_samples_, n_valid_samples_ : int
         Rows trained on and rows of the inner validation split.
+    fit_rows_ : skcxr.protocol.FitRows
+        The rows of the last fit: ``train`` (after ``sampler``) and ``valid`` indices into
+        the ``X`` it received, encoded targets, loss weights (inspect what saw what).
     provenance_ : dict
         Backbone and weights provenance (see :class:`skcxr.backbones.Backbone`).
     preprocessing_ : skcxr.images.Preprocessing
@@ -185,6 +196,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         n_trainable_layers=0,
         train_size=None,
         class_weight=None,
+        sampler=None,
         head_hidden_units=(),
         dropout=0.0,
         max_epochs=10,
@@ -220,6 +232,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         self.n_trainable_layers = n_trainable_layers
         self.train_size = train_size
         self.class_weight = class_weight
+        self.sampler = sampler
         self.head_hidden_units = head_hidden_units
         self.dropout = dropout
         self.max_epochs = max_epochs
@@ -246,7 +259,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, groups=None):
         """Fine-tune on images ``X`` with targets ``y``.
 
         Every parameter, ``X``, ``y`` and ``sample_weight`` are checked before any image is
@@ -260,6 +273,13 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
             (multi-label).
         sample_weight : array-like of shape (n_samples,), default=None
             Per-row loss weights (multiplied with the class weights).
+        groups : array-like of shape (n_samples,), default=None
+            Patient (or other group) ids: the ``train_size`` subsample and the inner
+            validation split take whole groups, so one patient's images never sit on both
+            sides of early stopping. Inside ``cross_validate`` / ``GridSearchCV`` it arrives
+            through scikit-learn's metadata routing: ``sklearn.set_config(
+            enable_metadata_routing=True)``, ``clf.set_fit_request(groups=True)``, then
+            ``cross_validate(clf, X, y, cv=StratifiedGroupKFold(), params={"groups": g})``.
 
         Returns
         -------
@@ -272,7 +292,8 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         seed = as_seed(self.random_state)
         rows = fit_rows(y, len(source), sample_weight=sample_weight, train_size=self.train_size,
                         validation_fraction=self.validation_fraction,
-                        class_weight=self.class_weight, seed=seed)
+                        class_weight=self.class_weight, groups=groups,
+                        sampler=self.sampler, seed=seed)
         backbone = load_backbone(self.backbone, self.weights, in_chans=self.in_chans,
                                  random_state=seed)
         prep = make_preprocessing(backbone.data_config, image_size=self.image_size,
@@ -299,7 +320,8 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
             "n_trainable_params_": int(sum(p.numel() for p in module.parameters()
                                            if p.requires_grad)),
             "class_weight_": rows.class_weight, "n_train_samples_": len(rows.train),
-            "n_valid_samples_": len(rows.valid), "provenance_": backbone.provenance,
+            "n_valid_samples_": len(rows.valid), "fit_rows_": rows,
+            "provenance_": backbone.provenance,
             "preprocessing_": prep, "device_": run.device, "precision_": run.precision,
             "engine_": run.engine, "prefix_namespace_": namespace,
         }

@@ -106,10 +106,12 @@ def training_datasets(net, source: ImageSource, rows, prep: Preprocessing, run, 
     """
     if cache and augment is None and net.prefix_is_fixed:
         prefix = prefix_part(net, prep, provenance)
-        fit_rows = np.concatenate([rows.train, rows.valid])
+        # each image once, also when a sampler repeated training rows
+        fit_rows, position = np.unique(np.concatenate([rows.train, rows.valid]),
+                                       return_inverse=True)
         h = prefix.outputs(source.subset(fit_rows), run, location=location,
                            batch_size=batch_size, num_workers=num_workers,
-                           verbose=verbose > 1, desc="frozen prefix")
+                           verbose=verbose > 1, desc="frozen prefix")[position]
         n = len(rows.train)
         datasets = [PrefixDataset(h[:n], rows.y[rows.train], rows.weights[rows.train]),
                     PrefixDataset(h[n:], rows.y[rows.valid], rows.weights[rows.valid])]

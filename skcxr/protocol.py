@@ -2,8 +2,10 @@
 
 Everything here is computed from the rows ``fit`` receives, never from the outer fold:
 target encoding and checks, the ``train_size`` subsample (the studies' s), the inner
-validation split (for early stopping and checkpoint choice) carved from that subsample, and
-class weights from the remaining training rows. :func:`fit_rows` does it all and returns a
+validation split (for early stopping and checkpoint choice) carved from that subsample, an
+optional resampling of the training rows (``sampler``), and class weights from the training
+rows. With ``groups`` (patient ids) the subsample and the inner split keep each group on one
+side. :func:`fit_rows` does it all and returns a
 :class:`FitRows`; :class:`skcxr.PretrainedCNNClassifier` calls it with its parameters, and
 it is public so that a protocol can be inspected (which rows validated a fitted model?)
 without fitting.
@@ -46,8 +48,15 @@ def _weights_dict(value):
     return f"weights must be finite numbers >= 0, not {bad}" if bad else None
 
 
+def _sampler(value):
+    if hasattr(value, "fit_resample") and hasattr(value, "get_params"):
+        return None
+    return ""
+
+
 #: The protocol parameters' allowed values (the classifier's and :func:`fit_rows`'s).
 PROTOCOL_CONSTRAINTS = {
+    "sampler": [NONE, Check(_sampler, "an imbalanced-learn sampler (with fit_resample)")],
     "train_size": [NONE, Interval("int", 1), Fraction("real", 0, 1, closed="right")],
     "validation_fraction": [Interval("real", 0, 1, closed="left")],
     "class_weight": [NONE, Options("balanced"),
@@ -69,7 +78,9 @@ class FitRows:
         indicator matrix.
     train, valid : ndarray of int
         Row indices that train and that form the inner validation split (sorted; disjoint;
-        together the ``train_size`` subsample).
+        together the ``train_size`` subsample; with ``groups``, no group on both sides).
+        With a ``sampler``, ``train`` is what the sampler returned: a row may occur several
+        times (oversampling) or not at all (undersampling), never a ``valid`` row.
     weights : ndarray of float32
         Loss weight of every row: ``sample_weight`` times its class weight (single-label).
     class_weight : ndarray or None
@@ -96,7 +107,8 @@ class FitRows:
 
 
 def fit_rows(y, n: int | None = None, *, sample_weight=None, train_size=None,
-             validation_fraction=0.1, class_weight=None, seed: int = 0) -> FitRows:
+             validation_fraction=0.1, class_weight=None, groups=None, sampler=None,
+             seed: int = 0) -> FitRows:
     """The careful protocol for the rows ``fit`` received.
 
     Parameters
@@ -105,8 +117,11 @@ def fit_rows(y, n: int | None = None, *, sample_weight=None, train_size=None,
         Class labels, or a 0/1 indicator matrix (multi-label).
     n : int, optional
         The number of images (checked against ``len(y)``).
-    sample_weight, train_size, validation_fraction, class_weight :
+    sample_weight, train_size, validation_fraction, class_weight, sampler :
         As the parameters of :class:`skcxr.PretrainedCNNClassifier`.
+    groups : array-like of shape (n,), optional
+        A group per row (patient id): the subsample and the inner split take whole groups,
+        so no patient has images on both sides of the early-stopping split.
     seed : int
         Seeds the subsample (``seed``) and the inner split (``seed + 1``).
 
@@ -115,12 +130,18 @@ def fit_rows(y, n: int | None = None, *, sample_weight=None, train_size=None,
     FitRows
     """
     validate({"train_size": train_size, "validation_fraction": validation_fraction,
-              "class_weight": class_weight}, PROTOCOL_CONSTRAINTS, "fit_rows")
+              "class_weight": class_weight, "sampler": sampler}, PROTOCOL_CONSTRAINTS,
+             "fit_rows")
     if y is None:
         raise ValueError("y is required: PretrainedCNNClassifier is supervised.")
     classes, y_enc, task = encode_targets(y, len(y) if n is None else n)
     weights = check_sample_weight(sample_weight, len(y_enc))
-    train, valid = split_rows(y_enc, task, train_size, validation_fraction, seed)
+    groups = check_groups(groups, len(y_enc))
+    train, valid = split_rows(y_enc, task, train_size, validation_fraction, seed, groups=groups)
+    if task == "multilabel":
+        _warn_rare_labels(y_enc, train, valid)
+    if sampler is not None:
+        train = resample_rows(sampler, train, y_enc, task, seed)
     names = [str(c) for c in y.columns] if hasattr(y, "columns") else None
     cw = class_weights(class_weight, y_enc[train], task, classes, label_names=names)
     if cw is not None and task != "multilabel":
@@ -189,13 +210,30 @@ def check_sample_weight(sample_weight, n: int) -> np.ndarray:
     return w
 
 
-def split_rows(y, task: str, train_size, validation_fraction, seed: int):
+def check_groups(groups, n: int):
+    """``groups`` as a 1-D array of ``n`` non-missing ids, or None."""
+    if groups is None:
+        return None
+    g = np.asarray(groups.to_numpy() if hasattr(groups, "to_numpy") else groups)
+    if g.ndim != 1 or len(g) != n:
+        raise ValueError(f"groups must be a 1-D array of {n} group ids (one per image); got "
+                         f"shape {g.shape}.")
+    if pd.isna(g).any():
+        raise ValueError(f"groups has {int(pd.isna(g).sum())} missing id(s); give every image "
+                         "its patient (or any group) id.")
+    return g
+
+
+def split_rows(y, task: str, train_size, validation_fraction, seed: int, groups=None):
     """Indices ``(train, valid)``: the ``train_size`` subsample, then the inner split of it.
 
-    Both draws are stratified (plain random for multi-label) and seeded.
+    Both draws are seeded and stratified: single-label rows without groups by
+    ``train_test_split``; with ``groups`` (whole groups) or multi-label targets (per label)
+    by :func:`stratified_take`. With groups, sizes are as close as whole groups allow.
     """
     n = len(y)
     idx = np.arange(n)
+    greedy = groups is not None or task == "multilabel"
     stratify = y if task != "multilabel" else None
     size = train_size
     if size is not None:
@@ -210,15 +248,116 @@ def split_rows(y, task: str, train_size, validation_fraction, seed: int):
                 f"train_size={train_size} gives {size} rows, too few for {n_classes} classes: "
                 f"use at least {2 * n_classes}.")
         if size < n:
-            idx, _ = _stratified_split(idx, size, stratify, seed, "train_size")
+            if greedy:
+                idx, _ = stratified_take(idx, size, y, groups, seed, "train_size")
+            else:
+                idx, _ = _stratified_split(idx, size, stratify, seed, "train_size")
     if not validation_fraction:
         return idx, np.array([], dtype=int)
     n_valid = max(1, int(round(validation_fraction * len(idx))))
+    if greedy:
+        valid, train = stratified_take(idx, n_valid, y, groups, seed + 1, "validation_fraction")
+        return train, valid
     sub_strat = stratify[idx] if stratify is not None else None
     if sub_strat is not None:
         n_valid = max(n_valid, len(np.unique(sub_strat)))
     valid, train = _stratified_split(idx, n_valid, sub_strat, seed + 1, "validation_fraction")
     return train, valid
+
+
+def stratified_take(idx, n_first: int, y, groups, seed: int, param: str):
+    """Split ``idx`` into (about ``n_first`` rows, the rest) taking whole groups (or single
+    rows when ``groups`` is None), stratified by class, or per label for multi-label ``y``.
+
+    Iterative stratification (Sechidis, Tsoumakas and Vlahavas, 2011) over groups: the
+    class or label with the fewest positives left is placed first, each of its units
+    (groups) going to the side that still wants most of it (then most rows; ties seeded
+    random); units without positives fill the sides' remaining row counts.
+    """
+    idx = np.asarray(idx)
+    yy = y[idx]
+    counts = (yy.astype(np.float64) if yy.ndim == 2
+              else np.eye(int(y.max()) + 1)[yy])  # per row: one-hot class or label positives
+    units = (np.arange(len(idx)) if groups is None
+             else np.unique(groups[idx], return_inverse=True)[1])
+    n_units = int(units.max()) + 1
+    if n_units < 2:
+        raise ValueError(
+            f"Cannot split {len(idx)} rows for {param}: they all belong to one group. Give "
+            f"more groups, or set {param} so that no split is needed"
+            + (" (validation_fraction=0)." if param == "validation_fraction" else "."))
+    vec = np.zeros((n_units, 1 + counts.shape[1]))
+    np.add.at(vec, units, np.c_[np.ones(len(idx)), counts])
+    share = np.array([n_first, len(idx) - n_first]) / len(idx)
+    want = share[:, None] * vec.sum(0)[None, :]  # (side, rows + labels) still wanted
+    rng = np.random.default_rng(seed)
+    side = np.full(n_units, -1)
+    left = rng.permutation(n_units)
+    while len(left):
+        pos = vec[left, 1:]
+        alive = pos.sum(0) > 0
+        if alive.any():
+            j = np.flatnonzero(alive)[np.argmin(pos.sum(0)[alive])]
+            these = left[pos[:, j] > 0]
+        else:
+            j, these = None, left
+        for u in these:
+            key = want[:, 1 + j] if j is not None else want[:, 0]
+            best = np.flatnonzero(key == key.max())
+            if len(best) > 1:
+                rows = want[best, 0]
+                best = best[rows == rows.max()]
+            s = int(best[0] if len(best) == 1 else rng.choice(best))
+            side[u] = s
+            want[s] -= vec[u]
+        left = left[side[left] < 0]
+    if (side == 0).all() or (side == 1).all():  # at least one unit on each side
+        side[np.argmin(vec[:, 0])] = 1 - side[0]
+    take = side[units] == 0
+    return np.sort(idx[take]), np.sort(idx[~take])
+
+
+def _warn_rare_labels(y, train, valid, minimum: int = 5) -> None:
+    """Multi-label: labels with fewer than ``minimum`` positives on a side learn or validate
+    on almost nothing; say which."""
+    import warnings
+
+    for name, rows in (("training", train), ("validation", valid)):
+        if len(rows) == 0:
+            continue
+        pos = y[rows].sum(0)
+        rare = np.flatnonzero(pos < minimum)
+        if len(rare):
+            warnings.warn(
+                f"Multi-label y: label column(s) {rare.tolist()} have fewer than {minimum} "
+                f"positive {name} rows ({pos[rare].astype(int).tolist()}); their scores are "
+                "noise. More data, fewer labels, or a larger validation_fraction help.",
+                UserWarning, stacklevel=3)
+
+
+def resample_rows(sampler, train, y, task: str, seed: int):
+    """The training rows after ``sampler`` (cloned, seeded when it has a ``random_state`` of
+    None), which resamples row *indices*: e.g. ``RandomOverSampler`` or
+    ``RandomUnderSampler``. Runs after the inner split, so no validation row is ever
+    duplicated into training."""
+    from sklearn.base import clone
+
+    if task == "multilabel":
+        raise ValueError("sampler= works on single-label targets; for multi-label y use "
+                         "class_weight='balanced' (per-label positive weights).")
+    sampler = clone(sampler)
+    if "random_state" in sampler.get_params() and sampler.get_params()["random_state"] is None:
+        sampler.set_params(random_state=seed)
+    ids, _ = sampler.fit_resample(train.reshape(-1, 1).astype(np.float64), y[train])
+    ids = np.asarray(ids).ravel()
+    rows = np.rint(ids).astype(np.int64)
+    if not np.array_equal(rows, ids) or not np.isin(rows, train).all():
+        raise ValueError(
+            f"sampler={type(sampler).__name__} made new samples instead of selecting rows; "
+            "images have no feature vector to interpolate. Use a sampler that selects rows: "
+            "RandomOverSampler, RandomUnderSampler, or imbalanced-learn's other under-samplers "
+            "that keep original rows.")
+    return np.sort(rows)
 
 
 def class_weights(class_weight, y_train, task: str, classes, label_names=None):

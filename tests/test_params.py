@@ -36,6 +36,7 @@ BAD = {
         "n_trainable_layers": [-2, 2.5, "", None],
         "train_size": [0, 0.0, 1.5, -3, "half", True],
         "class_weight": ["auto", [1, 2], {0: -1.0}, {0: "x"}, {0: math.inf}],
+        "sampler": ["oversample", object()],
         "head_hidden_units": [512, (512, 0), (512.5,)],
         "dropout": [1.0, -0.1],
         "max_epochs": [0, True, 2.0],
