@@ -143,7 +143,8 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         Epoch whose weights were kept: the last one that improved the validation loss by
         more than ``min_delta`` (with early stopping), else the last epoch.
     trainable_layers_ : list of str
-        Backbone layers planned to train (after ``freeze_epochs``).
+        Backbone layers that trained: none if the fit ended before the unfreeze, and no
+        BatchNorm layer that ``batchnorm="eval"`` keeps fixed.
     n_trainable_params_ : int
         Parameters that trained (head + trainable layers).
     class_weight_ : ndarray or None
@@ -316,7 +317,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         fitted = {
             "classes_": rows.classes, "target_type_": rows.task, "module_": module,
             "history_": history_frame(net), "best_epoch_": kept_epoch(net),
-            "trainable_layers_": list(module.trainable_layers),
+            "trainable_layers_": module.layers_training,
             "n_trainable_params_": int(sum(p.numel() for p in module.parameters()
                                            if p.requires_grad)),
             "class_weight_": rows.class_weight, "n_train_samples_": len(rows.train),

@@ -126,6 +126,16 @@ class CXRNet(nn.Module):
     def _chain(self, start, stop):
         return [self.backbone.get_submodule(n) for n in self.chain_names[start:stop]]
 
+    @property
+    def layers_training(self) -> list[str]:
+        """Planned backbone layers whose parameters train now: none before the unfreeze,
+        and never a BatchNorm layer that ``batchnorm="eval"`` keeps fixed."""
+        if not self.backbone_unfrozen:
+            return []
+        return [n for n in self.trainable_layers
+                if any(p.requires_grad
+                       for p in self.backbone.get_submodule(n).parameters(recurse=False))]
+
     def unfreeze(self) -> None:
         """Let the planned backbone layers train (the head always does)."""
         set_trainable(self.backbone, self.trainable_layers, True)

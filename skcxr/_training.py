@@ -198,6 +198,14 @@ class _EarlyStopping(EarlyStopping):
         try:
             super().on_epoch_end(net, **kwargs)
         except KeyboardInterrupt:  # skorch's way of stopping a fit early
+            module = net.module_
+            if not module.backbone_unfrozen and module.trainable_layers:
+                # the head-only phase has converged: that is the cue to unfreeze, not to
+                # stop; phase two starts from the best head, with its own patience
+                if self.load_best and self.best_model_weights_ is not None:
+                    module.load_state_dict(self.best_model_weights_)
+                _callback(net, Unfreeze).unfreeze_now(net)
+                return
             self.stopped_ = True
             raise
 
@@ -295,7 +303,8 @@ def _callback(net, kind):
 
 
 class Unfreeze(Callback):
-    """Unfreeze the planned backbone layers at the start of epoch ``freeze_epochs + 1``."""
+    """Unfreeze the planned backbone layers at the start of epoch ``freeze_epochs + 1``, or
+    earlier when early stopping finds the head-only phase converged."""
 
     def __init__(self, freeze_epochs: int):
         self.freeze_epochs = freeze_epochs
@@ -303,10 +312,15 @@ class Unfreeze(Callback):
     def on_epoch_begin(self, net, **kwargs):
         epoch = len(net.history)  # the current epoch's row is already appended
         if epoch > self.freeze_epochs and not net.module_.backbone_unfrozen:
-            net.module_.unfreeze()
-            early = _callback(net, EarlyStopping)
-            if early is not None:  # a new phase gets its own patience
-                early.misses_ = 0
+            self.unfreeze_now(net)
+
+    @staticmethod
+    def unfreeze_now(net) -> None:
+        """Unfreeze (after ``freeze_epochs``, or when early stopping ends the head phase)."""
+        net.module_.unfreeze()
+        early = _callback(net, EarlyStopping)
+        if early is not None:  # a new phase gets its own patience
+            early.misses_ = 0
 
 
 class EpochRecord(Callback):
@@ -329,9 +343,7 @@ class EpochRecord(Callback):
         for group in net.optimizer_.param_groups:
             is_head = any(id(p) in head for p in group["params"])
             net.history.record("lr" if is_head else "backbone_lr", group["lr"])
-        net.history.record(
-            "n_trainable_layers", len(module.trainable_layers) if module.backbone_unfrozen else 0
-        )
+        net.history.record("n_trainable_layers", len(module.layers_training))
         if self.preds_:
             acc, auc = _scores(self.task, torch.cat(self.preds_), torch.cat(self.trues_))
             net.history.record("valid_acc", acc)

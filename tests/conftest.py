@@ -72,7 +72,7 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def undecodable(tmp_path, data):
-    """60 PNG paths with valid headers and truncated pixel data, and ``data``'s labels.
+    """60 complete PNG files whose pixel data is damaged, and ``data``'s labels.
 
     Every check that should come before decoding passes on them; decoding any one raises
     ImageReadError. So a test that expects another error proves it came first.
@@ -84,8 +84,9 @@ def undecodable(tmp_path, data):
     for i in range(60):
         path = tmp_path / f"img{i}.png"
         Image.fromarray(rng.randint(0, 255, (48, 48), dtype=np.uint8)).save(path)
-        raw = path.read_bytes()
-        path.write_bytes(raw[: len(raw) // 2])
+        raw = bytearray(path.read_bytes())  # header and end intact: only decoding fails
+        raw[len(raw) // 2:len(raw) // 2 + 64] = b"\xff" * 64
+        path.write_bytes(bytes(raw))
         paths.append(str(path))
     return np.array(paths, dtype=object), data[1]
 

@@ -149,6 +149,7 @@ def test_string_and_multiclass_labels(sample, tiny_clf):
     assert clf.class_weight_.shape == (3,)
 
 
+@pytest.mark.filterwarnings("ignore:Multi-label y")
 def test_multilabel_indicator_targets(sample, tiny_clf):
     X = sample.data[::5]
     rng = np.random.RandomState(0)
@@ -458,3 +459,29 @@ def test_fit_and_predict_leave_global_state_alone(data, tiny_clf, params):
     _assert_same_state(clf, state)
     assert not clf.module_.training
     assert torch.equal(torch.get_rng_state(), rng)  # nor does predict draw from it
+
+
+def test_early_stopping_in_the_head_phase_unfreezes_instead_of_ending(data, tiny_clf):
+    """A huge min_delta makes every epoch after the first a miss: the head phase (planned
+    for 5 epochs) ends at epoch 2 by early stopping, the backbone unfreezes, and phase two
+    gets its own patience."""
+    X, y = data
+    clf = PretrainedCNNClassifier(**{**tiny_clf, "max_epochs": 8, "freeze_epochs": 5,
+                                     "n_trainable_layers": 2, "patience": 1,
+                                     "min_delta": 10.0}).fit(X, y)
+    assert clf.history_["n_trainable_layers"].tolist() == [0, 0, 2]
+    assert len(clf.trainable_layers_) == 2
+
+
+def test_trainable_layers_report_what_trained(data, tiny_clf):
+    X, y = data
+    planned = PretrainedCNNClassifier(**{**tiny_clf, "n_trainable_layers": 4}).fit(X, y)
+    bn_eval = PretrainedCNNClassifier(**{**tiny_clf, "n_trainable_layers": 4,
+                                         "batchnorm": "eval"}).fit(X, y)
+    modules = dict(bn_eval.module_.backbone.named_modules())
+    dropped = set(planned.trainable_layers_) - set(bn_eval.trainable_layers_)
+    assert dropped and all(isinstance(modules[n], torch.nn.BatchNorm2d) for n in dropped)
+    assert set(bn_eval.trainable_layers_) < set(planned.trainable_layers_)
+    never = PretrainedCNNClassifier(**{**tiny_clf, "n_trainable_layers": 2, "max_epochs": 2,
+                                       "freeze_epochs": 3}).fit(X, y)
+    assert never.trainable_layers_ == []  # the fit ended inside the head phase
