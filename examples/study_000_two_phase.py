@@ -228,7 +228,8 @@ def report(res, y, oof, out, grouped):
           f"{mean_std(res['test_roc_auc'])}, recall {mean_std(res['test_recall'])}, "
           f"precision {mean_std(res['test_precision'])}")
     print(f"phase 2 (fine-tuning) ran in {int(per_fold['phase 2 ran'].sum())} of {n} "
-          "folds; patience=1 ends the whole fit when a head-only epoch does not improve.")
+          "folds; a head-only epoch that does not improve ends the head phase early (the "
+          "backbone unfreezes from the best head), not the fit.")
     print("Study note: its validation recall/precision (0.2256) beside accuracy 0.9995 are "
           "inconsistent (0.2256 is the positive share); its std row repeats the loss std.")
 

@@ -86,6 +86,9 @@ class FitRows:
     class_weight : ndarray or None
         Per class, or for multi-label per label the BCE ``pos_weight``; computed from the
         ``train`` rows only.
+    rare_labels : dict or None
+        Multi-label: the label columns with fewer than 5 positive ``"training"`` and
+        ``"validation"`` rows (warned).
     """
 
     classes: np.ndarray
@@ -95,6 +98,7 @@ class FitRows:
     valid: np.ndarray
     weights: np.ndarray
     class_weight: np.ndarray | None
+    rare_labels: dict | None = None
 
     @property
     def n_outputs(self) -> int:
@@ -138,15 +142,16 @@ def fit_rows(y, n: int | None = None, *, sample_weight=None, train_size=None,
     weights = check_sample_weight(sample_weight, len(y_enc))
     groups = check_groups(groups, len(y_enc))
     train, valid = split_rows(y_enc, task, train_size, validation_fraction, seed, groups=groups)
-    if task == "multilabel":
-        _warn_rare_labels(y_enc, train, valid)
+    rare = rare_labels(y_enc, train, valid) if task == "multilabel" else None
+    if rare:
+        _warn_rare_labels(rare)
     if sampler is not None:
         train = resample_rows(sampler, train, y_enc, task, seed)
     names = [str(c) for c in y.columns] if hasattr(y, "columns") else None
     cw = class_weights(class_weight, y_enc[train], task, classes, label_names=names)
     if cw is not None and task != "multilabel":
         weights = weights * cw[y_enc]
-    return FitRows(classes, task, y_enc, train, valid, weights.astype(np.float32), cw)
+    return FitRows(classes, task, y_enc, train, valid, weights.astype(np.float32), cw, rare)
 
 
 def encode_targets(y, n: int):
@@ -317,22 +322,35 @@ def stratified_take(idx, n_first: int, y, groups, seed: int, param: str):
     return np.sort(idx[take]), np.sort(idx[~take])
 
 
-def _warn_rare_labels(y, train, valid, minimum: int = 5) -> None:
-    """Multi-label: labels with fewer than ``minimum`` positives on a side learn or validate
-    on almost nothing; say which."""
+#: Fewer positive rows than this on a side of a multi-label split: warned, listed in
+#: ``FitRows.rare_labels``.
+RARE_POSITIVES = 5
+
+
+def rare_labels(y, train, valid) -> dict:
+    """Multi-label: ``{"training": [...], "validation": [...]}``, the label columns with fewer
+    than :data:`RARE_POSITIVES` positive rows on that side."""
+    return {name: np.flatnonzero(y[rows].sum(0) < RARE_POSITIVES).tolist() if len(rows) else []
+            for name, rows in (("training", train), ("validation", valid))}
+
+
+_RARE_WARNED = []
+
+
+def _warn_rare_labels(rare: dict) -> None:
+    """Once per process (a grid search would warn at every fit, since scikit-learn's
+    parallel helpers reset the warnings registry); each fit's labels are in its
+    ``fit_rows_.rare_labels``."""
     import warnings
 
-    for name, rows in (("training", train), ("validation", valid)):
-        if len(rows) == 0:
-            continue
-        pos = y[rows].sum(0)
-        rare = np.flatnonzero(pos < minimum)
-        if len(rare):
-            warnings.warn(
-                f"Multi-label y: label column(s) {rare.tolist()} have fewer than {minimum} "
-                f"positive {name} rows ({pos[rare].astype(int).tolist()}); their scores are "
-                "noise. More data, fewer labels, or a larger validation_fraction help.",
-                UserWarning, stacklevel=3)
+    if any(rare.values()) and not _RARE_WARNED:
+        _RARE_WARNED.append(True)
+        warnings.warn(
+            f"Multi-label y: some labels have fewer than {RARE_POSITIVES} positive rows in the "
+            "training or validation rows of a fit (fitted estimators list them in "
+            "fit_rows_.rare_labels); their early stopping and scores are noise. More data, "
+            "fewer labels, or a larger validation_fraction help. (Warned once per process.)",
+            UserWarning, stacklevel=3)
 
 
 def resample_rows(sampler, train, y, task: str, seed: int):
