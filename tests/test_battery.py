@@ -466,6 +466,7 @@ MULTILABEL_WEIGHTS = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:Multi-label y")  # 40 rows: rare labels, warned
 @pytest.mark.parametrize("cw, frame, expect", [c[1:] for c in MULTILABEL_WEIGHTS],
                          ids=[c[0] for c in MULTILABEL_WEIGHTS])
 def test_multilabel_class_weight_keys(cw, frame, expect):

@@ -1,0 +1,169 @@
+"""Calibration and decision thresholds, fitted after training on rows the network did not
+train on, without refitting the network.
+
+:class:`skcxr.PretrainedCNNClassifier` fits them on its inner validation rows
+(``calibration=``, ``threshold=``); the functions here are public so that the same can be
+done on any held-out predictions (out-of-fold ones, say).
+
+* **Temperature scaling** (Guo et al., 2017): one scalar ``T`` divides the logits, chosen to
+  minimise the negative log-likelihood of the held-out rows. It changes probabilities, not
+  the ranking (ROC AUC is unchanged) nor, for single-label targets, the argmax.
+* **Decision thresholds** per class (binary: on the positive class) or per label
+  (multi-label), chosen for an objective: ``"balanced_accuracy"``, ``"f1"``, ``"youden"``
+  (same optimum as balanced accuracy), or ``("sensitivity", 0.9)``: the highest threshold
+  that keeps at least that sensitivity, i.e. the best specificity at that sensitivity.
+* :func:`expected_calibration_error` and :func:`skcxr.plotting.plot_reliability` report
+  calibration.
+
+Examples
+--------
+>>> import numpy as np
+>>> from skcxr.calibration import expected_calibration_error, fit_thresholds
+>>> y = np.array([0, 0, 0, 1, 1, 1])
+>>> p = np.array([0.1, 0.3, 0.6, 0.55, 0.8, 0.9])
+>>> fit_thresholds(p, y, "binary", "balanced_accuracy").round(3).tolist()
+[0.425]
+>>> round(expected_calibration_error(y, p, n_bins=5), 3)
+0.142
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._validation import NONE, Check, Options
+
+__all__ = [
+    "OBJECTIVES",
+    "apply_temperature",
+    "expected_calibration_error",
+    "fit_temperature",
+    "fit_thresholds",
+    "probabilities",
+]
+
+#: Threshold objectives by name; ``("sensitivity", s)`` with ``0 < s < 1`` is the other form.
+OBJECTIVES = ("balanced_accuracy", "f1", "youden")
+
+
+def _objective(value):
+    if isinstance(value, str):
+        return None if value in OBJECTIVES else ""
+    ok = (isinstance(value, tuple) and len(value) == 2 and value[0] == "sensitivity"
+          and isinstance(value[1], float) and 0 < value[1] < 1)
+    return None if ok else ""
+
+
+#: The allowed values of the classifier's ``calibration`` and ``threshold``.
+CALIBRATION_CONSTRAINTS = {
+    "calibration": [NONE, Options("temperature")],
+    "threshold": [NONE, Check(_objective, f"one of {OBJECTIVES} or ('sensitivity', s) "
+                                          "with 0 < s < 1")],
+}
+
+
+def probabilities(logits: np.ndarray, task: str) -> np.ndarray:
+    """Softmax over classes, or a sigmoid per label for multi-label targets."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if task == "multilabel":
+        return 1.0 / (1.0 + np.exp(-logits))
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def apply_temperature(logits: np.ndarray, temperature: float | None) -> np.ndarray:
+    return logits if temperature is None else logits / temperature
+
+
+def _nll(logits, y, task) -> float:
+    p = np.clip(probabilities(logits, task), 1e-12, 1 - 1e-12)
+    if task == "multilabel":
+        return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+    return float(-np.log(p[np.arange(len(y)), y]).mean())
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray, task: str) -> float:
+    """The temperature ``T`` in [0.05, 20] that minimises the held-out negative
+    log-likelihood of ``logits / T`` (a bounded scalar search over ``log T``)."""
+    from scipy.optimize import minimize_scalar
+
+    logits = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y)
+    res = minimize_scalar(lambda t: _nll(logits / np.exp(t), y, task),
+                          bounds=(np.log(0.05), np.log(20.0)), method="bounded",
+                          options={"xatol": 1e-4})
+    return float(np.exp(res.x))
+
+
+def _best_threshold(score: np.ndarray, positive: np.ndarray, objective) -> float:
+    """The threshold on ``score`` (predict positive when ``score >= t``) best for
+    ``objective``; ties go to the middle of the best interval."""
+    order = np.argsort(-score, kind="stable")
+    s, pos = score[order], positive[order].astype(bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return 0.5  # nothing to choose from: the default
+    # thresholds at each distinct score: predict positive for every row with a score >= it
+    last = np.r_[s[1:] != s[:-1], True]
+    tp, fp = np.cumsum(pos)[last], np.cumsum(~pos)[last]
+    cand = s[last]
+    sens, spec = tp / n_pos, 1 - fp / n_neg
+    if isinstance(objective, tuple):  # ("sensitivity", target)
+        ok = np.flatnonzero(sens >= objective[1] - 1e-12)
+        i = ok[0]  # the highest threshold that reaches it: best specificity
+        below = cand[i + 1] if i + 1 < len(cand) else 0.0
+        return float((cand[i] + below) / 2) if below < cand[i] else float(cand[i])
+    if objective == "f1":
+        precision = tp / np.maximum(tp + fp, 1)
+        value = 2 * precision * sens / np.maximum(precision + sens, 1e-12)
+    else:  # balanced accuracy; Youden's J = sens + spec - 1 has the same optimum
+        value = (sens + spec) / 2
+    best = np.flatnonzero(value >= value.max() - 1e-12)
+    i = best[len(best) // 2]
+    below = cand[i + 1] if i + 1 < len(cand) else 0.0
+    return float((cand[i] + below) / 2)
+
+
+def fit_thresholds(proba: np.ndarray, y: np.ndarray, task: str, objective) -> np.ndarray:
+    """Decision thresholds for ``objective``: ``[t]`` on the positive class's probability for
+    binary targets, one per label for multi-label ones.
+
+    Multiclass targets have no such thresholds (argmax decides): a ValueError says so.
+    """
+    proba, y = np.asarray(proba), np.asarray(y)
+    if task == "binary":
+        score = proba[:, 1] if proba.ndim == 2 else proba
+        return np.array([_best_threshold(score, y == 1, objective)])
+    if task == "multilabel":
+        return np.array([_best_threshold(proba[:, j], y[:, j] > 0.5, objective)
+                         for j in range(y.shape[1])])
+    raise ValueError("threshold= applies to binary and multi-label targets; a multiclass "
+                     "prediction is the most probable class. Use threshold=None.")
+
+
+def expected_calibration_error(y_true, proba, n_bins: int = 15) -> float:
+    """Expected calibration error: the mean |accuracy - confidence| over equal-width
+    confidence bins, weighted by the rows in each bin.
+
+    ``proba``: ``(n,)`` positive-class probabilities with 0/1 ``y_true``, ``(n, k)`` class
+    probabilities with labels ``0..k-1`` (confidence of the predicted class), or a
+    multi-label ``(n, L)`` matrix with a 0/1 ``(n, L)`` ``y_true`` (every label's
+    probability as a binary prediction, pooled).
+    """
+    y, p = np.asarray(y_true), np.asarray(proba, dtype=np.float64)
+    if p.ndim == 2 and y.ndim == 2:  # multi-label: pooled binary events
+        y, p = y.ravel(), p.ravel()
+    if p.ndim == 1:
+        correct, conf = (y == 1).astype(float), p
+    else:
+        conf = p.max(1)
+        correct = (p.argmax(1) == y).astype(float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        in_bin = which == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
+    return float(ece)
