@@ -74,6 +74,16 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         Samplers that select rows work (``RandomOverSampler``, ``RandomUnderSampler``);
         ones that make synthetic samples (SMOTE) are rejected. Seeded by ``random_state``
         when its own ``random_state`` is None.
+    calibration : {None, "temperature"}, default=None
+        After training, fit a temperature on the inner validation rows (one scalar dividing
+        the logits, chosen to minimise their log-loss; Guo et al., 2017): ``predict_proba``
+        is then calibrated. The ranking, ROC AUC and the single-label argmax do not change;
+        the network is not refitted. See :mod:`skcxr.calibration`.
+    threshold : None, {"balanced_accuracy", "f1", "youden"} or ("sensitivity", s), default=None
+        After training (and calibration), choose decision thresholds on the inner validation
+        rows for this objective: one on the positive class (binary) or one per label
+        (multi-label); ``("sensitivity", 0.9)`` keeps at least that sensitivity with the best
+        specificity. ``predict`` uses them (``thresholds_``). Not for multiclass targets.
     head_hidden_units : tuple of int, default=()
         Hidden dense layers of the head (study 000: ``(1028,)``; study 003: ``(512, 512)``).
     dropout : float, default=0.0
@@ -151,6 +161,10 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         Weights used in the loss, computed on the training rows.
     n_train_samples_, n_valid_samples_ : int
         Rows trained on and rows of the inner validation split.
+    temperature_ : float or None
+        The fitted temperature (``calibration="temperature"``).
+    thresholds_ : ndarray or None
+        The fitted decision thresholds (``threshold=``), on probabilities.
     fit_rows_ : skcxr.protocol.FitRows
         The rows of the last fit: ``train`` (after ``sampler``) and ``valid`` indices into
         the ``X`` it received, encoded targets, loss weights (inspect what saw what).
@@ -198,6 +212,8 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         train_size=None,
         class_weight=None,
         sampler=None,
+        calibration=None,
+        threshold=None,
         head_hidden_units=(),
         dropout=0.0,
         max_epochs=10,
@@ -234,6 +250,8 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         self.train_size = train_size
         self.class_weight = class_weight
         self.sampler = sampler
+        self.calibration = calibration
+        self.threshold = threshold
         self.head_hidden_units = head_hidden_units
         self.dropout = dropout
         self.max_epochs = max_epochs
@@ -295,6 +313,11 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
                         validation_fraction=self.validation_fraction,
                         class_weight=self.class_weight, groups=groups,
                         sampler=self.sampler, seed=seed)
+        if self.threshold is not None and rows.task == "multiclass":
+            raise ValueError(
+                f"threshold={self.threshold!r} applies to binary and multi-label targets; y "
+                f"has {len(rows.classes)} classes, whose prediction is the most probable one. "
+                "Use threshold=None.")
         backbone = load_backbone(self.backbone, self.weights, in_chans=self.in_chans,
                                  random_state=seed)
         prep = make_preprocessing(backbone.data_config, image_size=self.image_size,
@@ -313,6 +336,8 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
             net = make_net(module, train_ds, valid_ds, task=rows.task, pos_weight=rows.pos_weight,
                            device=run.device, **{k: params[k] for k in TRAINING_PARAMS})
             train(net, train_ds)
+            temperature, thresholds = _calibrate(net, valid_ds, rows, self.calibration,
+                                                 self.threshold)
         module = net.module_.to("cpu").eval()  # keep the weights, drop optimizer and callbacks
         fitted = {
             "classes_": rows.classes, "target_type_": rows.task, "module_": module,
@@ -322,6 +347,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
                                            if p.requires_grad)),
             "class_weight_": rows.class_weight, "n_train_samples_": len(rows.train),
             "n_valid_samples_": len(rows.valid), "fit_rows_": rows,
+            "temperature_": temperature, "thresholds_": thresholds,
             "provenance_": backbone.provenance,
             "preprocessing_": prep, "device_": run.device, "precision_": run.precision,
             "engine_": run.engine, "prefix_namespace_": namespace,
@@ -365,17 +391,27 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         return logits
 
     def predict_proba(self, X):
-        """Class probabilities (softmax), or per-label probabilities (sigmoid) if multi-label."""
-        logits = torch.from_numpy(self._logits(X))
+        """Class probabilities (softmax), or per-label probabilities (sigmoid) if multi-label;
+        calibrated when ``calibration`` was set (logits divided by ``temperature_``)."""
+        logits = self._logits(X)
+        temperature = getattr(self, "temperature_", None)
+        if temperature is not None:
+            logits = logits / np.float32(temperature)
+        logits = torch.from_numpy(logits)
         if self.target_type_ == "multilabel":
             return torch.sigmoid(logits).numpy()
         return torch.softmax(logits, dim=1).numpy()
 
     def predict(self, X):
-        """Class labels, or the 0/1 indicator matrix if multi-label (threshold 0.5)."""
+        """Class labels, or the 0/1 indicator matrix if multi-label: by ``thresholds_`` when
+        ``threshold`` was set, else the most probable class (multi-label: 0.5)."""
         proba = self.predict_proba(X)
+        thresholds = getattr(self, "thresholds_", None)
         if self.target_type_ == "multilabel":
-            return (proba >= 0.5).astype(np.int64)
+            cut = 0.5 if thresholds is None else thresholds[None, :]
+            return (proba >= cut).astype(np.int64)
+        if thresholds is not None:  # binary
+            return self.classes_[(proba[:, 1] >= thresholds[0]).astype(np.int64)]
         return self.classes_[proba.argmax(1)]
 
     def __sklearn_tags__(self):
@@ -388,3 +424,20 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
 
     def __getstate__(self):
         return _runtime.cpu_state(self.__dict__)
+
+
+def _calibrate(net, valid_ds, rows, calibration, threshold):
+    """Temperature and thresholds fitted on the inner validation rows (after training, with
+    the kept weights), or None each."""
+    if calibration is None and threshold is None:
+        return None, None
+    from .calibration import apply_temperature, fit_temperature, fit_thresholds, probabilities
+
+    logits = net.forward(valid_ds, training=False, device="cpu").float().numpy()
+    y = rows.y[rows.valid]
+    temperature = fit_temperature(logits, y, rows.task) if calibration else None
+    thresholds = None
+    if threshold is not None:
+        proba = probabilities(apply_temperature(logits, temperature), rows.task)
+        thresholds = fit_thresholds(proba, y, rows.task, threshold)
+    return temperature, thresholds

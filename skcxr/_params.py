@@ -37,6 +37,7 @@ from ._validation import (
 )
 from .backbones import BACKBONE_CONSTRAINTS, resolve_name
 from .cache import MEMORY_CONSTRAINT
+from .calibration import CALIBRATION_CONSTRAINTS
 from .images import PREPROCESSING_CONSTRAINTS
 from .protocol import PROTOCOL_CONSTRAINTS
 
@@ -72,6 +73,7 @@ CLASSIFIER_CONSTRAINTS = {
     "n_trainable_layers": [Interval("int", -1), Options("all"),
                            Check(_module_name, "a module name")],
     **PROTOCOL_CONSTRAINTS,
+    **CALIBRATION_CONSTRAINTS,
     "head_hidden_units": [Check(_hidden_units, "a tuple of ints >= 1")],
     "dropout": [Interval("real", 0, 1, closed="left")],
     "max_epochs": [Interval("int", 1)],
@@ -120,6 +122,12 @@ def _kwargs_fit(name: str, owner: str, kwargs, target, extra=()) -> None:
 
 def check_training_combinations(params: dict, owner: str) -> None:
     """What the classifier's training parameters must agree on (checked before any work)."""
+    for name in ("calibration", "threshold"):
+        if params.get(name) is not None and not params["validation_fraction"]:
+            raise InvalidParameterError(
+                f"{owner}: {name}={params[name]!r} is fitted on the inner validation rows, but "
+                "validation_fraction=0 leaves none; set validation_fraction > 0 (e.g. 0.2), "
+                f"or fit it yourself on held-out predictions with skcxr.calibration.")
     _kwargs_fit("optimizer_kwargs", owner, params["optimizer_kwargs"],
                 OPTIMIZER_CLASSES[params["optimizer"]])
     if params["lr_scheduler"] is None:

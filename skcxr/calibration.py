@@ -143,8 +143,8 @@ def fit_thresholds(proba: np.ndarray, y: np.ndarray, task: str, objective) -> np
 
 
 def expected_calibration_error(y_true, proba, n_bins: int = 15) -> float:
-    """Expected calibration error: the mean |accuracy - confidence| over equal-width
-    confidence bins, weighted by the rows in each bin.
+    """Expected calibration error: the absolute gap between accuracy and mean confidence in
+    equal-width confidence bins, averaged with the bins' row counts as weights.
 
     ``proba``: ``(n,)`` positive-class probabilities with 0/1 ``y_true``, ``(n, k)`` class
     probabilities with labels ``0..k-1`` (confidence of the predicted class), or a

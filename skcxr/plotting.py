@@ -1,4 +1,5 @@
-"""Figures for skcxr results (matplotlib): training history, c x s grids, Grad-CAM overlays.
+"""Figures for skcxr results (matplotlib): training history, c x s grids, Grad-CAM overlays,
+reliability diagrams.
 
 Confusion matrices and ROC curves are scikit-learn's own displays
 (:class:`sklearn.metrics.ConfusionMatrixDisplay`, :class:`sklearn.metrics.RocCurveDisplay`);
@@ -13,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "plot_reliability",
     "plot_gradcam",
     "plot_grid_heatmap",
     "plot_history",
@@ -265,3 +267,48 @@ def plot_gradcam(images, heatmaps, *, titles=None, alpha=0.45, cmap="jet", axes=
         for a in axes[:, j]:
             a.set_axis_off()
     return axes
+
+
+def plot_reliability(y_true, proba, *, n_bins=10, name=None, ax=None):
+    """Reliability diagram with the expected calibration error in the legend.
+
+    scikit-learn's :class:`sklearn.calibration.CalibrationDisplay` draws it; this picks the
+    events it plots: the positive class for binary ``proba`` (``(n,)`` or ``(n, 2)``), the
+    predicted class's confidence against being right for multiclass ``(n, k)``, and every
+    label's probability pooled for multi-label (``y_true`` a 0/1 ``(n, L)`` matrix).
+
+    Parameters
+    ----------
+    y_true : array-like
+        Labels ``0..k-1`` (as ``predict_proba``'s columns), or the multi-label 0/1 matrix.
+    proba : array-like
+        ``predict_proba`` output.
+    n_bins : int, default=10
+    name : str, optional
+        Legend label (the ECE is appended).
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    ax : matplotlib Axes
+    """
+    from sklearn.calibration import CalibrationDisplay
+
+    from .calibration import expected_calibration_error
+
+    plt = _plt()
+    y, p = np.asarray(y_true), np.asarray(proba, dtype=np.float64)
+    if p.ndim == 2 and p.shape[1] == 2 and y.ndim == 1:
+        p = p[:, 1]
+    if p.ndim == 2 and y.ndim == 2:
+        events, probs = y.ravel(), p.ravel()
+    elif p.ndim == 2:
+        events, probs = (p.argmax(1) == y).astype(int), p.max(1)
+    else:
+        events, probs = (y == 1).astype(int), p
+    ece = expected_calibration_error(events, probs, n_bins=n_bins)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 4.5), layout="tight")
+    label = f"{name or 'model'} (ECE {ece:.3f})"
+    CalibrationDisplay.from_predictions(events, probs, n_bins=n_bins, name=label, ax=ax)
+    return ax

@@ -37,6 +37,7 @@ from ._validation import NONE, Check, Fraction, Interval, Options, validate
 __all__ = [
     "FitRows",
     "fit_rows",
+    "stratified_take",
 ]
 
 

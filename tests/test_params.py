@@ -37,6 +37,8 @@ BAD = {
         "train_size": [0, 0.0, 1.5, -3, "half", True],
         "class_weight": ["auto", [1, 2], {0: -1.0}, {0: "x"}, {0: math.inf}],
         "sampler": ["oversample", object()],
+        "calibration": ["platt", True],
+        "threshold": ["accuracy", ("sensitivity", 1.5), ("specificity", 0.9), 0.5],
         "head_hidden_units": [512, (512, 0), (512.5,)],
         "dropout": [1.0, -0.1],
         "max_epochs": [0, True, 2.0],
