@@ -82,12 +82,12 @@ Run it from the repository root::
     python examples/study_002_user_backbone.py               # full run, ~2-3 min on 2 idle cores
     python examples/study_002_user_backbone.py --checkpoint /path/to/chexnet.pth.tar
 
-``--checkpoint`` accepts a torchvision-style DenseNet-121 state dict or the arnoweng/CheXNet
-layout (``module.densenet121.*`` keys, old ``norm.1`` names, no ``num_batches_tracked``, a
-``Linear(1024, 14) + Sigmoid`` classifier); the script rewrites it into a plain torchvision
-state dict in ``--out`` first (see ``chexnet_state_dict``: skcxr cannot read that layout
-as it is). A pickled whole model (as reproduce-chexnet saves) must be re-saved as a state
-dict first.
+``--checkpoint`` accepts a torchvision-style DenseNet-121 state dict, the arnoweng/CheXNet
+layout (``model.pth.tar``: ``module.densenet121.*`` keys, old ``norm.1`` names, no
+``num_batches_tracked``, a ``Linear(1024, 14) + Sigmoid`` classifier) or TorchXRayVision's
+DenseNet-121 file, as published: skcxr reads those layouts itself and reports the
+classifier it drops (``provenance_["ignored_keys"]``). A pickled whole model (as
+reproduce-chexnet saves) must be re-saved as a state dict first.
 
 References
 ----------
@@ -105,7 +105,6 @@ References
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -160,48 +159,15 @@ SCORING = {
 METRICS = ["accuracy", "balanced_accuracy", "recall_NORMAL", "recall_PNEUMONIA", "roc_auc"]
 
 
-def chexnet_state_dict(checkpoint: Path, out: Path) -> tuple[Path, int]:
-    """Rewrite a CheXNet-style checkpoint as a plain torchvision DenseNet-121 state dict.
-
-    skcxr reads ``.pth``/``.pt`` state dicts with at most one wrapper prefix (``module.``);
-    the published CheXNet checkpoint is ``model.pth.tar`` with ``module.densenet121.`` keys,
-    pre-0.3 torchvision names (``norm.1``), no BatchNorm ``num_batches_tracked`` buffers
-    (PyTorch < 0.4.1) and a 14-way ``classifier.0``. Returns the new
-    file and the classifier's output count, so the module can be built to match it.
-    """
-    import torch
-
-    from skcxr.backbones import read_state_dict
-
-    sd = read_state_dict(str(checkpoint))
-    old_names = re.compile(
-        r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|"
-        r"running_var))$")
-    clean = {}
-    for key, value in sd.items():
-        key = re.sub(r"^(module\.)?(densenet121\.)?", "", key)
-        key = old_names.sub(lambda m: m.group(1) + m.group(2), key)
-        clean[key.replace("classifier.0.", "classifier.")] = value
-    for key in [k for k in clean if k.endswith("running_mean")]:
-        # checkpoints from PyTorch < 0.4.1 have no BatchNorm step counters
-        clean.setdefault(key.replace("running_mean", "num_batches_tracked"),
-                         torch.tensor(0, dtype=torch.long))
-    path = out / "densenet121_checkpoint.pth"
-    torch.save(clean, path)
-    return path, int(clean["classifier.weight"].shape[0]) if "classifier.weight" in clean \
-        else 1000
-
-
-def densenet_backbone(checkpoint: Path | None, out: Path):
-    """(module, weights, label) for the DenseNet-121 part."""
+def densenet_backbone(checkpoint: Path | None):
+    """(module, weights, label) for the DenseNet-121 part: the checkpoint goes to skcxr as it
+    was published (``weights=PATH``), whatever its layout."""
     import torchvision
 
+    module = torchvision.models.densenet121(weights=None)
     if checkpoint is None:
-        return (torchvision.models.densenet121(weights=None), None,
-                "DenseNet-121, from scratch (no offline weights)")
-    path, n_out = chexnet_state_dict(checkpoint, out)
-    return (torchvision.models.densenet121(weights=None, num_classes=n_out), path,
-            f"DenseNet-121, checkpoint {checkpoint.name}")
+        return module, None, "DenseNet-121, from scratch (no offline weights)"
+    return module, str(checkpoint), f"DenseNet-121, checkpoint {checkpoint.name}"
 
 
 def make_classifier(backbone, weights, n_trainable_layers, cfg) -> PretrainedCNNClassifier:
@@ -337,7 +303,7 @@ def main():
     rows, lite0_res = run_part("lite0", lite0_label, lite0, cfg["lite0"], args,
                                class_weighted=True)
 
-    module, weights, dn_label = densenet_backbone(args.checkpoint, args.out)
+    module, weights, dn_label = densenet_backbone(args.checkpoint)
     dense = make_classifier(module, weights, "features.denseblock4", cfg["densenet"])
     dn_rows, dn_res = run_part("densenet", dn_label, dense, cfg["densenet"], args,
                                class_weighted=False)

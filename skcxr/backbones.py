@@ -28,6 +28,7 @@ import functools
 import hashlib
 import importlib
 import os
+import re
 import socket
 import urllib.parse
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 POOLINGS = ("avg", "max", "avgmax", "catavgmax")
-CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")
 
 
 class WeightsUnavailableError(OSError):
@@ -396,11 +397,13 @@ def _load_torchvision(name, weights, in_chans, pooling, num_classes) -> Backbone
         provenance.update(weights_origin=f"torchvision {tv_weights}", weights_url=tv_weights.url)
     else:
         model = torchvision.models.get_model(name, weights=None)
+        if num_classes == 0:  # first: a checkpoint's classifier, of any size, is then dropped
+            _strip_classifier(model)
         if weights is None:
             provenance.update(weights_origin="random initialisation")
         else:
             provenance.update(_load_checkpoint(model, os.fspath(weights), order_fallback=True))
-    if num_classes == 0:
+    if num_classes == 0 and weights == "imagenet":
         _strip_classifier(model)
     if in_chans == 1:
         _adapt_first_conv(model)
@@ -432,6 +435,11 @@ def _load_module(module, weights, in_chans, pooling, num_classes) -> Backbone:
     model = copy.deepcopy(module)  # never modify the user's object
     provenance = {"backbone": type(module).__name__, "source": "module",
                   "weights": _weights_label(weights)}
+    if num_classes == 0:  # first: a checkpoint's classifier, of any size, is then dropped
+        if hasattr(model, "reset_classifier"):
+            model.reset_classifier(0, pooling) if pooling != "avg" else model.reset_classifier(0)
+        else:
+            _strip_classifier(model)
     if weights == "imagenet":
         provenance.update(weights_origin="weights of the module as given")
     elif weights is None:
@@ -441,11 +449,6 @@ def _load_module(module, weights, in_chans, pooling, num_classes) -> Backbone:
         provenance.update(weights_origin="random initialisation")
     else:
         provenance.update(_load_checkpoint(model, os.fspath(weights), order_fallback=False))
-    if num_classes == 0:
-        if hasattr(model, "reset_classifier"):
-            model.reset_classifier(0, pooling) if pooling != "avg" else model.reset_classifier(0)
-        else:
-            _strip_classifier(model)
     if in_chans == 1:
         _adapt_first_conv(model)
     cfg = getattr(model, "pretrained_cfg", None) or {}  # a timm model the user built
@@ -567,13 +570,18 @@ def _load_checkpoint(model: nn.Module, path: str, *, order_fallback: bool) -> di
     """
     sd = read_state_dict(path)
     target = model.state_dict()
+    sd = _match_layout(sd, target)
     named = set(sd) & set(target)
     if len(named) < len(target) // 2 and order_fallback:
         mapped, dropped = _map_by_order(sd, target, path)
     else:
         mapped = {k: sd[k] for k in named}
         dropped = sorted(set(sd) - named)
-        missing = sorted(set(target) - named)
+        # BatchNorm step counters are bookkeeping that checkpoints of torch < 0.4.1 lack
+        missing = sorted(k for k in set(target) - named
+                         if not k.endswith("num_batches_tracked"))
+        for k in set(target) - named - set(missing):
+            mapped[k] = target[k]
         if missing:
             raise ValueError(
                 f"Checkpoint {path!r} does not fit this backbone: {len(missing)} missing "
@@ -605,6 +613,36 @@ def _load_checkpoint(model: nn.Module, path: str, *, order_fallback: bool) -> di
         "weights_sha256": file_sha256(path),
         "ignored_keys": dropped,
     }
+
+
+_OLD_DENSENET = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _match_layout(sd: dict, target: dict) -> dict:
+    """Key names of a checkpoint saved in another layout, renamed to the backbone's.
+
+    * wrapper prefixes, nested (``module.densenet121.``: CheXNet's ``DataParallel`` around
+      its own module; ``model.``): the number of leading dotted components, shared by every
+      key, whose removal matches most of the backbone's names;
+    * DenseNet names of torch < 0.4 (``norm.1`` for ``norm1``: the rule torchvision's own
+      DenseNet loader applies).
+    """
+    def strip(keys, n):
+        return {".".join(k.split(".")[n:]): v for k, v in keys.items()}
+
+    common = 0
+    parts = [k.split(".") for k in sd]
+    while parts and all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
+        common += 1
+    best = max(range(common + 1), key=lambda n: (len(set(strip(sd, n)) & set(target)), -n))
+    sd = strip(sd, best)
+    renamed = {}
+    for k, v in sd.items():
+        m = _OLD_DENSENET.match(k)
+        new = m.group(1) + m.group(2) if m and k not in target else k
+        renamed[new if new in target else k] = v
+    return renamed
 
 
 def _map_by_order(sd: dict, target: dict, path: str) -> tuple[dict, list]:

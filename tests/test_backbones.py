@@ -184,3 +184,92 @@ def test_checkpoint_with_an_unknown_extension(tmp_path):
     (tmp_path / "w.npz").write_bytes(b"x")
     with pytest.raises(ValueError, match="unsupported extension"):
         load_backbone("test_efficientnet", tmp_path / "w.npz")
+
+
+# --------------------------------------------------------------------------- CXR checkpoints
+
+
+def _cxr_layouts():
+    """A DenseNet-121 state dict in the layouts published CXR checkpoints use."""
+    import re
+
+    import torchvision
+
+    base = torchvision.models.densenet121(weights=None).state_dict()
+    torch.manual_seed(0)
+    base = {k: (torch.randn_like(v).abs() if k.endswith("running_var")  # variances >= 0
+                else torch.randn_like(v) if v.is_floating_point() else v)
+            for k, v in base.items()}
+    body = {k: v for k, v in base.items() if not k.startswith("classifier.")}
+    old = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.")
+    to_old = r"\1.\2."
+    chexnet = {"epoch": 3, "arch": "densenet121", "best_loss": 0.1, "state_dict": {
+        # DataParallel around CheXNet's module, pre-0.4 names, a 14-way Linear+Sigmoid head,
+        # no BatchNorm step counters
+        "module.densenet121." + old.sub(to_old, k): v for k, v in body.items()
+        if not k.endswith("num_batches_tracked")} | {
+        "module.densenet121.classifier.0.weight": torch.randn(14, 1024),
+        "module.densenet121.classifier.0.bias": torch.randn(14)}}
+    xrv = {**body, "classifier.weight": torch.randn(18, 1024),  # TorchXRayVision: 18 labels
+           "classifier.bias": torch.randn(18), "op_threshs": torch.rand(18)}
+    headless = dict(body)
+    return body, {"chexnet.pth.tar": (chexnet, {"classifier.0.weight", "classifier.0.bias"}),
+                  "xrv-densenet.pt": (xrv, {"classifier.weight", "classifier.bias",
+                                            "op_threshs"}),
+                  "headless.pth": (headless, set())}
+
+
+@pytest.mark.parametrize("name", ["chexnet.pth.tar", "xrv-densenet.pt", "headless.pth"])
+def test_cxr_densenet_checkpoints_load_as_published(tmp_path, name):
+    body, layouts = _cxr_layouts()
+    sd, dropped = layouts[name]
+    path = tmp_path / name
+    torch.save(sd, path)
+    backbone = load_backbone("torchvision:densenet121", str(path))
+    got = backbone.module.state_dict()
+    for k, v in body.items():  # every weight, under its modern name
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(got[k], v), k
+    assert set(backbone.provenance["ignored_keys"]) == dropped  # the classifier, reported
+    assert backbone.num_features == 1024
+
+
+def test_a_checkpoint_of_another_architecture_still_fails_clearly(tmp_path):
+    body, _ = _cxr_layouts()
+    path = tmp_path / "densenet.pth"
+    torch.save(body, path)
+    with pytest.raises(ValueError, match="densenet.pth"):
+        load_backbone("torchvision:resnet18", str(path))
+
+
+def test_cxr_checkpoint_into_a_user_module(tmp_path):
+    """study 002's path: the user's own torchvision DenseNet-121 object plus the CheXNet file."""
+    import torchvision
+
+    body, layouts = _cxr_layouts()
+    path = tmp_path / "chexnet.pth.tar"
+    torch.save(layouts["chexnet.pth.tar"][0], path)
+    backbone = load_backbone(torchvision.models.densenet121(weights=None), str(path))
+    got = backbone.module.state_dict()
+    key = "features.denseblock1.denselayer1.norm1.weight"
+    assert torch.equal(got[key], body[key])
+    assert set(backbone.provenance["ignored_keys"]) == {"classifier.0.weight",
+                                                       "classifier.0.bias"}
+
+
+def test_xrv_resnet_layout_loads(tmp_path):
+    """TorchXRayVision's ResNet files wrap torchvision's ResNet as ``model.`` with an 18-way
+    ``fc`` (the layout, on ResNet-18 to keep the test small)."""
+    import torchvision
+
+    sd = torchvision.models.resnet18(weights=None).state_dict()
+    torch.manual_seed(1)
+    sd = {f"model.{k}": (torch.randn_like(v) if v.is_floating_point() else v)
+          for k, v in sd.items() if not k.startswith("fc.")}
+    sd |= {"model.fc.weight": torch.randn(18, 512), "model.fc.bias": torch.randn(18)}
+    path = tmp_path / "xrv-resnet.pt"
+    torch.save(sd, path)
+    backbone = load_backbone("torchvision:resnet18", str(path))
+    assert torch.equal(backbone.module.state_dict()["layer4.1.conv2.weight"],
+                       sd["model.layer4.1.conv2.weight"])
+    assert set(backbone.provenance["ignored_keys"]) == {"fc.weight", "fc.bias"}
