@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -29,7 +31,7 @@ from ._training import (
 from ._validation import as_seed
 from .backbones import DEFAULT_BACKBONE, load_backbone
 from .cache import DecodedImages, resolve_location
-from .images import check_images, make_loader, make_preprocessing
+from .images import check_images, make_loader, make_preprocessing, tta_views
 from .protocol import fit_rows
 
 
@@ -84,6 +86,13 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         rows for this objective: one on the positive class (binary) or one per label
         (multi-label); ``("sensitivity", 0.9)`` keeps at least that sensitivity with the best
         specificity. ``predict`` uses them (``thresholds_``). Not for multiclass targets.
+    tta : None, {"flip", "shift", "flip+shift"} or tuple of views, default=None
+        Test-time augmentation: ``predict_proba`` (and ``predict``) average the
+        probabilities of each view of every image (``"hflip"``, ``"shift_left"``, ...: see
+        :data:`skcxr.images.VIEWS`; shifts move the image by 4% with black filling in);
+        ``decision_function`` averages the logits. Exact and deterministic; with a cached
+        frozen prefix, each view's prefix outputs are cached too. Not combined with
+        ``calibration``/``threshold`` yet.
     head_hidden_units : tuple of int, default=()
         Hidden dense layers of the head (study 000: ``(1028,)``; study 003: ``(512, 512)``).
     dropout : float, default=0.0
@@ -214,6 +223,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         sampler=None,
         calibration=None,
         threshold=None,
+        tta=None,
         head_hidden_units=(),
         dropout=0.0,
         max_epochs=10,
@@ -252,6 +262,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         self.sampler = sampler
         self.calibration = calibration
         self.threshold = threshold
+        self.tta = tta
         self.head_hidden_units = head_hidden_units
         self.dropout = dropout
         self.max_epochs = max_epochs
@@ -357,13 +368,19 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
             setattr(self, name, value)
         return self
 
-    def _logits(self, X) -> np.ndarray:
-        """Logits of ``X``; reads the fitted state and writes nothing."""
+    def _view_logits(self, X) -> list[np.ndarray]:
+        """Logits of ``X`` in each ``tta`` view (one array without ``tta``)."""
         check_is_fitted(self)
         source = check_images(X)
+        return [self._logits(source, view) for view in tta_views(getattr(self, "tta", None))]
+
+    def _logits(self, source, view: str = "none") -> np.ndarray:
+        """Logits of checked images in one view; reads the fitted state and writes nothing."""
         run = _runtime.resolve(self.device, self.precision, self.engine)
         module = _runtime.on_device(self.module_, run.device)
         prep, location = self.preprocessing_, resolve_location(self.memory)
+        if view != "none":
+            prep = dataclasses.replace(prep, view=view)
         if self.prefix_namespace_ is not None:
             # the prefix is still the pretrained one: its cached outputs serve predict too
             h = prefix_part(self.module_, prep, self.provenance_).outputs(
@@ -384,23 +401,26 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         return out.numpy()
 
     def decision_function(self, X):
-        """Logits: (n,) for binary targets (positive minus negative), else (n, n_outputs)."""
-        logits = self._logits(X)
+        """Logits: (n,) for binary targets (positive minus negative), else (n, n_outputs);
+        with ``tta``, the mean over views."""
+        logits = np.mean(self._view_logits(X), axis=0)
         if self.target_type_ == "binary":
             return logits[:, 1] - logits[:, 0]
         return logits
 
     def predict_proba(self, X):
         """Class probabilities (softmax), or per-label probabilities (sigmoid) if multi-label;
-        calibrated when ``calibration`` was set (logits divided by ``temperature_``)."""
-        logits = self._logits(X)
+        calibrated when ``calibration`` was set (logits divided by ``temperature_``); with
+        ``tta``, the mean over views."""
         temperature = getattr(self, "temperature_", None)
-        if temperature is not None:
-            logits = logits / np.float32(temperature)
-        logits = torch.from_numpy(logits)
-        if self.target_type_ == "multilabel":
-            return torch.sigmoid(logits).numpy()
-        return torch.softmax(logits, dim=1).numpy()
+        probas = []
+        for logits in self._view_logits(X):
+            if temperature is not None:
+                logits = logits / np.float32(temperature)
+            logits = torch.from_numpy(logits)
+            probas.append(torch.sigmoid(logits).numpy() if self.target_type_ == "multilabel"
+                          else torch.softmax(logits, dim=1).numpy())
+        return probas[0] if len(probas) == 1 else np.mean(probas, axis=0)
 
     def predict(self, X):
         """Class labels, or the 0/1 indicator matrix if multi-label: by ``thresholds_`` when

@@ -38,7 +38,7 @@ from ._validation import (
 from .backbones import BACKBONE_CONSTRAINTS, resolve_name
 from .cache import MEMORY_CONSTRAINT
 from .calibration import CALIBRATION_CONSTRAINTS
-from .images import PREPROCESSING_CONSTRAINTS
+from .images import PREPROCESSING_CONSTRAINTS, TTA_CONSTRAINT
 from .protocol import PROTOCOL_CONSTRAINTS
 
 #: Parameters both estimators take, with the same meaning and the same allowed values.
@@ -74,6 +74,7 @@ CLASSIFIER_CONSTRAINTS = {
                            Check(_module_name, "a module name")],
     **PROTOCOL_CONSTRAINTS,
     **CALIBRATION_CONSTRAINTS,
+    "tta": TTA_CONSTRAINT,
     "head_hidden_units": [Check(_hidden_units, "a tuple of ints >= 1")],
     "dropout": [Interval("real", 0, 1, closed="left")],
     "max_epochs": [Interval("int", 1)],
@@ -122,6 +123,12 @@ def _kwargs_fit(name: str, owner: str, kwargs, target, extra=()) -> None:
 
 def check_training_combinations(params: dict, owner: str) -> None:
     """What the classifier's training parameters must agree on (checked before any work)."""
+    if params.get("tta") is not None and (params.get("calibration") is not None
+                                          or params.get("threshold") is not None):
+        raise InvalidParameterError(
+            f"{owner}: tta={params['tta']!r} with calibration/threshold is not supported yet "
+            "(they are fitted on single-view validation predictions, which would not match "
+            "the averaged ones); use one or the other.")
     for name in ("calibration", "threshold"):
         if params.get(name) is not None and not params["validation_fraction"]:
             raise InvalidParameterError(

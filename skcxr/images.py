@@ -48,6 +48,8 @@ __all__ = [
     "ImageSource",
     "Preprocessing",
     "SUPPORTED_EXTENSIONS",
+    "VIEWS",
+    "apply_view",
     "check_images",
     "make_loader",
     "make_preprocessing",
@@ -483,6 +485,7 @@ class Preprocessing:
     crop_pct: float = 0.875
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    view: str = "none"  # a test-time augmentation view (VIEWS), applied after channels
 
     def load(self, source: ImageSource, i: int) -> torch.Tensor:
         return self.channels(self.decode(source, i))
@@ -510,6 +513,8 @@ class Preprocessing:
             # CXR stored as RGB are grey; the channel mean is the grey level either way
             g = t.float().mean(0, keepdim=True)
             t = g.round().to(torch.uint8) if t.dtype == torch.uint8 else g
+        if self.view != "none":
+            t = apply_view(t, self.view)
         return t.contiguous()
 
     def _resize(self, t: torch.Tensor) -> torch.Tensor:
@@ -537,6 +542,53 @@ class Preprocessing:
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """Scale a batch to [0, 1] floats and normalise with mean/std."""
         return normalize_batch(batch, self.mean, self.std)
+
+
+#: Test-time augmentation views: the identity, a horizontal flip, and shifts by
+#: ``SHIFT`` of the image size with black filling in (exact, deterministic, cacheable).
+VIEWS = ("none", "hflip", "shift_left", "shift_right", "shift_up", "shift_down")
+SHIFT = 0.04
+
+
+#: ``tta=`` presets: the views whose probabilities are averaged.
+TTA_PRESETS = {"flip": ("none", "hflip"), "shift": ("none",) + VIEWS[2:], "flip+shift": VIEWS}
+
+
+def tta_views(tta) -> tuple[str, ...]:
+    """The views of a (validated) ``tta`` value: None -> ("none",)."""
+    if tta is None:
+        return ("none",)
+    return TTA_PRESETS[tta] if isinstance(tta, str) else tuple(tta)
+
+
+def _tta(value):
+    if isinstance(value, str):
+        return None if value in TTA_PRESETS else ""
+    ok = (isinstance(value, (tuple, list)) and len(value) > 0
+          and all(isinstance(v, str) and v in VIEWS for v in value)
+          and len(set(value)) == len(value))
+    return None if ok else ""
+
+
+#: The allowed values of the classifier's ``tta``.
+TTA_CONSTRAINT = [NONE, Check(_tta, f"one of {tuple(TTA_PRESETS)} or a tuple of views from "
+                                    f"{VIEWS}")]
+
+
+def apply_view(t: torch.Tensor, view: str) -> torch.Tensor:
+    """One ``(C, H, W)`` image as seen in ``view`` (see :data:`VIEWS`)."""
+    if view == "none":
+        return t
+    if view == "hflip":
+        return t.flip(-1)
+    h, w = t.shape[-2:]
+    dy, dx = {"shift_left": (0, -1), "shift_right": (0, 1), "shift_up": (-1, 0),
+              "shift_down": (1, 0)}[view]
+    dy, dx = dy * max(1, round(SHIFT * h)), dx * max(1, round(SHIFT * w))
+    out = torch.zeros_like(t)
+    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        t[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
 
 
 def normalize_batch(batch: torch.Tensor, mean, std) -> torch.Tensor:

@@ -136,3 +136,50 @@ def test_calibration_errors_come_before_training(sample_paths, tiny_clf, params,
     with pytest.raises(ValueError, match=match):
         clf.fit(X, y)
     assert not hasattr(clf, "module_")
+
+
+# --------------------------------------------------------------------------- test-time augmentation
+
+
+def test_views_are_exact_pixel_operations():
+    import torch
+
+    from skcxr.images import apply_view
+
+    t = torch.arange(3 * 50 * 50, dtype=torch.float32).reshape(3, 50, 50)
+    assert torch.equal(apply_view(t, "hflip"), t.flip(-1))
+    right = apply_view(t, "shift_right")  # 4% of 50 = 2 pixels
+    assert torch.equal(right[..., 2:], t[..., :-2]) and (right[..., :2] == 0).all()
+    down = apply_view(t, "shift_down")
+    assert torch.equal(down[:, 2:], t[:, :-2]) and (down[:, :2] == 0).all()
+
+
+def test_tta_averages_the_probabilities_of_each_view(data, tiny_clf):
+    from skcxr.cache import cache_info, clear_cache
+    from skcxr.images import read_image
+
+    X, y = data
+    params = {**tiny_clf, "n_trainable_layers": 2}
+    clf = PretrainedCNNClassifier(**params, tta="flip").fit(X, y)
+    plain = PretrainedCNNClassifier(**params).fit(X, y)  # the same network (same seed)
+    np.testing.assert_allclose(plain.predict_proba(X), clf.set_params(tta=None)
+                               .predict_proba(X))
+    clf.set_params(tta="flip")
+    # the flipped view, by hand: flip the pixels, no tta
+    flipped = np.ascontiguousarray(np.stack([read_image(p)[:, ::-1] for p in X[:6]]))
+    by_hand = (plain.predict_proba(X[:6]) + plain.predict_proba(flipped)) / 2
+    np.testing.assert_allclose(clf.predict_proba(X[:6]), by_hand, atol=2e-3)
+    # exact and cached: each view's prefix outputs computed once
+    clear_cache()
+    clf.predict_proba(X)
+    computed = cache_info()["computed"]
+    assert computed == 2 * len(X)
+    clf.predict_proba(X)
+    assert cache_info()["computed"] == computed
+    assert clf.predict(X).shape == (len(X),)
+
+
+def test_tta_with_calibration_is_refused_up_front(sample_paths, tiny_clf):
+    X, y = sample_paths
+    with pytest.raises(ValueError, match="tta='flip' with calibration/threshold"):
+        PretrainedCNNClassifier(**tiny_clf, tta="flip", threshold="f1").fit(X, y)

@@ -39,6 +39,7 @@ BAD = {
         "sampler": ["oversample", object()],
         "calibration": ["platt", True],
         "threshold": ["accuracy", ("sensitivity", 1.5), ("specificity", 0.9), 0.5],
+        "tta": ["rotate", ("none", "vflip"), (), ("hflip", "hflip")],
         "head_hidden_units": [512, (512, 0), (512.5,)],
         "dropout": [1.0, -0.1],
         "max_epochs": [0, True, 2.0],
