@@ -91,8 +91,8 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         probabilities of each view of every image (``"hflip"``, ``"shift_left"``, ...: see
         :data:`skcxr.images.VIEWS`; shifts move the image by 4% with black filling in);
         ``decision_function`` averages the logits. Exact and deterministic; with a cached
-        frozen prefix, each view's prefix outputs are cached too. Not combined with
-        ``calibration``/``threshold`` yet.
+        frozen prefix, each view's prefix outputs are cached too. ``calibration`` and
+        ``threshold`` are then fitted on the view-averaged validation predictions.
     head_hidden_units : tuple of int, default=()
         Hidden dense layers of the head (study 000: ``(1028,)``; study 003: ``(512, 512)``).
     dropout : float, default=0.0
@@ -347,9 +347,15 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
             net = make_net(module, train_ds, valid_ds, task=rows.task, pos_weight=rows.pos_weight,
                            device=run.device, **{k: params[k] for k in TRAINING_PARAMS})
             train(net, train_ds)
-            temperature, thresholds = _calibrate(net, valid_ds, rows, self.calibration,
-                                                 self.threshold)
         module = net.module_.to("cpu").eval()  # keep the weights, drop optimizer and callbacks
+        temperature, thresholds = None, None
+        if self.calibration is not None or self.threshold is not None:
+            views = [self._network_logits(module, prep, backbone.provenance,
+                                          namespace is not None, source.subset(rows.valid),
+                                          view, run, location)
+                     for view in tta_views(self.tta)]
+            temperature, thresholds = _calibrate(np.stack(views), rows, self.calibration,
+                                                 self.threshold)
         fitted = {
             "classes_": rows.classes, "target_type_": rows.task, "module_": module,
             "history_": history_frame(net), "best_epoch_": kept_epoch(net),
@@ -377,13 +383,19 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
     def _logits(self, source, view: str = "none") -> np.ndarray:
         """Logits of checked images in one view; reads the fitted state and writes nothing."""
         run = _runtime.resolve(self.device, self.precision, self.engine)
-        module = _runtime.on_device(self.module_, run.device)
-        prep, location = self.preprocessing_, resolve_location(self.memory)
+        return self._network_logits(self.module_, self.preprocessing_, self.provenance_,
+                                    self.prefix_namespace_ is not None, source, view, run,
+                                    resolve_location(self.memory))
+
+    def _network_logits(self, net, prep, provenance, cached_prefix: bool, source, view, run,
+                        location) -> np.ndarray:
+        """Logits of a network (fitted, or the one ``fit`` just trained) in one view."""
+        module = _runtime.on_device(net, run.device)
         if view != "none":
             prep = dataclasses.replace(prep, view=view)
-        if self.prefix_namespace_ is not None:
+        if cached_prefix:
             # the prefix is still the pretrained one: its cached outputs serve predict too
-            h = prefix_part(self.module_, prep, self.provenance_).outputs(
+            h = prefix_part(net, prep, provenance).outputs(
                 source, run, cache=self.cache, location=location, batch_size=self.batch_size,
                 num_workers=self.num_workers, verbose=self.verbose > 1, desc="frozen prefix")
             # batches as slices: a DataLoader would draw from the global torch RNG
@@ -446,18 +458,15 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         return _runtime.cpu_state(self.__dict__)
 
 
-def _calibrate(net, valid_ds, rows, calibration, threshold):
-    """Temperature and thresholds fitted on the inner validation rows (after training, with
-    the kept weights), or None each."""
-    if calibration is None and threshold is None:
-        return None, None
-    from .calibration import apply_temperature, fit_temperature, fit_thresholds, probabilities
+def _calibrate(logits, rows, calibration, threshold):
+    """Temperature and thresholds fitted on the inner validation rows' ``(views, n, k)``
+    logits (after training, with the kept weights), or None each."""
+    from .calibration import fit_temperature, fit_thresholds, probabilities
 
-    logits = net.forward(valid_ds, training=False, device="cpu").float().numpy()
     y = rows.y[rows.valid]
     temperature = fit_temperature(logits, y, rows.task) if calibration else None
     thresholds = None
     if threshold is not None:
-        proba = probabilities(apply_temperature(logits, temperature), rows.task)
-        thresholds = fit_thresholds(proba, y, rows.task, threshold)
+        scaled = logits if temperature is None else logits / temperature
+        thresholds = fit_thresholds(probabilities(scaled, rows.task), y, rows.task, threshold)
     return temperature, thresholds

@@ -123,12 +123,6 @@ def _kwargs_fit(name: str, owner: str, kwargs, target, extra=()) -> None:
 
 def check_training_combinations(params: dict, owner: str) -> None:
     """What the classifier's training parameters must agree on (checked before any work)."""
-    if params.get("tta") is not None and (params.get("calibration") is not None
-                                          or params.get("threshold") is not None):
-        raise InvalidParameterError(
-            f"{owner}: tta={params['tta']!r} with calibration/threshold is not supported yet "
-            "(they are fitted on single-view validation predictions, which would not match "
-            "the averaged ones); use one or the other.")
     for name in ("calibration", "threshold"):
         if params.get(name) is not None and not params["validation_fraction"]:
             raise InvalidParameterError(

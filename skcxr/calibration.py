@@ -63,13 +63,18 @@ CALIBRATION_CONSTRAINTS = {
 
 
 def probabilities(logits: np.ndarray, task: str) -> np.ndarray:
-    """Softmax over classes, or a sigmoid per label for multi-label targets."""
+    """Softmax over classes, or a sigmoid per label for multi-label targets.
+
+    ``(n, k)`` logits, or ``(views, n, k)`` logits of test-time augmentation views, whose
+    probabilities are averaged (what ``predict_proba`` does with ``tta``).
+    """
     logits = np.asarray(logits, dtype=np.float64)
     if task == "multilabel":
-        return 1.0 / (1.0 + np.exp(-logits))
-    z = logits - logits.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+        p = 1.0 / (1.0 + np.exp(-logits))
+    else:
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        p = e / e.sum(-1, keepdims=True)
+    return p.mean(0) if p.ndim == 3 else p
 
 
 def apply_temperature(logits: np.ndarray, temperature: float | None) -> np.ndarray:
@@ -85,7 +90,8 @@ def _nll(logits, y, task) -> float:
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray, task: str) -> float:
     """The temperature ``T`` in [0.05, 20] that minimises the held-out negative
-    log-likelihood of ``logits / T`` (a bounded scalar search over ``log T``)."""
+    log-likelihood of ``logits / T`` (a bounded scalar search over ``log T``); for
+    ``(views, n, k)`` logits, of the view-averaged probabilities."""
     from scipy.optimize import minimize_scalar
 
     logits = np.asarray(logits, dtype=np.float64)

@@ -179,7 +179,25 @@ def test_tta_averages_the_probabilities_of_each_view(data, tiny_clf):
     assert clf.predict(X).shape == (len(X),)
 
 
-def test_tta_with_calibration_is_refused_up_front(sample_paths, tiny_clf):
-    X, y = sample_paths
-    with pytest.raises(ValueError, match="tta='flip' with calibration/threshold"):
-        PretrainedCNNClassifier(**tiny_clf, tta="flip", threshold="f1").fit(X, y)
+def test_tta_with_calibration_fits_on_the_averaged_predictions(data, tiny_clf):
+    """Temperature and threshold are fitted on the validation rows' view-averaged
+    probabilities: refitting them from predict_proba's own output gives the same values."""
+    X, y = data
+    clf = PretrainedCNNClassifier(**tiny_clf, n_trainable_layers=2, tta="flip",
+                                  calibration="temperature", threshold="balanced_accuracy",
+                                  validation_fraction=0.3).fit(X, y)
+    v = clf.fit_rows_.valid
+    views = []
+    for view in ("none", "hflip"):
+        single = PretrainedCNNClassifier(**clf.get_params())
+        single.__dict__.update({k: val for k, val in clf.__dict__.items() if k.endswith("_")})
+        single.set_params(tta=(view,))
+        single.temperature_, single.thresholds_ = None, None
+        logits = single.decision_function(X[v])
+        views.append(np.c_[np.zeros(len(v)), logits])
+    assert clf.temperature_ == pytest.approx(fit_temperature(np.stack(views), y[v], "binary"),
+                                             rel=1e-3)
+    proba = probabilities(np.stack(views) / clf.temperature_, "binary")
+    np.testing.assert_allclose(proba, clf.predict_proba(X[v]), atol=1e-5)
+    (t,) = fit_thresholds(proba, y[v], "binary", "balanced_accuracy")
+    assert clf.thresholds_[0] == pytest.approx(t, abs=1e-4)
