@@ -58,7 +58,11 @@ def load_image_folder(root, *, extensions=SUPPORTED_EXTENSIONS, return_X_y=False
     data : Bunch
         ``data`` (object array of paths, usable as ``X`` by every skcxr estimator),
         ``target`` (int array), ``target_names`` (class folder names), ``filenames``
-        (same as ``data``), ``DESCR``.
+        (same as ``data``), ``groups``, ``DESCR``. ``groups`` holds patient ids where the
+        file names define them: when every name follows the Kermany naming
+        (``person123_...``, ``IM-0115-...``, ``NORMAL2-IM-...``), the ids of
+        :func:`kermany_patient_ids`; otherwise None (pass your own ids to ``fit`` and to
+        grouped splitters).
     """
     root = Path(root)
     if not root.is_dir():
@@ -82,13 +86,18 @@ def load_image_folder(root, *, extensions=SUPPORTED_EXTENSIONS, return_X_y=False
     target = np.array(target, dtype=np.int64)
     if return_X_y:
         return data, target
+    kermany = all(_KERMANY_NAME.match(Path(p).name) for p in paths)
     return Bunch(
         data=data,
         target=target,
         target_names=np.array(classes, dtype=object),
         filenames=data,
+        groups=kermany_patient_ids(data) if kermany else None,
         DESCR=descr or f"Images from the class folders of {os.fspath(root)}.",
     )
+
+
+_KERMANY_NAME = re.compile(r"person\d+_|(?:NORMAL2-)?IM-\d+")
 
 
 def kermany_patient_ids(paths) -> np.ndarray:

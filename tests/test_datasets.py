@@ -43,3 +43,18 @@ def test_load_image_folder_errors(tmp_path):
     (tmp_path / "a").mkdir()
     with pytest.raises(ValueError, match="No image files"):
         load_image_folder(tmp_path)
+
+
+def test_image_folder_groups_where_the_names_define_them(tmp_path):
+    from PIL import Image
+
+    from skcxr import load_image_folder, load_sample_cxr
+    from skcxr.datasets import _SAMPLE_DIR
+
+    sample = load_image_folder(_SAMPLE_DIR)  # Kermany names: patient ids
+    assert sample.groups is not None
+    np.testing.assert_array_equal(sample.groups, load_sample_cxr().groups)
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        Image.new("L", (8, 8)).save(tmp_path / cls / f"scan_{cls}.png")
+    assert load_image_folder(tmp_path).groups is None  # no rule: the user's ids
