@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
@@ -31,6 +30,7 @@ from ._training import (
 from ._validation import as_seed
 from .backbones import DEFAULT_BACKBONE, load_backbone
 from .cache import DecodedImages, resolve_location
+from .calibration import apply_temperature, fit_temperature, fit_thresholds, probabilities
 from .images import check_images, make_loader, make_preprocessing, tta_views
 from .protocol import fit_rows
 
@@ -424,15 +424,10 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         """Class probabilities (softmax), or per-label probabilities (sigmoid) if multi-label;
         calibrated when ``calibration`` was set (logits divided by ``temperature_``); with
         ``tta``, the mean over views."""
-        temperature = getattr(self, "temperature_", None)
-        probas = []
-        for logits in self._view_logits(X):
-            if temperature is not None:
-                logits = logits / np.float32(temperature)
-            logits = torch.from_numpy(logits)
-            probas.append(torch.sigmoid(logits).numpy() if self.target_type_ == "multilabel"
-                          else torch.softmax(logits, dim=1).numpy())
-        return probas[0] if len(probas) == 1 else np.mean(probas, axis=0)
+        logits = apply_temperature(np.stack(self._view_logits(X)),
+                                   getattr(self, "temperature_", None))
+        # the function fit calibrated with: what predict decides on is what was fitted
+        return probabilities(logits, self.target_type_).astype(np.float32)
 
     def predict(self, X):
         """Class labels, or the 0/1 indicator matrix if multi-label: by ``thresholds_`` when
@@ -461,12 +456,10 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
 def _calibrate(logits, rows, calibration, threshold):
     """Temperature and thresholds fitted on the inner validation rows' ``(views, n, k)``
     logits (after training, with the kept weights), or None each."""
-    from .calibration import fit_temperature, fit_thresholds, probabilities
-
     y = rows.y[rows.valid]
     temperature = fit_temperature(logits, y, rows.task) if calibration else None
     thresholds = None
     if threshold is not None:
-        scaled = logits if temperature is None else logits / temperature
-        thresholds = fit_thresholds(probabilities(scaled, rows.task), y, rows.task, threshold)
+        proba = probabilities(apply_temperature(logits, temperature), rows.task)
+        thresholds = fit_thresholds(proba, y, rows.task, threshold)
     return temperature, thresholds

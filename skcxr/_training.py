@@ -204,7 +204,7 @@ class _EarlyStopping(EarlyStopping):
                 # stop; phase two starts from the best head, with its own patience
                 if self.load_best and self.best_model_weights_ is not None:
                     module.load_state_dict(self.best_model_weights_)
-                _callback(net, Unfreeze).unfreeze_now(net)
+                Unfreeze.unfreeze_now(net)
                 return
             self.stopped_ = True
             raise

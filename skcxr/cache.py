@@ -157,9 +157,6 @@ def decode_entry(blob: bytes, namespace: str, dtype=None, shape=None) -> np.ndar
     return np.frombuffer(body, dtype=got).reshape(got_shape).copy()
 
 
-_WARNED_READ_ONLY: set[str] = set()
-
-
 class FeatureStore:
     """Per-image arrays under ``<root>/skcxr-features/<namespace digest>/``.
 
@@ -270,12 +267,10 @@ def location_writable(root: Path) -> bool:
             _WRITABLE[key] = True
         except OSError:
             _WRITABLE[key] = False
-            if key not in _WARNED_READ_ONLY:
-                _WARNED_READ_ONLY.add(key)
-                warnings.warn(
-                    f"memory={key!r} is not writable by this process: cached entries there "
-                    "are read, new results are not stored. Give a writable directory to "
-                    "cache them.", UserWarning, stacklevel=3)
+            warnings.warn(  # once per root: the answer is kept
+                f"memory={key!r} is not writable by this process: cached entries there are "
+                "read, new results are not stored. Give a writable directory to cache them.",
+                UserWarning, stacklevel=3)
     return _WRITABLE[key]
 
 
@@ -451,8 +446,6 @@ def cached_rows(namespace: dict, keys: list[str], compute, *, location: Path | N
     store = FeatureStore(location, namespace) if location is not None else None
     dtype = getattr(torch, namespace.get("dtype", "float32"))
 
-    counted: set[str] = set()  # rejected entries already counted
-
     def from_disk(positions: list[int]) -> list[int]:
         """Fill ``out`` from the disk store; return the positions still missing."""
         found, still = store.get_many([keys[i] for i in positions])
@@ -461,22 +454,21 @@ def cached_rows(namespace: dict, keys: list[str], compute, *, location: Path | N
             out[i] = _from_numpy(arr, dtype)
             _MEMORY.put((ns, keys[i]), out[i])
         _MEMORY.count("disk_hits", len(found))
-        _MEMORY.count("rejected", len(store.rejected - counted))  # once per entry
-        counted.update(store.rejected)
         return [positions[j] for j in still]
 
-    done = [0]  # entries computed (and kept) by this call
+    done = 0  # entries computed (and kept) by this call
 
     def compute_and_store(positions: list[int]) -> None:
+        nonlocal done
         try:
             computed = compute(positions)
         except ImageReadError as exc:
-            if not done[0]:
+            if not done:
                 raise
             where = "in memory" + (f" and in {location}" if store is not None and store.writable
                                    else "")
             raise ImageReadError(
-                f"{exc} The {done[0]} image(s) computed before it are cached {where}: "
+                f"{exc} The {done} image(s) computed before it are cached {where}: "
                 "fix or remove that file and run again to resume from them.") from exc
         _MEMORY.count("computed", len(positions))
         for j, i in enumerate(positions):
@@ -484,37 +476,41 @@ def cached_rows(namespace: dict, keys: list[str], compute, *, location: Path | N
             _MEMORY.put((ns, keys[i]), out[i])
         if store is not None:
             store.put_many([keys[i] for i in positions], [_to_numpy(out[i]) for i in positions])
-        done[0] += len(positions)
+        done += len(positions)
 
     def in_chunks(positions: list[int]) -> None:
         # a chunk at a time, so that what was computed before a bad file is kept
         for start in range(0, len(positions), _CHUNK):
             compute_and_store(positions[start:start + _CHUNK])
 
-    with _namespace_lock(ns):
-        for i in missing:  # another thread may have computed some while this one waited
-            out[i] = _MEMORY.get((ns, keys[i]))
-        missing = [i for i in missing if out[i] is None]
-        if missing and store is not None:
-            missing = from_disk(missing)
-        if store is None or not store.writable:
-            in_chunks(missing)
-            return out
-        claims = _Claims(store) if missing else None
-        while missing:
-            # a chunk at a time, so that processes asking for the same entries split them
-            mine = claims.claim([keys[i] for i in missing], limit=_Claims.chunk)
-            try:
-                # another process may have stored one between our look and our claim
-                todo = from_disk([i for i in missing if keys[i] in mine]) if mine else []
-                if todo:
-                    compute_and_store(todo)
-            finally:
-                claims.release(mine)
-            missing = [i for i in missing if keys[i] not in mine]
-            if missing:  # claimed by another process: wait for its entries to land
-                claims.wait([keys[i] for i in missing])
+    try:
+        with _namespace_lock(ns):
+            for i in missing:  # another thread may have computed some while this one waited
+                out[i] = _MEMORY.get((ns, keys[i]))
+            missing = [i for i in missing if out[i] is None]
+            if missing and store is not None:
                 missing = from_disk(missing)
+            if store is None or not store.writable:
+                in_chunks(missing)
+                return out
+            claims = _Claims(store) if missing else None
+            while missing:
+                # a chunk at a time, so that processes asking for the same entries split them
+                mine = claims.claim([keys[i] for i in missing], limit=_Claims.chunk)
+                try:
+                    # another process may have stored one between our look and our claim
+                    todo = from_disk([i for i in missing if keys[i] in mine]) if mine else []
+                    if todo:
+                        compute_and_store(todo)
+                finally:
+                    claims.release(mine)
+                missing = [i for i in missing if keys[i] not in mine]
+                if missing:  # claimed by another process: wait for its entries to land
+                    claims.wait([keys[i] for i in missing])
+                    missing = from_disk(missing)
+    finally:  # each entry that did not verify counts once, however often it was read
+        if store is not None:
+            _MEMORY.count("rejected", len(store.rejected))
     return out
 
 
