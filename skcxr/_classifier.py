@@ -129,15 +129,20 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         epochs, and restore the weights of the last epoch that improved it.
     patience : int, default=3
     min_delta : float, default=1e-3
-    augment : None, {"flip", "standard", "crop"} or callable, default=None
+    augment : None, {"flip", "standard", "crop", "views"} or callable, default=None
         Training-time augmentation of one ``(C, H, W)`` image tensor (uint8 for 8-bit
         images), training rows only. "flip": random horizontal flip (study 000).
         "standard": rotation +-10 degrees, shift 10%, zoom 0.9-1.1, shear 5 degrees,
         brightness/contrast 0.2 and horizontal flip (studies 001 and 003). "crop":
         RandomResizedCrop to the input size (scale 0.7-1) and horizontal flip (study 002).
         A callable (e.g. a ``torchvision.transforms.v2.Compose``) is used as given. With
-        augmentation the frozen prefix sees a new view every epoch, so it runs every epoch
-        (its outputs are not cached; the decoded images are).
+        these the frozen prefix sees a new image every epoch, so it runs every epoch (its
+        outputs are not cached; the decoded images are). "views": each epoch shows every
+        training image in one of ``tta``'s six exact views (itself, left-right flipped,
+        shifted 4% left/right/up/down), drawn at random; the prefix outputs of each view
+        are computed once per image and cached, so epochs cost what un-augmented ones do
+        (after a first pass of six prefix computations per image). The cheap way to
+        augment a deep ``n_trainable_layers`` on a CPU.
     %(cache)s
     %(memory)s
     %(engine)s

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import torch
@@ -17,6 +19,7 @@ from skorch.helper import predefined_split
 from skorch.utils import noop
 from torch import nn
 
+from ._augment import RandomView
 from ._frozen import prefix_part
 from .cache import DecodedImages
 from .images import ImageDataset, ImageSource, Preprocessing, collate_images
@@ -67,18 +70,28 @@ class TrainingDataset(torch.utils.data.Dataset):
 
 
 class PrefixDataset(torch.utils.data.Dataset):
-    """Items ``({"h": frozen-prefix output, "sample_weight": w}, y)`` from cached outputs."""
+    """Items ``({"h": frozen-prefix output, "sample_weight": w}, y)`` from cached outputs.
 
-    def __init__(self, h: torch.Tensor, y: np.ndarray, weights: np.ndarray):
+    ``h`` is ``(n, ...)``, or ``(views, n, ...)`` with ``random_view``: each item is then one
+    view, drawn anew every time (``augment="views"`` from cached outputs).
+    """
+
+    def __init__(self, h: torch.Tensor, y: np.ndarray, weights: np.ndarray,
+                 random_view: RandomView | None = None):
         self.h = h
         self.y = torch.as_tensor(y)
         self.weights = torch.as_tensor(weights, dtype=torch.float32)
+        self.random_view = random_view
 
     def __len__(self) -> int:
-        return len(self.h)
+        return len(self.y)
 
     def __getitem__(self, i):
-        return {"h": self.h[i], "sample_weight": self.weights[i]}, self.y[i]
+        if self.random_view is None:
+            h = self.h[i]
+        else:
+            h = self.h[int(torch.randint(len(self.h), ())), i]
+        return {"h": h, "sample_weight": self.weights[i]}, self.y[i]
 
 
 def collate_training(items):
@@ -97,23 +110,39 @@ def training_datasets(net, source: ImageSource, rows, prep: Preprocessing, run, 
     Where the frozen prefix is a fixed function of the image (no augmentation, BatchNorm
     statistics that do not move, a backbone that splits into a chain), its outputs come from
     :mod:`skcxr._frozen` (computed once per image and cut point) and the network trains
-    from them. Otherwise the datasets decode images (through the decoded-image cache when
-    ``cache``) and the whole network runs every epoch.
+    from them; with ``augment="views"`` (a :class:`RandomView`) once per image, cut point and
+    view, and each epoch draws one view per training row. Otherwise the datasets decode
+    images (through the decoded-image cache when ``cache``) and the whole network runs every
+    epoch.
 
     Returns
     -------
     train_ds, valid_ds (None without validation rows), namespace (None when not cached)
     """
-    if cache and augment is None and net.prefix_is_fixed:
+    views = isinstance(augment, RandomView)
+    if cache and (augment is None or views) and net.prefix_is_fixed:
         prefix = prefix_part(net, prep, provenance)
         # each image once, also when a sampler repeated training rows
         fit_rows, position = np.unique(np.concatenate([rows.train, rows.valid]),
                                        return_inverse=True)
-        h = prefix.outputs(source.subset(fit_rows), run, location=location,
-                           batch_size=batch_size, num_workers=num_workers,
-                           verbose=verbose > 1, desc="frozen prefix")[position]
+
+        def outputs(rows_, prep_):
+            return prefix_part(net, prep_, provenance).outputs(
+                source.subset(rows_), run, location=location, batch_size=batch_size,
+                num_workers=num_workers, verbose=verbose > 1, desc="frozen prefix")
+
+        h = outputs(fit_rows, prep)[position]
         n = len(rows.train)
-        datasets = [PrefixDataset(h[:n], rows.y[rows.train], rows.weights[rows.train]),
+        if views:  # every view of the training rows, each computed once and cached
+            train_rows, train_position = np.unique(rows.train, return_inverse=True)
+            h_train = torch.stack([
+                h[:n] if view == "none" else
+                outputs(train_rows, dataclasses.replace(prep, view=view))[train_position]
+                for view in augment.views])
+        else:
+            h_train = h[:n]
+        datasets = [PrefixDataset(h_train, rows.y[rows.train], rows.weights[rows.train],
+                                  augment if views else None),
                     PrefixDataset(h[n:], rows.y[rows.valid], rows.weights[rows.valid])]
         namespace = prefix.namespace(run)
     else:

@@ -102,6 +102,29 @@ def test_byte_budget_is_respected(data, tiny3):
         set_cache_budget(2 * 1024**3)
 
 
+def test_view_augmentation_trains_from_cached_prefix_outputs(data, tiny3):
+    """augment="views": each view's prefix outputs are computed once per training image and
+    cached; the fit equals the same augmentation applied to the pixels (no cache)."""
+    X, y = data
+    params = {**tiny3, "n_trainable_layers": 2, "augment": "views"}
+    clear_cache()
+    clf = PretrainedCNNClassifier(**params).fit(X, y)
+    n_train = clf.n_train_samples_
+    # every fit row in the identity view, the training rows in the 5 other views
+    assert cache_info()["computed"] == len(X) + 5 * n_train
+    assert clf.prefix_namespace_ is not None
+    clone(clf).fit(X, y)  # another fold or grid point: nothing computed again
+    assert cache_info()["computed"] == len(X) + 5 * n_train
+    plain = PretrainedCNNClassifier(**{**params, "augment": None}).fit(X, y)
+    assert not np.allclose(plain.history_["train_loss"], clf.history_["train_loss"])
+    # the same random views drawn on the pixels, every epoch through the whole network
+    pixels = PretrainedCNNClassifier(**params, cache=False).fit(X, y)
+    assert pixels.prefix_namespace_ is None
+    np.testing.assert_allclose(pixels.history_["train_loss"], clf.history_["train_loss"],
+                               rtol=1e-4)
+    np.testing.assert_allclose(pixels.predict_proba(X), clf.predict_proba(X), atol=1e-4)
+
+
 # --------------------------------------------------------------------------- decoded images
 
 
