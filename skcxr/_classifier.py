@@ -10,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _runtime
 from ._augment import make_augment
-from ._frozen import prefix_part
+from ._frozen import network_part, prefix_part
 from ._network import build_network
 from ._params import (
     CLASSIFIER_CONSTRAINTS,
@@ -31,8 +31,19 @@ from ._validation import as_seed
 from .backbones import DEFAULT_BACKBONE, load_backbone
 from .cache import DecodedImages, resolve_location
 from .calibration import apply_temperature, fit_temperature, fit_thresholds, probabilities
-from .images import check_images, make_loader, make_preprocessing, tta_views
+from .images import (
+    check_images,
+    data_fingerprint,
+    make_loader,
+    make_preprocessing,
+    tta_views,
+)
 from .protocol import fit_rows
+
+#: From this many images on, the OpenVINO engine runs a fitted network whole (compiled
+#: once per fitted model) instead of its compiled prefix and a torch suffix
+#: (``benchmarks/bench_predict.py``).
+WHOLE_NETWORK_MIN_IMAGES = 256
 
 
 @fill_doc
@@ -186,6 +197,9 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         Backbone and weights provenance (see :class:`skcxr.backbones.Backbone`).
     preprocessing_ : skcxr.images.Preprocessing
         Input size, resize mode, channels and normalisation in use.
+    data_fingerprint_ : str
+        sha256 of the training images' content and labels (order and paths do not matter):
+        which data a fitted model saw, recorded in exported model cards.
     device_ : torch.device
         Where ``fit`` trained. ``predict`` resolves ``device`` again at each call.
     precision_ : str
@@ -329,6 +343,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
                         validation_fraction=self.validation_fraction,
                         class_weight=self.class_weight, groups=groups,
                         sampler=self.sampler, seed=seed)
+        fingerprint = data_fingerprint(source, y)  # before training: reads every file
         if self.threshold is not None and rows.task == "multiclass":
             raise ValueError(
                 f"threshold={self.threshold!r} applies to binary and multi-label targets; y "
@@ -371,6 +386,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
             "n_valid_samples_": len(rows.valid), "fit_rows_": rows,
             "temperature_": temperature, "thresholds_": thresholds,
             "provenance_": backbone.provenance,
+            "data_fingerprint_": fingerprint,
             "preprocessing_": prep, "device_": run.device, "precision_": run.precision,
             "engine_": run.engine, "prefix_namespace_": namespace,
         }
@@ -398,6 +414,14 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         module = _runtime.on_device(net, run.device)
         if view != "none":
             prep = dataclasses.replace(prep, view=view)
+        if run.engine == "openvino" and len(source) >= WHOLE_NETWORK_MIN_IMAGES:
+            # many images: the whole trained network compiled once (per fitted model and
+            # process) beats a compiled prefix + a torch suffix; few: the compile does not
+            # pay back, and the prefix path reuses compiled prefixes and cached outputs
+            out = network_part(net, prep, provenance).outputs(
+                source, run, cache=self.cache, location=location, batch_size=self.batch_size,
+                num_workers=self.num_workers, verbose=self.verbose > 1, desc="predict")
+            return out.numpy()
         if cached_prefix:
             # the prefix is still the pretrained one: its cached outputs serve predict too
             h = prefix_part(net, prep, provenance).outputs(

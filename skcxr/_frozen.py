@@ -10,6 +10,8 @@ then the optional disk store), computing only the images that miss.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from . import _runtime
@@ -97,7 +99,10 @@ class FrozenPart:
         from ._openvino import compile_frozen, run_pipelined
 
         prep = self.preprocessing
-        key = namespace_digest({**self.identity, "preprocessing": repr(prep)})
+        # the view is applied to the pixels by the loader, not in the graph: one compiled
+        # model serves every tta / augment="views" view
+        key = namespace_digest({**self.identity,
+                                "preprocessing": repr(dataclasses.replace(prep, view="none"))})
         shape = (prep.in_chans, *prep.size)
         options = {"threads": thread_budget(),
                    "cache_dir": location / "skcxr-openvino"
@@ -125,3 +130,14 @@ def prefix_part(net, preprocessing: Preprocessing, provenance: dict) -> FrozenPa
     return FrozenPart(net.frozen_prefix(), preprocessing, provenance,
                       {"kind": "frozen-prefix", "cut": net.chain_names[:net.cut]},
                       keep="compute")
+
+
+def network_part(net, preprocessing: Preprocessing, provenance: dict) -> FrozenPart:
+    """A fitted classifier's whole network (images -> logits) as a FrozenPart: after ``fit``
+    it is a fixed function of the image too, so an engine can compile it (once per fitted
+    model: the key is a hash of its trained weights) and its logits can be cached."""
+    from .backbones import state_dict_digest
+
+    return FrozenPart(net.whole(), preprocessing,
+                      {"backbone": provenance.get("backbone"),
+                       "state_sha256": state_dict_digest(net)}, {"kind": "logits"})

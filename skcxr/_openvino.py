@@ -1,4 +1,4 @@
-"""Optional OpenVINO engine for frozen networks on the CPU (``pip install "skcxr[openvino]"``).
+"""OpenVINO engine for frozen networks on the CPU (a dependency where OpenVINO has wheels).
 
 A frozen module (feature extraction, a frozen prefix) is a fixed function, so it can be
 compiled once by OpenVINO, which runs EfficientNet-Lite0 features 3.2x faster than the torch
@@ -31,7 +31,8 @@ def _import():
         import openvino as ov
     except ImportError as exc:
         raise ImportError(
-            "engine='openvino' needs the openvino package: pip install 'skcxr[openvino]'."
+            "engine='openvino' needs the openvino package, which has no wheel for this "
+            "platform in pip's view: pip install openvino (or use engine='torch')."
         ) from exc
     return ov
 

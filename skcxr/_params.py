@@ -206,11 +206,11 @@ precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
     "engine": """\
 engine : {"auto", "torch", "openvino"}, default="auto"
     What runs the frozen part of the network (the transformer's whole backbone, the
-    classifier's frozen prefix). "openvino" compiles it with OpenVINO (CPU only;
-    ``pip install "skcxr[openvino]"``), 3.2x faster than the torch engine for lite0
-    features on a CPU with AVX-512 BF16 (``benchmarks/bench_features.py``); "auto" uses it
-    when installed and the device is the CPU, torch
-    otherwise. Training always runs in torch. OpenVINO outputs agree with torch ones to
+    classifier's frozen prefix). "openvino" compiles it with OpenVINO (CPU only; a
+    regular dependency where OpenVINO has wheels), 3.2x faster than the torch engine for
+    lite0 features on a CPU with AVX-512 BF16 (``benchmarks/bench_features.py``); "auto"
+    uses it when installed and the device is the CPU, torch otherwise. ``engine_`` says
+    which ran. Training always runs in torch. OpenVINO outputs agree with torch ones to
     bf16 rounding (cosine > 0.99).""",
     "num_workers": """\
 num_workers : int, default=0

@@ -91,6 +91,16 @@ class ImageSource:
         return self._keys
 
 
+def data_fingerprint(source: ImageSource, y) -> str:
+    """sha256 of a training set's content: the pixels' hashes (:meth:`ImageSource.keys`) and
+    labels, as a multiset (the same images and labels in any order, under any paths, give
+    the same fingerprint)."""
+    labels = np.asarray(y)
+    lines = sorted(f"{k}\t{np.asarray(labels[i]).tolist()!r}"
+                   for i, k in enumerate(source.keys()))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
 def _file_digest(path: str) -> str:
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:

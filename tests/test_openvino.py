@@ -73,3 +73,45 @@ def test_classifier_prefix_on_openvino_matches_torch(sample, tiny_clf):
     assert ov.prefix_namespace_["engine"] == "openvino"
     torch_ = PretrainedCNNClassifier(**tiny_clf, n_trainable_layers=2).fit(X, y)
     np.testing.assert_allclose(ov.predict_proba(X), torch_.predict_proba(X), atol=2e-3)
+
+
+def test_many_images_predict_through_the_whole_network_compiled_once(sample, tiny_clf,
+                                                                      monkeypatch):
+    """From WHOLE_NETWORK_MIN_IMAGES images on, a fitted classifier's whole network runs in
+    OpenVINO: compiled once per fitted model, cached logits, agreeing with torch."""
+    import threading
+
+    from skcxr import PretrainedCNNClassifier, _classifier, _openvino
+    from skcxr.cache import cache_info, clear_cache
+
+    idx = np.r_[0:20, 100:120]
+    X, y = sample.data[idx], sample.target[idx]
+    clf = PretrainedCNNClassifier(**tiny_clf, n_trainable_layers=4, tta="flip").fit(X, y)
+    few = clf.predict_proba(X)  # torch engine: the reference
+    monkeypatch.setattr(_classifier, "WHOLE_NETWORK_MIN_IMAGES", 30)
+    clf.set_params(engine="openvino")
+    _openvino._COMPILED.clear()
+    clear_cache()
+    whole = clf.predict_proba(X)
+    kinds = [k for k in _openvino._COMPILED]
+    assert len(kinds) == 1  # one network, compiled once, for both tta views
+    assert cache_info()["computed"] == 2 * len(X)  # logits per image and view
+    np.testing.assert_allclose(whole, few, atol=1e-4)  # fp32
+    np.testing.assert_array_equal(clf.predict_proba(X), whole)  # cached logits
+    clf.set_params(cache=False)
+    results = [None] * 3
+
+    def predict(i):
+        results[i] = clf.predict_proba(X)
+
+    threads = [threading.Thread(target=predict, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(_openvino._COMPILED) == 1  # nothing compiled again, also from threads
+    for r in results:
+        np.testing.assert_allclose(r, whole, atol=1e-6)
+    # below the threshold: the compiled prefix and the torch suffix, as before
+    assert clf.predict_proba(X[:10]).shape == (10, 2)
+    assert len(_openvino._COMPILED) == 2
