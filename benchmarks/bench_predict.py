@@ -88,9 +88,11 @@ def main() -> None:
                         help="the shared data folder (with kermany224/)")
     args = parser.parse_args()
     import numpy as np
+    from sklearn.metrics import roc_auc_score
 
     X, y = kermany(args.data, "train", n=512)
-    paths = [str(p) for p in kermany(args.data, "test", n=args.n)[0]]
+    X_test, y_test = kermany(args.data, "test", n=args.n)
+    paths = [str(p) for p in X_test]
     with tempfile.TemporaryDirectory(prefix="skcxr-bench-predict-") as tmp:
         model_path, onnx_path = f"{tmp}/clf.pkl", f"{tmp}/clf.onnx"
         run_in_process(_fit, model_path, [str(p) for p in X], y)
@@ -114,7 +116,7 @@ def main() -> None:
     print(f"\n{len(paths)} JPEG files of kermany224/test; fitted lite0 c=16 at 224x224, "
           "predict_proba from the files, no cache\n")
     print(f"{'':<48}{'img/s':>8}{'first call s':>14}{'vs torch fp32':>15}{'max |dP|':>10}"
-          f"{'mean |dP|':>11}{'labels changed':>16}{'peak RSS MB':>13}")
+          f"{'mean |dP|':>11}{'labels changed':>16}{'ROC AUC':>9}{'peak RSS MB':>13}")
     for label, r in rows:
         ips = len(paths) / r["seconds"]
         dp = np.abs(r["proba"] - ref["proba"])[:, 1]
@@ -122,7 +124,7 @@ def main() -> None:
         extra = f" [{r['engine']}, {r['precision']}]" if "engine" in r else ""
         print(f"{label + extra:<48}{ips:>8.1f}{r['first']:>14.1f}"
               f"{ref['seconds'] / r['seconds']:>14.2f}x{dp.max():>10.1e}{dp.mean():>11.1e}"
-              f"{changed:>16}{r['rss']:>13.0f}")
+              f"{changed:>16}{roc_auc_score(y_test, r['proba'][:, 1]):>9.4f}{r['rss']:>13.0f}")
     print("img/s: the second call (compiled, warm); first call: seconds of the first call on "
           "the same images, compile and session creation included")
 
