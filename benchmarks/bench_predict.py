@@ -8,8 +8,11 @@ stratified subset of kermany224/test), end to end from the files, without the pr
 
 (a) torch, fp32: ``engine="torch", precision="fp32"`` (the reference for agreement);
 (b) torch, default precision: ``engine="torch"`` (bf16 autocast on CPUs with native bf16);
-(c) skcxr default: ``engine="auto"`` (OpenVINO where installed);
-(d) ONNX Runtime: the file of ``skcxr.export.to_onnx`` (fp32), fed uint8 images that skcxr's
+(c) OpenVINO prefix + torch suffix: how skcxr predicted before it compiled whole networks
+    (the frozen prefix compiled by OpenVINO, the trained suffix and head in torch);
+(d) skcxr default: ``engine="auto"``: OpenVINO where installed, from 256 images on the whole
+    trained network compiled once per fitted model;
+(e) ONNX Runtime: the file of ``skcxr.export.to_onnx`` (fp32), fed uint8 images that skcxr's
     own loader decodes and resizes (one thread decodes, ONNX Runtime's threads infer).
 
     python benchmarks/bench_predict.py [--n 624] [--data DIR]
@@ -36,7 +39,11 @@ def fit(model_path: str, paths, y) -> None:
     Path(model_path).write_bytes(pickle.dumps(clf))
 
 
-def skcxr_side(model_path: str, paths, params: dict, queue) -> None:
+def skcxr_side(model_path: str, paths, params: dict, queue, whole=True) -> None:
+    if not whole:  # the path before the whole network was compiled: compiled prefix only
+        from skcxr import _classifier
+
+        _classifier.WHOLE_NETWORK_MIN_IMAGES = 10**9
     clf = pickle.loads(Path(model_path).read_bytes()).set_params(cache=False, **params)
     start = time.perf_counter()
     clf.predict_proba(paths)  # the first call: compiles where the engine compiles
@@ -100,6 +107,8 @@ def main() -> None:
                                                 {"engine": "torch", "precision": "fp32"})),
                 ("torch, default precision", run_in_process(skcxr_side, model_path, paths,
                                                              {"engine": "torch"})),
+                ("OpenVINO prefix + torch suffix", run_in_process(_prefix_only, model_path,
+                                                                    paths, {})),
                 ("skcxr default (engine='auto')", run_in_process(skcxr_side, model_path,
                                                                    paths, {}))]
         try:
@@ -127,6 +136,10 @@ def main() -> None:
               f"{changed:>16}{roc_auc_score(y_test, r['proba'][:, 1]):>9.4f}{r['rss']:>13.0f}")
     print("img/s: the second call (compiled, warm); first call: seconds of the first call on "
           "the same images, compile and session creation included")
+
+
+def _prefix_only(model_path, paths, params, queue):
+    skcxr_side(model_path, paths, params, queue, whole=False)
 
 
 def _fit(model_path, paths, y, queue):
