@@ -40,10 +40,11 @@ from .images import (
 )
 from .protocol import fit_rows
 
-#: From this many images on, the OpenVINO engine runs a fitted network whole (compiled
-#: once per fitted model) instead of its compiled prefix and a torch suffix
-#: (``benchmarks/bench_predict.py``).
-WHOLE_NETWORK_MIN_IMAGES = 256
+#: From this many images in one call on (or once it is compiled), the OpenVINO engine runs
+#: a fitted network whole, compiled once per fitted model and process, instead of its
+#: compiled prefix and a torch suffix. Break-even measured by ``benchmarks/bench_predict.py``
+#: (lite0, c=16, 2 cores): ~3,000 images when neither is compiled yet.
+WHOLE_NETWORK_MIN_IMAGES = 2048
 
 
 @fill_doc
@@ -414,13 +415,15 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         module = _runtime.on_device(net, run.device)
         if view != "none":
             prep = dataclasses.replace(prep, view=view)
-        if run.engine == "openvino" and len(source) >= WHOLE_NETWORK_MIN_IMAGES:
-            # many images: the whole trained network compiled once (per fitted model and
-            # process) beats a compiled prefix + a torch suffix; few: the compile does not
-            # pay back, and the prefix path reuses compiled prefixes and cached outputs
-            out = network_part(net, prep, provenance).outputs(
-                source, run, cache=self.cache, location=location, batch_size=self.batch_size,
-                num_workers=self.num_workers, verbose=self.verbose > 1, desc="predict")
+        whole = network_part(net, prep, provenance) if run.engine == "openvino" else None
+        if whole is not None and (len(source) >= WHOLE_NETWORK_MIN_IMAGES
+                                  or whole.is_compiled()):
+            # the whole trained network compiled once per fitted model and process runs 1.2x
+            # faster than a compiled prefix + a torch suffix, but compiling it costs ~1.6 s
+            # more than a prefix (bench_predict): worth it for many images, or once compiled
+            out = whole.outputs(source, run, cache=self.cache, location=location,
+                                batch_size=self.batch_size, num_workers=self.num_workers,
+                                verbose=self.verbose > 1, desc="predict")
             return out.numpy()
         if cached_prefix:
             # the prefix is still the pretrained one: its cached outputs serve predict too

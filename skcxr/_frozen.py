@@ -11,6 +11,7 @@ then the optional disk store), computing only the images that miss.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 import torch
 
@@ -91,6 +92,19 @@ class FrozenPart:
         _runtime.release(run.device)
         return out
 
+    def compile_key(self) -> str:
+        """What a compiled model of this part depends on. The view is applied to the pixels
+        by the loader, not in the graph: one compiled model serves every tta /
+        ``augment="views"`` view."""
+        prep = dataclasses.replace(self.preprocessing, view="none")
+        return namespace_digest({**self.identity, "preprocessing": repr(prep)})
+
+    def is_compiled(self) -> bool:
+        """Whether this process holds an OpenVINO compilation of this part."""
+        from ._openvino import has_compiled
+
+        return has_compiled(self.compile_key())
+
     def _openvino(self, loader, run, n, verbose, desc, location) -> torch.Tensor:
         """The module compiled by OpenVINO: uint8 images in, normalisation in the graph,
         on the cores this call was given; compiled blobs go beside the disk cache."""
@@ -99,10 +113,7 @@ class FrozenPart:
         from ._openvino import compile_frozen, run_pipelined
 
         prep = self.preprocessing
-        # the view is applied to the pixels by the loader, not in the graph: one compiled
-        # model serves every tta / augment="views" view
-        key = namespace_digest({**self.identity,
-                                "preprocessing": repr(dataclasses.replace(prep, view="none"))})
+        key = self.compile_key()
         shape = (prep.in_chans, *prep.size)
         options = {"threads": thread_budget(),
                    "cache_dir": location / "skcxr-openvino"
@@ -135,9 +146,19 @@ def prefix_part(net, preprocessing: Preprocessing, provenance: dict) -> FrozenPa
 def network_part(net, preprocessing: Preprocessing, provenance: dict) -> FrozenPart:
     """A fitted classifier's whole network (images -> logits) as a FrozenPart: after ``fit``
     it is a fixed function of the image too, so an engine can compile it (once per fitted
-    model: the key is a hash of its trained weights) and its logits can be cached."""
-    from .backbones import state_dict_digest
+    model: the key is a hash of its trained weights) and its logits can be cached.
 
+    The hash is computed once per network object (a fitted ``module_`` is not trained
+    again; a network changed in place after ``fit`` keeps its first hash).
+    """
+    digest = _DIGESTS.get(net)
+    if digest is None:
+        from .backbones import state_dict_digest
+
+        digest = _DIGESTS[net] = state_dict_digest(net)
     return FrozenPart(net.whole(), preprocessing,
-                      {"backbone": provenance.get("backbone"),
-                       "state_sha256": state_dict_digest(net)}, {"kind": "logits"})
+                      {"backbone": provenance.get("backbone"), "state_sha256": digest},
+                      {"kind": "logits"})
+
+
+_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -121,6 +121,12 @@ def compile_frozen(module: torch.nn.Module, input_shape, precision: str, key: st
         return _COMPILED[k]
 
 
+def has_compiled(key: str) -> bool:
+    """Whether a model compiled under ``key`` (any shape, precision, thread count) is held."""
+    with _COMPILED_LOCK:
+        return any(k[0] == key for k in _COMPILED)
+
+
 def run_pipelined(items, n: int, bar=None) -> np.ndarray:
     """Outputs for a stream of ``(compiled module, batch)`` pairs, as one ``(n, ...)`` array.
 
