@@ -41,7 +41,7 @@ def run_in_process(target, *args):
             break
         except queue_module.Empty:
             if not proc.is_alive():
-                raise RuntimeError(f"{target.__name__}{args[:1]} died with exit code "
+                raise RuntimeError(f"{target.__name__} died with exit code "
                                    f"{proc.exitcode} before reporting a result") from None
     proc.join()
     return result

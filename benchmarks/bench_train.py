@@ -37,7 +37,9 @@ def plain_loop(paths, y, c, epochs, layers, queue) -> None:
     # the same weights, image size and preprocessing as skcxr: take them from a 1-image fit
     clf = PretrainedCNNClassifier("tf_efficientnet_lite0", image_size=224, max_epochs=1,
                                   validation_fraction=0.0, precision="fp32", engine="torch",
-                                  n_trainable_layers=c).fit(paths[:2], y[:2])
+                                  n_trainable_layers=c)
+    two = [list(y).index(0), list(y).index(1)]  # one image per class
+    clf.fit([paths[i] for i in two], [y[i] for i in two])
     net = clf.module_
     from skcxr.images import check_images
 
