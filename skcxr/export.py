@@ -240,9 +240,13 @@ def to_onnx(estimator, path, *, channels: int = 1, scores: dict | None = None) -
         import numpy as np, onnxruntime as ort
         from PIL import Image
         h, w = card["input"]["shape"][1:3]
+        resample = Image.BICUBIC  # card["input"]["resize_before"]["interpolation"]
         batch = np.stack([np.asarray(Image.open(p).convert("L").resize((w, h),
-                          Image.BILINEAR))[..., None] for p in paths])
+                          resample))[..., None] for p in paths])
         proba = ort.InferenceSession("model.onnx").run(None, {"images": batch})[0]
+
+    See the docs page "Export for deployment" for how close that comes to skcxr's own
+    decoding (PIL's resize rounds differently from torchvision's).
     """
     from sklearn.pipeline import Pipeline
 
