@@ -71,7 +71,8 @@ def demo(args) -> int:
     prov = fitted.provenance_
     print(f"backbone {prov['backbone']}: weights from {prov['weights_origin']}, "
           f"sha256 {prov.get('weights_sha256', 'n/a')[:16]}..., "
-          f"{fitted.n_features_out_} features, precision {fitted.precision_}\n")
+          f"{fitted.n_features_out_} features, precision {fitted.precision_}, "
+          f"engine {fitted.engine_}\n")
     metrics = list(SCORING)
     print(f"Stratified {args.n_splits}-fold cross-validation, positive class "
           f"{data.target_names[1]!r}:")
