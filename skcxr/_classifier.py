@@ -10,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _runtime
 from ._augment import make_augment
-from ._frozen import network_part, prefix_part
+from ._frozen import network_part, networks_compiled, prefix_part
 from ._network import build_network
 from ._params import (
     CLASSIFIER_CONSTRAINTS,
@@ -415,9 +415,10 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         module = _runtime.on_device(net, run.device)
         if view != "none":
             prep = dataclasses.replace(prep, view=view)
-        whole = network_part(net, prep, provenance) if run.engine == "openvino" else None
-        if whole is not None and (len(source) >= WHOLE_NETWORK_MIN_IMAGES
-                                  or whole.is_compiled()):
+        many = len(source) >= WHOLE_NETWORK_MIN_IMAGES
+        whole = (network_part(net, prep, provenance)  # hashes the weights once per network
+                 if run.engine == "openvino" and (many or networks_compiled()) else None)
+        if whole is not None and (many or whole.is_compiled()):
             # the whole trained network compiled once per fitted model and process runs 1.2x
             # faster than a compiled prefix + a torch suffix, but compiling it costs ~1.6 s
             # more than a prefix (bench_predict): worth it for many images, or once compiled

@@ -114,6 +114,8 @@ class FrozenPart:
 
         prep = self.preprocessing
         key = self.compile_key()
+        if self.identity.get("kind") == "logits":
+            _NETWORKS_COMPILED.add(key)
         shape = (prep.in_chans, *prep.size)
         options = {"threads": thread_budget(),
                    "cache_dir": location / "skcxr-openvino"
@@ -161,4 +163,10 @@ def network_part(net, preprocessing: Preprocessing, provenance: dict) -> FrozenP
                       {"kind": "logits"})
 
 
+def networks_compiled() -> bool:
+    """Whether this process has compiled a whole network (a cheap test before hashing one)."""
+    return bool(_NETWORKS_COMPILED)
+
+
 _DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_NETWORKS_COMPILED: set[str] = set()
