@@ -15,7 +15,7 @@ is the machine's bf16 matmul throughput divided by the FLOPs one training image 
 trained part (3x its forward FLOPs, counted by ``torch.utils.flop_counter``); the plain loop
 also runs the frozen part forward, which the roofline does not count.
 
-    python benchmarks/bench_train.py [--n 512] [--epochs 3] [--data DIR]
+    python benchmarks/bench_train.py [--n 512] [--epochs 3] [--cuts 2,16,all] [--data DIR]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from _harness import DATA, kermany, peak_rss_mb, run_in_process
 
-CUTS = (2, 16, "all")
+CUTS = "2,16,all"
 
 
 def plain_loop(paths, y, c, epochs, layers, queue) -> None:
@@ -95,6 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=512, help="number of training images")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--cuts", default=CUTS, help="comma-separated c values (or 'all')")
     parser.add_argument("--data", type=Path, default=DATA,
                         help="the shared data folder (with kermany224/)")
     args = parser.parse_args()
@@ -107,7 +108,7 @@ def main() -> None:
           f"bf16 matmul {gflops:.0f} GFLOP/s\n")
     print(f"{'c':>5}{'layers':>8}{'GFLOP/img':>11}{'plain img/s':>13}{'skcxr img/s':>13}"
           f"{'ratio':>8}{'roofline':>10}{'% roofline':>12}{'  skcxr path'}")
-    for c in CUTS:
+    for c in [v if v == "all" else int(v) for v in args.cuts.split(",")]:
         s = run_in_process(skcxr_fit, paths, y, c, max(2, args.epochs))
         p = run_in_process(plain_loop, paths, y, c, max(2, args.epochs), s["layers"])
         train_gflop = 3 * s["gflop"]  # forward + backward (about 2x forward)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
@@ -365,6 +366,11 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
                 cache=self.cache, location=location,
                 provenance=backbone.provenance, batch_size=self.batch_size,
                 num_workers=self.num_workers, verbose=self.verbose)
+            if namespace is None:
+                # the network runs on images every epoch: channels_last weights match the
+                # channels_last images (1.36x for lite0 trained whole at 224 on the CPU;
+                # slower on the 7x7 maps of a cached prefix's suffix, so not there)
+                module.to(memory_format=torch.channels_last)
             net = make_net(module, train_ds, valid_ds, task=rows.task, pos_weight=rows.pos_weight,
                            device=run.device, **{k: params[k] for k in TRAINING_PARAMS})
             train(net, train_ds)
