@@ -46,7 +46,8 @@ def plain_loop(paths, y, c, epochs, layers, queue) -> None:
     source, prep = check_images(paths), clf.preprocessing_
     x = prep.normalize(torch.stack([prep.load(source, i) for i in range(len(source))]))
     target = torch.as_tensor(y)
-    model = torch.nn.Sequential(net.backbone, net.head)
+    # the plain loop's default memory format (skcxr may have stored channels_last weights)
+    model = torch.nn.Sequential(net.backbone, net.head).to(memory_format=torch.contiguous_format)
     for p in model.parameters():
         p.requires_grad_(False)
     trainable = [p for name, m in net.backbone.named_modules() if name in set(layers)
