@@ -8,8 +8,10 @@ from JPEG files to pooled tf_efficientnet_lite0 features with the same weights:
     memory format, batch 32, ``torch.no_grad``;
 (b) skcxr: ``FeatureExtractorTransformer(engine="torch")`` (bf16 autocast where native,
     channels_last);
-(c) skcxr: ``FeatureExtractorTransformer(engine="openvino")`` (the default when the
-    ``openvino`` extra is installed), if openvino is installed.
+(c) skcxr: ``FeatureExtractorTransformer(engine="openvino")`` (the default where OpenVINO
+    is installed);
+(d) skcxr: ``FeatureExtractorTransformer(precision="int8")``: the backbone quantized by NNCF
+    at fit (calibrated on 300 of the images; the fit is not timed), if nncf is installed.
 
 It also measures the machine's bf16 matmul throughput (a large bf16 GEMM) and reports skcxr's
 speed as a fraction of the roofline it implies for lite0 (0.77 GFLOP per 224x224 image,
@@ -73,6 +75,19 @@ def skcxr_openvino(paths: list[str], queue) -> None:
     skcxr_defaults(paths, queue, engine="openvino")
 
 
+def skcxr_int8(paths: list[str], queue) -> None:
+    """precision="int8": quantized at fit (calibrated on 300 of the images, not timed)."""
+    from skcxr import FeatureExtractorTransformer
+
+    fe = FeatureExtractorTransformer(precision="int8", random_state=0).fit(paths)
+    fe.transform(paths[:2])  # warm-up (compile)
+    start = time.perf_counter()
+    feats = fe.transform(paths)
+    elapsed = time.perf_counter() - start
+    queue.put({"seconds": elapsed, "rss": peak_rss_mb(), "features": feats,
+               "precision": fe.precision_, "engine": fe.engine_})
+
+
 def bf16_matmul_gflops(size: int = 4096, repeats: int = 10, trials: int = 3) -> float:
     """The best of ``trials`` timings of ``repeats`` large bf16 GEMMs (the attainable peak)."""
     import torch
@@ -90,9 +105,11 @@ def bf16_matmul_gflops(size: int = 4096, repeats: int = 10, trials: int = 3) -> 
 
 
 def _run(target, paths):
-    if target is skcxr_openvino:
+    if target in (skcxr_openvino, skcxr_int8):
         try:
             import openvino  # noqa: F401
+            if target is skcxr_int8:
+                import nncf  # noqa: F401
         except ImportError:
             return None
     return run_in_process(target, paths)
@@ -110,6 +127,7 @@ def main() -> None:
     a = _run(naive, paths)
     b = _run(skcxr_defaults, paths)
     c = _run(skcxr_openvino, paths)
+    d = _run(skcxr_int8, paths)
     gflops = bf16_matmul_gflops()
     roofline = gflops / LITE0_GFLOP
     rows = [
@@ -118,6 +136,8 @@ def main() -> None:
     ]
     if c is not None:
         rows.append((f"skcxr engine='openvino' ({c['precision']})", c))
+    if d is not None:
+        rows.append(("skcxr precision='int8' (OpenVINO)", d))
     print(f"\n{len(paths)} JPEG images from {args.data / 'kermany224' / 'train'}, "
           "tf_efficientnet_lite0 at 224x224\n")
     print(f"{'':<44}{'img/s':>8}{'seconds':>9}{'vs naive':>10}{'peak RSS MB':>13}"

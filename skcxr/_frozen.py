@@ -35,6 +35,9 @@ class FrozenPart:
     part : dict
         What part of the backbone this is, e.g. ``{"kind": "pooled-features", "pooling":
         "avg"}`` or ``{"kind": "frozen-prefix", "cut": [chain names]}``.
+    quantized : dict, optional
+        The module quantized to int8 (:func:`skcxr._openvino.quantize`): what runs under
+        ``precision="int8"`` (OpenVINO only).
     keep : {"float32", "compute"}
         The dtype outputs are returned and cached in: float32, or the compute dtype (bf16
         under bf16: half the memory; the classifier's uncached forward casts the prefix
@@ -42,12 +45,15 @@ class FrozenPart:
     """
 
     def __init__(self, module, preprocessing: Preprocessing, provenance: dict, part: dict,
-                 keep: str = "float32"):
+                 keep: str = "float32", quantized: dict | None = None):
         self.module = module
         self.preprocessing = preprocessing
         self.identity = {"backbone": provenance.get("backbone"),
                          "state_sha256": provenance["state_sha256"], **part}
+        if quantized is not None:
+            self.identity["int8_sha256"] = quantized["sha256"]
         self.keep = keep
+        self.quantized = quantized
 
     def dtype(self, run: _runtime.Execution) -> torch.dtype:
         return torch.float32 if self.keep == "float32" else run.dtype
@@ -116,6 +122,13 @@ class FrozenPart:
         key = self.compile_key()
         if self.identity.get("kind") == "logits":
             _NETWORKS_COMPILED.add(key)
+        precision, module = run.precision, self.module
+        if precision == "int8":
+            if self.quantized is None:
+                raise ValueError("precision='int8' needs the network quantized at fit: refit "
+                                 "with precision='int8'.")
+            module = self.quantized
+            precision = "int8+bf16" if _runtime.cpu_has_native_bf16() else "int8+f32"
         shape = (prep.in_chans, *prep.size)
         options = {"threads": thread_budget(),
                    "cache_dir": location / "skcxr-openvino"
@@ -124,10 +137,10 @@ class FrozenPart:
         def items():  # 8-bit batches go in raw; 16-bit/DICOM ones are normalised here
             for b in loader:
                 if b.dtype == torch.uint8:
-                    yield compile_frozen(self.module, shape, run.precision, key, prep.mean,
+                    yield compile_frozen(module, shape, precision, key, prep.mean,
                                          prep.std, **options), b
                 else:
-                    yield (compile_frozen(self.module, shape, run.precision, key, **options),
+                    yield (compile_frozen(module, shape, precision, key, **options),
                            prep.normalize(b))
 
         with tqdm(total=n, disable=not verbose, unit="img", desc=desc) as bar:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,12 +53,13 @@ class CompiledModule:
     def __init__(self, module: torch.nn.Module, input_shape: tuple[int, int, int],
                  precision: str, mean=None, std=None, threads: int = 1, cache_dir=None):
         ov = _import()
-        module = module.eval()
         shape = (self.request_size, *input_shape)
-        with torch.no_grad(), warnings.catch_warnings():
-            # the converter traces with torch.jit, which torch deprecates; that is its business
-            warnings.simplefilter("ignore", FutureWarning)
-            model = ov.convert_model(module, example_input=torch.zeros(shape), input=[shape])
+        if isinstance(module, dict):  # a quantized model (:func:`quantize`), as IR bytes
+            model = ov.Core().read_model(
+                model=module["xml"].decode(),
+                weights=ov.Tensor(np.frombuffer(module["bin"], dtype=np.uint8).copy()))
+        else:
+            model = convert(module, shape)
         if mean is not None:
             # uint8 in, normalisation inside the graph: 4x less to copy and no Python-side
             # arithmetic competing with the inference threads for the cores
@@ -69,7 +71,8 @@ class CompiledModule:
             model = ppp.build()
         config = {
             "PERFORMANCE_HINT": "THROUGHPUT",
-            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            # "int8+bf16" / "int8+f32": a quantized model, its other layers in bf16 / f32
+            "INFERENCE_PRECISION_HINT": "bf16" if precision in ("bf16", "int8+bf16") else "f32",
             # the cores this call was given (skcxr._threads.thread_budget), not the machine's
             "INFERENCE_NUM_THREADS": threads,
         }
@@ -93,6 +96,42 @@ class CompiledModule:
 
     def __getstate__(self):
         raise TypeError("an OpenVINO compiled model is not picklable; it is rebuilt on demand")
+
+
+def convert(module: torch.nn.Module, shape) -> object:
+    """A torch module as an OpenVINO model for one static input shape (normalised float)."""
+    ov = _import()
+    with torch.no_grad(), warnings.catch_warnings():
+        # the converter traces with torch.jit, which torch deprecates; that is its business
+        warnings.simplefilter("ignore", FutureWarning)
+        return ov.convert_model(module.eval(), example_input=torch.zeros(shape),
+                                input=[shape])
+
+
+def quantize(module: torch.nn.Module, input_shape, batches) -> dict:
+    """``module`` quantized to int8 by NNCF's post-training quantization, calibrated on
+    ``batches`` (normalised float32 tensors of ``request_size`` images each); returned as IR
+    bytes (``{"xml", "bin", "sha256"}``): picklable, and what :class:`CompiledModule` reads."""
+    import hashlib
+    import tempfile
+
+    try:
+        import nncf
+    except ImportError as exc:
+        raise ImportError(
+            "precision='int8' quantizes with NNCF: pip install nncf (or "
+            "'skcxr[int8]').") from exc
+    ov = _import()
+    model = convert(module, (CompiledModule.request_size, *input_shape))
+    data = nncf.Dataset([b.numpy() for b in batches])
+    quantized = nncf.quantize(model, data, subset_size=sum(1 for _ in batches) *
+                              CompiledModule.request_size,
+                              preset=nncf.QuantizationPreset.PERFORMANCE)
+    with tempfile.TemporaryDirectory(prefix="skcxr-int8-") as tmp:
+        ov.save_model(quantized, f"{tmp}/m.xml", compress_to_fp16=False)
+        xml, weights = Path(tmp, "m.xml").read_bytes(), Path(tmp, "m.bin").read_bytes()
+    return {"xml": xml, "bin": weights,
+            "sha256": hashlib.sha256(xml + weights).hexdigest()}
 
 
 _COMPILED: OrderedDict = OrderedDict()

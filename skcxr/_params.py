@@ -55,7 +55,10 @@ SHARED_CONSTRAINTS = {
     "verbose": [Interval("int", 0), BOOL],
 }
 
-TRANSFORMER_CONSTRAINTS = {**SHARED_CONSTRAINTS, "pooling": BACKBONE_CONSTRAINTS["pooling"]}
+TRANSFORMER_CONSTRAINTS = {**SHARED_CONSTRAINTS, "pooling": BACKBONE_CONSTRAINTS["pooling"],
+                           # int8: the frozen backbone quantized at fit (features only)
+                           "precision": [Options(*RUNTIME_CONSTRAINTS["precision"][0].values,
+                                                 "int8")]}
 
 
 def _hidden_units(value):

@@ -63,7 +63,13 @@ def resolve(device, precision, engine) -> Execution:
     for this machine; raises where the machine cannot do what was asked (CUDA missing,
     fp16 on a CPU, OpenVINO not installed)."""
     dev = resolve_device(device)
-    return Execution(dev, resolve_precision(precision, dev), resolve_engine(engine, dev))
+    run = Execution(dev, resolve_precision(precision, dev), resolve_engine(engine, dev))
+    if run.precision == "int8" and run.engine != "openvino":
+        raise ValueError(
+            "precision='int8' runs the frozen network quantized by OpenVINO (NNCF), on the "
+            f"CPU; this call resolved engine={run.engine!r}. Use engine='openvino' (or 'auto' "
+            "with openvino installed) and device='cpu', or precision='bf16'.")
+    return run
 
 
 @functools.lru_cache(maxsize=1)
@@ -144,8 +150,10 @@ def _lease_gpu(n: int) -> int:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """Turn the ``precision`` parameter into one of 'fp32', 'bf16', 'fp16'."""
+    """Turn the ``precision`` parameter into one of 'fp32', 'bf16', 'fp16', 'int8'."""
     if precision != "auto":
+        if precision == "int8" and device.type != "cpu":
+            raise ValueError("precision='int8' runs on the CPU (OpenVINO); use device='cpu'.")
         if precision == "fp16" and device.type == "cpu":
             raise ValueError("precision='fp16' is only supported on CUDA; use 'bf16' or 'fp32'.")
         return precision

@@ -119,3 +119,39 @@ def test_many_images_predict_through_the_whole_network_compiled_once(sample, tin
     other = PretrainedCNNClassifier(**tiny_clf, n_trainable_layers=2).fit(X, y)
     other.set_params(engine="openvino").predict_proba(X[:10])
     assert len(_openvino._COMPILED) == 2
+
+
+def test_int8_features_quantized_at_fit(sample):
+    """precision="int8": fit quantizes the backbone (NNCF), calibrated on the fit images;
+    transform runs it in OpenVINO: close to fp32, picklable, cached under its own key."""
+    import pickle
+
+    from skcxr import PretrainedCNNClassifier
+    from skcxr.cache import cache_info
+
+    pytest.importorskip("nncf")
+    X = sample.data[::10]  # 30 images, both classes
+    fe = FeatureExtractorTransformer(precision="int8", random_state=0).fit(X)
+    assert fe.precision_ == "int8" and fe.engine_ == "openvino"
+    assert len(fe.quantized_["bin"]) < 0.5 * 4 * sum(p.numel() for p in fe.module_.parameters())
+    out = fe.transform(X)
+    ref = FeatureExtractorTransformer(precision="fp32", engine="torch").fit(X[:1]).transform(X)
+    cos = (out * ref).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.9, cos  # 0.96 measured; bf16: > 0.99
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(fe)).transform(X), out)
+    computed = cache_info()["computed"]
+    bf16 = fe.set_params(precision="bf16").transform(X)  # the float network, its own entries
+    assert cache_info()["computed"] == computed + len(X) and not np.array_equal(bf16, out)
+    # the same seed and images quantize to the same numbers
+    again = FeatureExtractorTransformer(precision="int8", random_state=0).fit(X)
+    np.testing.assert_allclose(again.transform(X), out, rtol=1e-5, atol=1e-5)
+    # errors before any work
+    with pytest.raises(ValueError, match="engine='openvino'"):
+        FeatureExtractorTransformer(precision="int8", engine="torch").fit(X)
+    with pytest.raises(ValueError, match="at least 4"):
+        FeatureExtractorTransformer(precision="int8").fit(X[:2])
+    with pytest.raises(ValueError, match="refit with precision='int8'"):
+        FeatureExtractorTransformer(precision="bf16").fit(X[:1]).set_params(
+            precision="int8").transform(X[:2])
+    with pytest.raises(ValueError, match="'precision' parameter"):
+        PretrainedCNNClassifier(precision="int8").fit(X, sample.target[::10])
