@@ -21,7 +21,7 @@ SHARED_BAD = {
     "normalize": ["zscore", (0.5, 0), ([0.5], [-1.0]), 0.5],
     "batch_size": [0, 2.5, True, "32"],
     "device": ["tpu", 3, "cuda:x", "cpu:"],
-    "precision": ["int8", None],
+    "precision": ["int4", None],
     "engine": ["tensorrt", None],
     "num_workers": [-1, 1.5],
     "cache": ["yes", 1],
@@ -33,6 +33,7 @@ BAD = {
     FeatureExtractorTransformer: {**SHARED_BAD, "pooling": ["median", None]},
     PretrainedCNNClassifier: {
         **SHARED_BAD,
+        "precision": ["int8", "int4", None],  # int8: features only
         "n_trainable_layers": [-2, 2.5, "", None],
         "train_size": [0, 0.0, 1.5, -3, "half", True],
         "class_weight": ["auto", [1, 2], {0: -1.0}, {0: "x"}, {0: math.inf}],
