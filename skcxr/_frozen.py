@@ -45,8 +45,9 @@ class FrozenPart:
     """
 
     def __init__(self, module, preprocessing: Preprocessing, provenance: dict, part: dict,
-                 keep: str = "float32", quantized: dict | None = None):
+                 keep: str = "float32", quantized: dict | None = None, chain=None):
         self.module = module
+        self.chain = chain  # (all chain modules, cut): OpenVINO converts the chain once
         self.preprocessing = preprocessing
         self.identity = {"backbone": provenance.get("backbone"),
                          "state_sha256": provenance["state_sha256"], **part}
@@ -123,6 +124,13 @@ class FrozenPart:
         if self.identity.get("kind") == "logits":
             _NETWORKS_COMPILED.add(key)
         precision, module = run.precision, self.module
+        if self.chain is not None:
+            from ._openvino import ChainCut
+
+            modules, cut = self.chain
+            module = ChainCut(modules, cut, namespace_digest(
+                {"backbone": self.identity["backbone"],
+                 "state_sha256": self.identity["state_sha256"], "chain": len(modules)}))
         if precision == "int8":
             if self.quantized is None:
                 raise ValueError("precision='int8' needs the network quantized at fit: refit "
@@ -155,7 +163,7 @@ def prefix_part(net, preprocessing: Preprocessing, provenance: dict) -> FrozenPa
     """
     return FrozenPart(net.frozen_prefix(), preprocessing, provenance,
                       {"kind": "frozen-prefix", "cut": net.chain_names[:net.cut]},
-                      keep="compute")
+                      keep="compute", chain=(net.chain_modules(), net.cut))
 
 
 def network_part(net, preprocessing: Preprocessing, provenance: dict) -> FrozenPart:

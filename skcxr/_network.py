@@ -150,6 +150,11 @@ class CXRNet(nn.Module):
         apply_batchnorm_policy(self.backbone, self.batchnorm)
         return self
 
+    def chain_modules(self) -> list[nn.Module]:
+        """Every element of the backbone's chain (sharing weights): what a frozen prefix of
+        any cut point is the start of."""
+        return self._chain(0, None)
+
     def frozen_prefix(self) -> nn.Sequential:
         """The frozen prefix as a module of its own (sharing weights), in eval mode."""
         return nn.Sequential(*self._chain(0, self.cut)).eval()

@@ -155,3 +155,24 @@ def test_int8_features_quantized_at_fit(sample):
             precision="int8").transform(X[:2])
     with pytest.raises(ValueError, match="'precision' parameter"):
         PretrainedCNNClassifier(precision="int8").fit(X, sample.target[::10])
+
+
+def test_cut_points_share_one_conversion_of_the_chain(sample, tiny_clf):
+    """OpenVINO converts a backbone's chain once; every cut point is a cut of that model
+    (compiled once per cut), and its outputs match torch's."""
+    from skcxr import PretrainedCNNClassifier, _openvino
+
+    idx = np.r_[0:20, 100:120]
+    X, y = sample.data[idx], sample.target[idx]
+    _openvino._CONVERTED.clear()
+    _openvino._COMPILED.clear()
+    cuts = set()
+    for c in (2, 4, 8):
+        ov = PretrainedCNNClassifier(**{**tiny_clf, "engine": "openvino"}, n_trainable_layers=c)
+        proba = ov.fit(X, y).predict_proba(X)
+        cuts.add(ov.module_.cut)
+        ref = PretrainedCNNClassifier(**tiny_clf, n_trainable_layers=c).fit(X, y)
+        np.testing.assert_allclose(proba, ref.predict_proba(X), atol=2e-3)
+    assert len(cuts) >= 2
+    assert len(_openvino._CONVERTED) == 1  # one conversion
+    assert len(_openvino._COMPILED) == len(cuts)  # one compile per cut point
