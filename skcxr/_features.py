@@ -48,8 +48,9 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         The transformer also takes "int8": ``fit`` quantizes the backbone with NNCF's
         post-training quantization, calibrated on up to 300 of the fit images, and
         ``transform`` runs it in OpenVINO (CPU only; ``pip install nncf``). Measured on
-        lite0 (``benchmarks/bench_features.py``, docs "Performance"): 1.5x bf16's
-        inference speed, CV ROC AUC of features + logistic regression within 0.001 of fp32.
+        lite0 (docs "Performance"): 1.4x bf16's speed end to end from JPEG files
+        (``benchmarks/bench_features.py``), CV ROC AUC of features + logistic regression
+        0.0001 below fp32's (``benchmarks/bench_int8.py``).
     %(num_workers)s
     %(engine)s
     %(cache)s

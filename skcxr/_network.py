@@ -162,7 +162,7 @@ class CXRNet(nn.Module):
     def whole(self) -> nn.Sequential:
         """The whole network after the normalisation (normalised images -> logits) as one
         module of its own (sharing weights), in eval mode: what a fast engine compiles."""
-        body = self._chain(0, None) if self.chain_names is not None else [self.backbone]
+        body = self.chain_modules() if self.chain_names is not None else [self.backbone]
         return nn.Sequential(*body, self.head).eval()
 
     def prefix(self, x: torch.Tensor, precision: str | None = None) -> torch.Tensor:

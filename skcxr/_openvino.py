@@ -169,8 +169,7 @@ def quantize(module: torch.nn.Module, input_shape, batches) -> dict:
     ov = _import()
     model = convert(module, (CompiledModule.request_size, *input_shape))
     data = nncf.Dataset([b.numpy() for b in batches])
-    quantized = nncf.quantize(model, data, subset_size=sum(1 for _ in batches) *
-                              CompiledModule.request_size,
+    quantized = nncf.quantize(model, data, subset_size=len(batches) * CompiledModule.request_size,
                               preset=nncf.QuantizationPreset.PERFORMANCE)
     with tempfile.TemporaryDirectory(prefix="skcxr-int8-") as tmp:
         ov.save_model(quantized, f"{tmp}/m.xml", compress_to_fp16=False)

@@ -121,7 +121,6 @@ def training_datasets(net, source: ImageSource, rows, prep: Preprocessing, run, 
     """
     views = isinstance(augment, RandomView)
     if cache and (augment is None or views) and net.prefix_is_fixed:
-        prefix = prefix_part(net, prep, provenance)
         # each image once, also when a sampler repeated training rows
         fit_rows, position = np.unique(np.concatenate([rows.train, rows.valid]),
                                        return_inverse=True)
@@ -144,7 +143,7 @@ def training_datasets(net, source: ImageSource, rows, prep: Preprocessing, run, 
         datasets = [PrefixDataset(h_train, rows.y[rows.train], rows.weights[rows.train],
                                   augment if views else None),
                     PrefixDataset(h[n:], rows.y[rows.valid], rows.weights[rows.valid])]
-        namespace = prefix.namespace(run)
+        namespace = prefix_part(net, prep, provenance).namespace(run)
     else:
         datasets = []
         for idx, aug in ((rows.train, augment), (rows.valid, None)):

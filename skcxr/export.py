@@ -34,11 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from .images import SHIFT, tta_views
+from .images import apply_view, tta_views
 
 __all__ = ["OPSET", "TOLERANCE", "to_onnx"]
 
@@ -61,8 +60,6 @@ class _Preprocess(nn.Module):
         c = prep.in_chans
         self.register_buffer("mean", torch.tensor(prep.mean[:c]).view(1, c, 1, 1).float())
         self.register_buffer("std", torch.tensor(prep.std[:c]).view(1, c, 1, 1).float())
-        h, w = prep.size
-        self.dy, self.dx = max(1, round(SHIFT * h)), max(1, round(SHIFT * w))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float()  # 0..255
@@ -70,22 +67,8 @@ class _Preprocess(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         elif self.channels == 3 and self.in_chans == 1:
             x = x.mean(1, keepdim=True).round()  # as Preprocessing.channels on uint8
-        x = self._view(x)
+        x = apply_view(x, self.view)
         return (x / 255.0 - self.mean) / self.std
-
-    def _view(self, x):
-        dy, dx = self.dy, self.dx
-        if self.view == "hflip":
-            return x.flip(-1)
-        if self.view == "shift_right":
-            return F.pad(x, (dx, 0))[..., :-dx]
-        if self.view == "shift_left":
-            return F.pad(x, (0, dx))[..., dx:]
-        if self.view == "shift_down":
-            return F.pad(x, (0, 0, dy, 0))[..., :-dy, :]
-        if self.view == "shift_up":
-            return F.pad(x, (0, 0, 0, dy))[..., dy:, :]
-        return x
 
 
 class _Classifier(nn.Module):
@@ -94,18 +77,16 @@ class _Classifier(nn.Module):
 
     def __init__(self, est, channels: int):
         super().__init__()
-        net = copy.deepcopy(est.module_).float().eval()
         self.views = nn.ModuleList(_Preprocess(est.preprocessing_, channels, v)
                                    for v in tta_views(getattr(est, "tta", None)))
-        self.prefix = net.frozen_prefix() if net.cut else nn.Identity()
-        self.net = net
+        self.net = copy.deepcopy(est.module_).float().eval().whole()
         self.temperature = float(getattr(est, "temperature_", None) or 1.0)
         self.sigmoid = est.target_type_ == "multilabel"
 
     def forward(self, images):
         out = 0.0
         for pre in self.views:
-            logits = self.net.head(self.net.suffix(self.prefix(pre(images)))) / self.temperature
+            logits = self.net(pre(images)) / self.temperature
             out = out + (torch.sigmoid(logits) if self.sigmoid else logits.softmax(-1))
         return out / len(self.views)
 
