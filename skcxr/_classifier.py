@@ -43,8 +43,10 @@ from .protocol import fit_rows
 
 #: From this many images in one call on (or once it is compiled), the OpenVINO engine runs
 #: a fitted network whole, compiled once per fitted model and process, instead of its
-#: compiled prefix and a torch suffix. Break-even measured by ``benchmarks/bench_predict.py``
-#: (lite0, c=16, 2 cores): ~3,000 images when neither is compiled yet.
+#: compiled prefix and a torch suffix. Measured by ``benchmarks/bench_predict.py`` (lite0,
+#: c=16, 2 cores): the whole network is 1.25x faster once compiled; its ~4 s compile pays
+#: back from ~5,000 images after a fit in the same process (prefix already compiled), from
+#: the first call in a fresh one.
 WHOLE_NETWORK_MIN_IMAGES = 2048
 
 
@@ -425,9 +427,9 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         whole = (network_part(net, prep, provenance)  # hashes the weights once per network
                  if run.engine == "openvino" and (many or networks_compiled()) else None)
         if whole is not None and (many or whole.is_compiled()):
-            # the whole trained network compiled once per fitted model and process runs 1.2x
-            # faster than a compiled prefix + a torch suffix, but compiling it costs ~1.6 s
-            # more than a prefix (bench_predict): worth it for many images, or once compiled
+            # the whole trained network compiled once per fitted model and process runs 1.25x
+            # faster than a compiled prefix + a torch suffix, but compiling it costs ~4 s
+            # (bench_predict): worth it for many images, or once compiled
             out = whole.outputs(source, run, cache=self.cache, location=location,
                                 batch_size=self.batch_size, num_workers=self.num_workers,
                                 verbose=self.verbose > 1, desc="predict")
