@@ -6,6 +6,12 @@ one. :class:`FrozenPart` says what the network is (one namespace builder: everyt
 outputs depend on), runs it (torch, or OpenVINO compiled on the CPU) and serves its outputs
 per image from the caches of :mod:`skcxr.cache` (the in-process LRU shared by all clones,
 then the optional disk store), computing only the images that miss.
+
+Every cut point from one pass: a classifier's prefix deeper than its chain's *anchor*
+(:func:`skcxr._layers.anchor_index`; for EfficientNet-Lite0 the end of ``blocks.2``, 81% of
+the prefix's cost) is derived from the anchor's cached outputs by running only the chain
+elements between the two, so a grid over c decodes and runs the expensive high-resolution
+stages once per image, whatever order its cut points come in.
 """
 
 from __future__ import annotations
@@ -42,12 +48,20 @@ class FrozenPart:
         The dtype outputs are returned and cached in: float32, or the compute dtype (bf16
         under bf16: half the memory; the classifier's uncached forward casts the prefix
         output the same way, so cached and uncached fits see the same numbers).
+    chain : (list of nn.Module, int), optional
+        Every element of the backbone's chain and the cut this part ends at (a frozen
+        prefix): OpenVINO converts the chain once for all cut points.
+    base : FrozenPart, optional
+        A shallower prefix of the same chain (the anchor): with the cache on, this part's
+        missing outputs are derived from its cached outputs by ``chain[base cut:cut]``.
     """
 
     def __init__(self, module, preprocessing: Preprocessing, provenance: dict, part: dict,
-                 keep: str = "float32", quantized: dict | None = None, chain=None):
+                 keep: str = "float32", quantized: dict | None = None, chain=None,
+                 base: FrozenPart | None = None):
         self.module = module
-        self.chain = chain  # (all chain modules, cut): OpenVINO converts the chain once
+        self.chain = chain
+        self.base = base if quantized is None else None
         self.preprocessing = preprocessing
         self.identity = {"backbone": provenance.get("backbone"),
                          "state_sha256": provenance["state_sha256"], **part}
@@ -80,9 +94,61 @@ class FrozenPart:
 
         if not cache:
             return compute(source)
+        if self.base is not None:
+            def compute(src):  # noqa: F811 -- from the cached outputs of the anchor
+                h = self.base.outputs(src, run, location=location, batch_size=batch_size,
+                                      num_workers=num_workers, verbose=verbose, desc=desc)
+                return self._derive(h, run, batch_size=batch_size, verbose=verbose,
+                                    desc=desc, location=location)
+
         rows = cached_rows(self.namespace(run), source.keys(),
-                           lambda missing: compute(source.subset(missing)), location=location)
+                           lambda missing: compute(source.subset(missing)), location=location,
+                           counter="computed" if self.base is None else "derived")
         return torch.stack(rows)
+
+    def _derive(self, h: torch.Tensor, run, *, batch_size, verbose, desc, location,
+                ) -> torch.Tensor:
+        """This prefix's outputs from its base's outputs ``h``: the chain elements between
+        the two cuts, in torch or compiled by OpenVINO (a cut of the chain's one conversion,
+        taking the base's outputs as its input)."""
+        from tqdm.auto import tqdm
+
+        modules, cut = self.chain
+        start = self.base.chain[1]
+        dtype = self.dtype(run)
+        batch_size = max(batch_size, 64)  # small tensors: larger batches cost nothing
+        if run.engine == "openvino":
+            from ._openvino import ChainCut, compile_frozen
+
+            prep = self.preprocessing
+            module = ChainCut(modules, cut, self._chain_key(), start=start,
+                              image_shape=(prep.in_chans, *prep.size))
+            compiled = compile_frozen(
+                module, tuple(h.shape[1:]), run.precision,
+                namespace_digest({"compile": self.compile_key(), "from": start}),
+                threads=thread_budget(), cache_dir=self._compiled_dir(location))
+            from ._openvino import run_pipelined
+
+            items = ((compiled, b.float()) for b in h.split(batch_size))
+            with tqdm(total=len(h), disable=not verbose, unit="img", desc=desc) as bar:
+                return torch.from_numpy(run_pipelined(items, len(h), bar)).to(dtype)
+        segment = _runtime.on_device(torch.nn.Sequential(*modules[start:cut]).eval(),
+                                     run.device)
+        out = _runtime.run_batches(
+            lambda b: _runtime.frozen_forward(segment, b, run.precision, dtype),
+            h.split(batch_size), len(h), device=run.device, verbose=verbose, desc=desc)
+        _runtime.release(run.device)
+        return out
+
+    def _chain_key(self) -> str:
+        return namespace_digest({"backbone": self.identity["backbone"],
+                                 "state_sha256": self.identity["state_sha256"],
+                                 "chain": len(self.chain[0])})
+
+    @staticmethod
+    def _compiled_dir(location):
+        return (location / "skcxr-openvino"
+                if location is not None and location_writable(location) else None)
 
     def _compute(self, source, run, *, batch_size, num_workers, verbose, desc, location,
                  ) -> torch.Tensor:
@@ -128,9 +194,7 @@ class FrozenPart:
             from ._openvino import ChainCut
 
             modules, cut = self.chain
-            module = ChainCut(modules, cut, namespace_digest(
-                {"backbone": self.identity["backbone"],
-                 "state_sha256": self.identity["state_sha256"], "chain": len(modules)}))
+            module = ChainCut(modules, cut, self._chain_key())
         if precision == "int8":
             if self.quantized is None:
                 raise ValueError("precision='int8' needs the network quantized at fit: refit "
@@ -138,9 +202,7 @@ class FrozenPart:
             module = self.quantized
             precision = "int8+bf16" if _runtime.cpu_has_native_bf16() else "int8+f32"
         shape = (prep.in_chans, *prep.size)
-        options = {"threads": thread_budget(),
-                   "cache_dir": location / "skcxr-openvino"
-                   if location is not None and location_writable(location) else None}
+        options = {"threads": thread_budget(), "cache_dir": self._compiled_dir(location)}
 
         def items():  # 8-bit batches go in raw; 16-bit/DICOM ones are normalised here
             for b in loader:
@@ -155,15 +217,24 @@ class FrozenPart:
             return torch.from_numpy(run_pipelined(items(), n, bar))
 
 
-def prefix_part(net, preprocessing: Preprocessing, provenance: dict) -> FrozenPart:
-    """A classifier network's frozen prefix (everything before its cut) as a FrozenPart.
+def prefix_part(net, preprocessing: Preprocessing, provenance: dict,
+                cut: int | None = None) -> FrozenPart:
+    """A classifier network's frozen prefix (everything before its cut, or before ``cut``)
+    as a FrozenPart.
 
     Its outputs are kept in the compute dtype, as the network's own uncached forward casts
-    them (see :meth:`skcxr._network.CXRNet.prefix`).
+    them (see :meth:`skcxr._network.CXRNet.prefix`). A prefix deeper than the network's
+    anchor is derived from the anchor's cached outputs (the anchor's namespace is the one
+    a network cut at the anchor has, so such a fit shares it).
     """
-    return FrozenPart(net.frozen_prefix(), preprocessing, provenance,
-                      {"kind": "frozen-prefix", "cut": net.chain_names[:net.cut]},
-                      keep="compute", chain=(net.chain_modules(), net.cut))
+    cut = net.cut if cut is None else cut
+    modules = net.chain_modules()
+    anchor = getattr(net, "anchor", None)  # None in a network pickled by skcxr 0.1
+    base = (prefix_part(net, preprocessing, provenance, anchor)
+            if anchor is not None and 0 < anchor < cut else None)
+    return FrozenPart(torch.nn.Sequential(*modules[:cut]).eval(), preprocessing, provenance,
+                      {"kind": "frozen-prefix", "cut": net.chain_names[:cut]},
+                      keep="compute", chain=(modules, cut), base=base)
 
 
 def network_part(net, preprocessing: Preprocessing, provenance: dict) -> FrozenPart:

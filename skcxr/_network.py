@@ -14,7 +14,9 @@ from torch import nn
 
 from . import _runtime
 from ._layers import (
+    anchor_index,
     apply_batchnorm_policy,
+    chain_shapes,
     cut_index,
     parameterised_layers,
     select_trainable,
@@ -42,15 +44,46 @@ def build_network(backbone, prep, n_trainable_layers, *, n_outputs: int, hidden_
     batchnorm, precision : str
         See :class:`CXRNet`.
     """
-    probe = torch.rand(1, prep.in_chans, *prep.size, generator=torch.Generator().manual_seed(0))
-    trainable = select_trainable(parameterised_layers(backbone.module, probe),
-                                 n_trainable_layers)
-    chain = sequential_chain(backbone.module, prep.normalize(probe))
+    layers, chain_names, shapes = _plan(backbone, prep)
+    trainable = select_trainable(layers, n_trainable_layers)
+    chain = ([(n, backbone.module.get_submodule(n)) for n in chain_names]
+             if chain_names is not None else None)
     head = make_head(backbone.num_features, n_outputs, tuple(hidden_units), float(dropout))
     return CXRNet(backbone.module, head, prep.mean, prep.std, trainable, batchnorm=batchnorm,
-                  precision=precision,
-                  chain_names=[name for name, _ in chain] if chain is not None else None,
-                  cut=cut_index(chain, trainable) if chain is not None else None)
+                  precision=precision, chain_names=chain_names,
+                  cut=cut_index(chain, trainable) if chain is not None else None,
+                  anchor=anchor_index(shapes, prep.size) if chain is not None else None)
+
+
+def _plan(backbone, prep):
+    """The probe's findings for a backbone at an input shape: its parameterised layers in
+    forward order, its chain (names) and the chain's output shapes.
+
+    They depend on the architecture alone, so for a named timm/torchvision backbone they are
+    kept per process (a grid search builds the same backbone for every fit; the probe
+    forward passes cost ~0.1 s per fit for lite0), keyed by the name, the input shape and
+    every parameter's name and shape. A user's own module is probed every time.
+    """
+    probe = torch.rand(1, prep.in_chans, *prep.size, generator=torch.Generator().manual_seed(0))
+    key = None
+    if backbone.provenance.get("source") in ("timm", "torchvision"):
+        key = (backbone.provenance.get("backbone"), backbone.provenance.get("pooling"),
+               tuple(probe.shape), type(backbone.module).__qualname__,
+               tuple((k, tuple(v.shape)) for k, v in backbone.module.state_dict().items()))
+        if key in _PLANS:
+            return _PLANS[key]
+    layers = parameterised_layers(backbone.module, probe)
+    chain = sequential_chain(backbone.module, prep.normalize(probe))
+    plan = (layers, [name for name, _ in chain] if chain is not None else None,
+            chain_shapes(chain, prep.normalize(probe)) if chain is not None else None)
+    if key is not None:
+        if len(_PLANS) >= 16:
+            _PLANS.pop(next(iter(_PLANS)))
+        _PLANS[key] = plan
+    return plan
+
+
+_PLANS: dict = {}
 
 
 def make_head(in_features: int, n_outputs: int, hidden_units=(), dropout: float = 0.0,
@@ -99,10 +132,13 @@ class CXRNet(nn.Module):
         The backbone as a chain of sub-modules (:func:`skcxr._layers.sequential_chain`).
     cut : int or None
         Chain elements ``[:cut]`` form the frozen prefix.
+    anchor : int or None
+        The cut point whose cached outputs every deeper prefix is derived from
+        (:func:`skcxr._layers.anchor_index`, :func:`skcxr._frozen.prefix_part`).
     """
 
     def __init__(self, backbone, head, mean, std, trainable_layers=(), batchnorm="frozen",
-                 precision="fp32", chain_names=None, cut=None):
+                 precision="fp32", chain_names=None, cut=None, anchor=None):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -113,6 +149,7 @@ class CXRNet(nn.Module):
         self.precision = precision
         self.chain_names = list(chain_names) if chain_names is not None else None
         self.cut = (cut or 0) if self.chain_names is not None else 0
+        self.anchor = anchor if self.chain_names is not None else None
         for p in self.backbone.parameters():
             p.requires_grad_(False)
         self.backbone_unfrozen = False

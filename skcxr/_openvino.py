@@ -127,26 +127,41 @@ class _ChainOutputs(torch.nn.Module):
 
 
 class ChainCut:
-    """The first ``cut`` elements of a chain of modules, for OpenVINO: the whole chain is
-    converted once per ``key`` and process (converting costs ~3.6 s for lite0, more than
+    """Chain elements ``[start:cut]`` of a chain of modules, for OpenVINO: the whole chain
+    is converted once per ``key`` and process (converting costs ~3.6 s for lite0, more than
     computing the prefix of a few hundred images), and each cut point is that model with
-    its output at element ``cut``."""
+    its output at element ``cut``. With ``start``, the model takes element ``start - 1``'s
+    output as its input (a prefix derived from a shallower one's outputs); ``image_shape``
+    is then the chain's input shape ``(c, h, w)``, which the conversion needs.
+    """
 
-    def __init__(self, modules, cut: int, key: str):
+    def __init__(self, modules, cut: int, key: str, start: int = 0, image_shape=None):
         self.modules, self.cut, self.key = list(modules), cut, key
+        self.start, self.image_shape = start, image_shape
 
     def model(self, shape):
         ov = _import()
-        k = (self.key, tuple(shape))
+        image = (shape[0], *self.image_shape) if self.start else tuple(shape)
+        k = (self.key, image)
         with _CONVERTED_LOCK:
             if k not in _CONVERTED:
-                _CONVERTED[k] = convert(_ChainOutputs(self.modules), shape)
+                _CONVERTED[k] = convert(_ChainOutputs(self.modules), image)
                 while len(_CONVERTED) > 4:
                     _CONVERTED.popitem(last=False)
             _CONVERTED.move_to_end(k)
             full = _CONVERTED[k].clone()  # the preprocessing step edits the model it gets
-        source = full.outputs[self.cut - 1].get_node().input_value(0)
-        return ov.Model([ov.opset13.result(source)], full.get_parameters(), "prefix")
+        end = full.outputs[self.cut - 1].get_node().input_value(0)
+        inputs = full.get_parameters()
+        if self.start:  # cut the graph in front, too: a new input where element start-1 ends
+            begin = full.outputs[self.start - 1].get_node().input_value(0)
+            if tuple(begin.get_partial_shape().to_shape()) != tuple(shape):
+                raise ValueError(f"chain element {self.start - 1} gives "
+                                 f"{begin.get_partial_shape()}, not {tuple(shape)}")
+            param = ov.opset13.parameter(list(shape), begin.get_element_type(), name="h")
+            for target in begin.get_target_inputs():
+                target.replace_source_output(param.output(0))
+            inputs = [param]
+        return ov.Model([ov.opset13.result(end)], inputs, "prefix")
 
 
 _CONVERTED: OrderedDict = OrderedDict()

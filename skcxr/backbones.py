@@ -138,7 +138,11 @@ def load_backbone(
              BACKBONE_CONSTRAINTS, "load_backbone")
     validate({"in_chans": in_chans}, PREPROCESSING_CONSTRAINTS, "load_backbone")
     validate({"random_state": random_state}, {"random_state": RANDOM_STATE}, "load_backbone")
-    with seeded(as_seed(random_state)):
+    seed = as_seed(random_state)
+    key = _memo_key(backbone, weights, in_chans, pooling, num_classes, seed)
+    if key is not None and key in _LOADED:
+        return _copy(_LOADED[key])
+    with seeded(seed):
         if isinstance(backbone, nn.Module):
             bb = _load_module(backbone, weights, in_chans, pooling, num_classes)
         else:
@@ -148,7 +152,42 @@ def load_backbone(
     bb.module.eval()
     bb.provenance["pooling"] = pooling
     bb.provenance["state_sha256"] = state_dict_digest(bb.module)
+    if key is not None:
+        _LOADED[key] = _copy(bb)
+        while len(_LOADED) > 2:
+            _LOADED.pop(next(iter(_LOADED)))
     return bb
+
+
+def _memo_key(backbone, weights, in_chans, pooling, num_classes, seed):
+    """What a named backbone's loaded state depends on, or None where it is not memoised.
+
+    A grid search loads the same backbone for every fit (0.1-0.2 s each for lite0: creating
+    the model, reading the weights, hashing them): the 2 most recently loaded named backbones
+    are kept per process and each call gets its own copy. The seed counts where it shapes
+    the result (random weights, or a new classifier). A checkpoint file counts by its path,
+    size and modification time; a user's module is never memoised (it may change in place).
+    """
+    if isinstance(backbone, nn.Module):
+        return None
+    if weights is None or weights == "imagenet":
+        where = weights
+    else:
+        try:
+            st = os.stat(weights)
+        except OSError:
+            return None
+        where = (os.path.abspath(weights), st.st_size, st.st_mtime_ns)
+    random = weights is None or num_classes
+    return (backbone, where, in_chans, pooling, num_classes, seed if random else None)
+
+
+def _copy(bb: Backbone) -> Backbone:
+    return Backbone(copy.deepcopy(bb.module), bb.num_features, bb.data_config,
+                    copy.deepcopy(bb.provenance))
+
+
+_LOADED: dict = {}
 
 
 def list_offline_backbones() -> list[str]:

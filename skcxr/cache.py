@@ -288,8 +288,8 @@ class _MemoryLRU:
         self.entries: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
         self.nbytes = 0
         self.lock = threading.Lock()
-        self.stats = {"hits": 0, "misses": 0, "computed": 0, "disk_hits": 0, "rejected": 0,
-                      "evicted": 0}
+        self.stats = {"hits": 0, "misses": 0, "computed": 0, "derived": 0, "disk_hits": 0,
+                      "rejected": 0, "evicted": 0}
 
     def count(self, name: str, n: int = 1) -> None:
         with self.lock:
@@ -362,7 +362,9 @@ def set_cache_budget(nbytes: int | None = None, *, decoded: int | None = None) -
 def cache_info() -> dict:
     """Entries, bytes, budget and counters of the in-process caches.
 
-    The top-level keys describe the features / frozen-prefix store; ``"decoded"`` holds the
+    The top-level keys describe the features / frozen-prefix store: ``"computed"`` counts
+    entries computed from images, ``"derived"`` frozen-prefix outputs derived from the
+    cached outputs of a shallower cut (see :mod:`skcxr._frozen`). ``"decoded"`` holds the
     same for the decoded-image store (``"computed"`` there counts images decoded).
     """
     return {"entries": len(_MEMORY.entries), "bytes": _MEMORY.nbytes,
@@ -423,12 +425,13 @@ class DecodedImages:
 
 
 def cached_rows(namespace: dict, keys: list[str], compute, *, location: Path | None = None,
-                ) -> list[torch.Tensor]:
+                counter: str = "computed") -> list[torch.Tensor]:
     """One tensor per key, from memory, then disk, then ``compute(missing_positions)``.
 
     ``compute`` receives the positions (into ``keys``) still missing and returns a tensor
     whose first dimension runs over them. New results go to memory and, when ``location``
-    is set, to disk.
+    is set, to disk. They are counted under ``counter`` in :func:`cache_info`:
+    ``"computed"`` (from the images) or ``"derived"`` (from other cached outputs).
 
     Each entry is computed once, also when several threads or processes ask for it at the
     same time: threads of one process take turns per namespace; processes sharing
@@ -470,7 +473,7 @@ def cached_rows(namespace: dict, keys: list[str], compute, *, location: Path | N
             raise ImageReadError(
                 f"{exc} The {done} image(s) computed before it are cached {where}: "
                 "fix or remove that file and run again to resume from them.") from exc
-        _MEMORY.count("computed", len(positions))
+        _MEMORY.count(counter, len(positions))
         for j, i in enumerate(positions):
             out[i] = computed[j].clone()
             _MEMORY.put((ns, keys[i]), out[i])

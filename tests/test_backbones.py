@@ -154,6 +154,54 @@ def test_checkpoint_files_load_and_report(tmp_path):
     assert set(read_state_dict(str(tmp_path / "plain.pth"))) == set(sd)
 
 
+def test_loaded_backbones_are_kept_per_process_and_each_call_gets_its_own(tmp_path):
+    from skcxr import backbones
+
+    backbones._LOADED.clear()
+    a = load_backbone("test_efficientnet", None, random_state=3)
+    b = load_backbone("test_efficientnet", None, random_state=3)
+    assert len(backbones._LOADED) == 1 and a.module is not b.module
+    assert a.provenance == b.provenance and a.provenance is not b.provenance
+    with torch.no_grad():  # a caller changing its copy changes nobody else's
+        a.module.conv_stem.weight.add_(1.0)
+    a.provenance["backbone"] = "changed"
+    c = load_backbone("test_efficientnet", None, random_state=3)
+    assert torch.equal(c.module.conv_stem.weight, b.module.conv_stem.weight)
+    assert c.provenance == b.provenance
+    # another seed (random weights) is another entry; a user's module is never kept
+    d = load_backbone("test_efficientnet", None, random_state=4)
+    assert d.provenance["state_sha256"] != b.provenance["state_sha256"]
+    load_backbone(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+                  None)
+    assert len(backbones._LOADED) == 2
+    # a checkpoint rewritten in place is read again (its size and mtime are in the key)
+    path = tmp_path / "w.pth"
+    torch.save(b.module.state_dict(), path)
+    assert load_backbone("test_efficientnet", path).provenance["state_sha256"] == \
+        b.provenance["state_sha256"]
+    torch.save(d.module.state_dict(), path)
+    assert load_backbone("test_efficientnet", path).provenance["state_sha256"] == \
+        d.provenance["state_sha256"]
+
+
+def test_anchor_is_the_end_of_the_first_small_enough_stage():
+    from skcxr._layers import anchor_index
+    from skcxr._network import build_network
+    from skcxr.images import make_preprocessing
+
+    lite0_224 = [(32, 112, 112), (32, 112, 112), (16, 112, 112), (24, 56, 56), (24, 56, 56),
+                 (40, 28, 28), (40, 28, 28), (80, 14, 14), (80, 14, 14), (1280,)]
+    assert anchor_index(lite0_224, (224, 224)) == 7  # after the second 28x28 element
+    resnet50_224 = [(64, 112, 112), (256, 56, 56), (512, 28, 28), (1024, 14, 14),
+                    (2048, 7, 7), (2048,)]
+    assert anchor_index(resnet50_224, (224, 224)) is None  # no output small enough
+    assert anchor_index([(2, 4, 4), (8,)], (8, 8)) == 1
+    assert anchor_index([(2, 4, 4)], (8, 8)) is None  # the whole chain: nothing to derive
+    bb = load_backbone("tf_efficientnet_lite0", None, random_state=0)
+    built = build_network(bb, make_preprocessing(bb.data_config), 2, n_outputs=1)
+    assert built.chain_names[built.anchor - 1] == "blocks.2.1" and built.cut == 18
+
+
 def test_checkpoint_of_another_architecture_is_rejected(tmp_path):
     other = load_backbone("test_resnet", None, random_state=0)
     torch.save(other.module.state_dict(), tmp_path / "resnet.pth")
@@ -273,3 +321,29 @@ def test_xrv_resnet_layout_loads(tmp_path):
     assert torch.equal(backbone.module.state_dict()["layer4.1.conv2.weight"],
                        sd["model.layer4.1.conv2.weight"])
     assert set(backbone.provenance["ignored_keys"]) == {"fc.weight", "fc.bias"}
+
+
+def test_a_named_backbones_plan_is_probed_once_per_process(monkeypatch):
+    from skcxr import _network
+    from skcxr.images import make_preprocessing
+
+    _network._PLANS.clear()
+    bb = load_backbone("test_efficientnet", None, random_state=0)
+    prep = make_preprocessing(bb.data_config, image_size=48)
+    first = _network.build_network(bb, prep, 2, n_outputs=1)
+
+    def probe(*args):
+        raise AssertionError("probed again")
+
+    monkeypatch.setattr(_network, "parameterised_layers", probe)
+    again = _network.build_network(load_backbone("test_efficientnet", None, random_state=1),
+                                   prep, 2, n_outputs=1)  # other weights, same architecture
+    assert (again.trainable_layers, again.cut, again.anchor) == \
+        (first.trainable_layers, first.cut, first.anchor)
+    with pytest.raises(AssertionError, match="probed again"):  # another input size
+        _network.build_network(bb, make_preprocessing(bb.data_config, image_size=64), 2,
+                               n_outputs=1)
+    user = load_backbone(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1),
+                                       nn.Flatten()), None)
+    with pytest.raises(AssertionError, match="probed again"):  # a user's module: every time
+        _network.build_network(user, prep, 1, n_outputs=1)

@@ -4,6 +4,7 @@ invalidation, processes, budget."""
 import joblib
 import numpy as np
 import pytest
+import torch
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
@@ -41,9 +42,36 @@ def test_grid_search_computes_the_prefix_once_per_cut_point(data, tiny3):
                         {"n_trainable_layers": [0, 2], "train_size": [20, 40]},
                         cv=StratifiedKFold(3))
     grid.fit(X, y)
-    # 2 cut points x 60 images, whatever the folds, train sizes, candidates and refit
-    assert cache_info()["computed"] == 2 * 60
+    # each image runs from its pixels once (to the anchor), whatever the folds, train sizes,
+    # candidates and refit; both cut points are derived from the anchor's outputs
+    assert cache_info()["computed"] == 60
+    assert cache_info()["derived"] == 2 * 60
     assert cache_info()["hits"] >= 400  # every other lookup of 12 fits, their scoring, refit
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_deeper_cuts_are_derived_exactly_from_the_anchor(data, tiny3, precision):
+    from skcxr import _runtime
+    from skcxr._frozen import prefix_part
+    from skcxr.images import check_images
+
+    X, y = data
+    fits = [PretrainedCNNClassifier(**{**tiny3, "precision": precision}, n_trainable_layers=c)
+            .fit(X[::3], y[::3]) for c in (0, 8, 2)]  # the deepest cut first
+    clear_cache()
+    source, run = check_images(X), _runtime.resolve("cpu", precision, "torch")
+    for fitted in fits:
+        net = fitted.module_
+        assert 0 < net.anchor < net.cut
+        part = prefix_part(net, fitted.preprocessing_, fitted.provenance_)
+        direct = part.outputs(source, run, cache=False)  # from the pixels, the whole prefix
+        derived = part.outputs(source, run)
+        assert derived.dtype == direct.dtype == (torch.bfloat16 if precision == "bf16"
+                                                 else torch.float32)
+        assert torch.equal(derived, direct)  # the same functions on the same numbers
+    info = cache_info()
+    assert info["computed"] == 60  # the anchor, once per image, for 3 cut points
+    assert info["derived"] == 3 * 60
 
 
 def test_stale_entries_are_never_hit(data, tiny3, rewrite_check):
@@ -52,9 +80,13 @@ def test_stale_entries_are_never_hit(data, tiny3, rewrite_check):
     for change in ({"random_state": 1},  # other (random) weights
                    {"image_size": 40}, {"normalize": "unit"}, {"resize": "pad"},
                    {"precision": "bf16"}, {"n_trainable_layers": 8}):  # other cut point
-        before = cache_info()["computed"]
+        before = cache_info()
         clone(base).set_params(**change).fit(X, y)
-        assert cache_info()["computed"] - before == 60, change
+        computed, derived = (cache_info()[k] - before[k] for k in ("computed", "derived"))
+        # every image anew: from the pixels to the anchor (but for another cut point of the
+        # same network, whose anchor is the same), then derived to the cut point
+        anchor = 0 if "n_trainable_layers" in change else 60
+        assert (computed, derived) == (anchor, 60), change
     # same path, new pixels
     a, b = rewrite_check(base.predict_proba, 48)
     assert not np.allclose(a, b)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from skcxr import FeatureExtractorTransformer
+from skcxr.cache import cache_info
 
 pytest.importorskip("openvino")
 
@@ -115,10 +116,11 @@ def test_many_images_predict_through_the_whole_network_compiled_once(sample, tin
     # once compiled, a few images take the whole network too: nothing compiled again
     np.testing.assert_allclose(clf.predict_proba(X[:10]), whole[:10], atol=1e-6)
     assert len(_openvino._COMPILED) == 1
-    # a few images of a network not compiled whole: the compiled prefix and a torch suffix
+    # a few images of a network not compiled whole: the compiled prefix (to its anchor,
+    # then from the anchor to its cut) and a torch suffix
     other = PretrainedCNNClassifier(**tiny_clf, n_trainable_layers=2).fit(X, y)
     other.set_params(engine="openvino").predict_proba(X[:10])
-    assert len(_openvino._COMPILED) == 2
+    assert len(_openvino._COMPILED) == 3
 
 
 def test_int8_features_quantized_at_fit(sample):
@@ -175,4 +177,29 @@ def test_cut_points_share_one_conversion_of_the_chain(sample, tiny_clf):
         np.testing.assert_allclose(proba, ref.predict_proba(X), atol=2e-3)
     assert len(cuts) >= 2
     assert len(_openvino._CONVERTED) == 1  # one conversion
-    assert len(_openvino._COMPILED) == len(cuts)  # one compile per cut point
+    # one compile for the anchor, one per cut point (from the anchor's outputs)
+    assert len(_openvino._COMPILED) == len(cuts) + 1
+    # per engine (OpenVINO and the torch reference), each image from its pixels once
+    assert cache_info()["computed"] == 2 * len(X)
+    assert cache_info()["derived"] == 2 * len(cuts) * len(X)
+
+
+def test_derived_cuts_match_direct_ones_on_openvino(sample, tiny_clf):
+    """A prefix derived from the anchor's outputs by the compiled segment between them
+    matches the prefix compiled whole: exactly at fp32, to bf16 rounding at bf16."""
+    from skcxr import PretrainedCNNClassifier, _runtime
+    from skcxr._frozen import prefix_part
+    from skcxr.images import check_images
+
+    X, y = sample.data[::10], sample.target[::10]
+    source = check_images(X)
+    clf = PretrainedCNNClassifier(**tiny_clf, n_trainable_layers=2).fit(X, y)
+    part = prefix_part(clf.module_, clf.preprocessing_, clf.provenance_)
+    assert part.base is not None
+    for precision, tol in (("fp32", 1e-5), ("bf16", 2e-2)):
+        run = _runtime.resolve("cpu", precision, "openvino")
+        direct = part.outputs(source, run, cache=False).float()
+        derived = part.outputs(source, run).float()
+        scale = direct.abs().max()
+        assert (derived - direct).abs().max() <= tol * scale, precision
+    assert cache_info()["derived"] == 3 * len(X)  # the fit (torch), then each precision

@@ -279,10 +279,12 @@ def test_grid_search_on_dask_workers(dask_client, data, tiny_clf, tmp_path):
                                   sequential["mean_test_score"])
     np.testing.assert_array_equal(search.cv_results_["split0_test_score"],
                                   sequential["split0_test_score"])
-    # each image's prefix computed once across both workers: 60 images x 2 cut points
+    # each image computed from its pixels once across both workers (to the anchor), and
+    # each cut point derived from that once: 60 images x 2 cut points
     per_worker = dask_client.run(lambda: __import__("skcxr.cache").cache.cache_info())
     assert len(per_worker) == 2
-    assert sum(info["computed"] for info in per_worker.values()) == 2 * len(X)
+    assert sum(info["computed"] for info in per_worker.values()) == len(X)
+    assert sum(info["derived"] for info in per_worker.values()) == 2 * len(X)
     # OpenVINO compiled blobs were shared too (when the auto engine picks OpenVINO)
 
 
@@ -302,7 +304,7 @@ def test_grid_search_with_n_jobs_shares_the_disk_cache(data, tiny_clf, tmp_path)
     np.testing.assert_allclose(search.cv_results_["mean_test_score"],
                                sequential.cv_results_["mean_test_score"], atol=0.02)
     entries = list((tmp_path / "skcxr-features").glob("*/*/*.entry"))
-    assert len(entries) == 2 * len(X)  # one per image and cut point
+    assert len(entries) == 3 * len(X)  # one per image and cut point, and the anchor
     assert not list(tmp_path.glob("skcxr-features/*/*/*.claim"))  # all released
 
 
