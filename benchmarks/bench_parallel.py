@@ -14,8 +14,9 @@ empty ``memory=`` directory (the shared disk cache the workers use), in one run 
   torch matrix products the whole time (a colleague's training job).
 
 Columns: wall seconds of ``search.fit``, ratio to sequential, best mean ROC AUC, frozen-prefix
-computations (images whose prefix was computed, summed over all processes; each image has 3
-cut points, so 900 is the least possible) and the peak RSS summed over all processes.
+entries made (computed from the pixels to the chain's anchor, or derived from the anchor's
+outputs for a cut point; summed over all processes; each image has the anchor and 3 cut
+points, so 1,200 is the least possible) and the peak RSS summed over all processes.
 
     python benchmarks/bench_parallel.py            # the grid above
     python benchmarks/bench_parallel.py --quick    # 150 images, c in {0, 4}
@@ -41,7 +42,8 @@ def probe_scorer(est, X, y):
     from skcxr.cache import cache_info
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return os.getpid() * 1e9 + cache_info()["computed"] * 1e4 + min(rss, 9999)
+    made = cache_info()["computed"] + cache_info()["derived"]
+    return os.getpid() * 1e9 + made * 1e4 + min(rss, 9999)
 
 
 def _grid(mode, X, y, grid, folds, epochs, queue):
@@ -157,7 +159,7 @@ def _calibrate(search, X, y):
         start = time.perf_counter()
         search.fit(X, y)
         cold = time.perf_counter() - start
-        computed = cache_info()["computed"]
+        computed = cache_info()["computed"] + cache_info()["derived"]
         clear_cache()  # the in-process copies go; the disk store stays
         start = time.perf_counter()
         search.fit(X, y)
@@ -176,8 +178,8 @@ def predict_wall(model: dict, n_workers: int, n_prefix: int | None = None,
                  tasks: list | None = None) -> float:
     """Predicted wall time of a grid on ``n_workers`` one-thread workers sharing ``memory=``.
 
-    Each image's prefix at each cut point is computed once, split across the workers
-    (claims); the fits go, in the order GridSearchCV lists them, to whichever worker is
+    Each image's prefix entries (its anchor, each cut point) are made once, split across
+    the workers (claims); the fits go, in the order GridSearchCV lists them, to whichever worker is
     free first (what joblib's and Dask's schedulers do); with several workers busy at once
     every task runs ``contention`` times slower than alone:
 

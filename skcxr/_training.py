@@ -186,6 +186,20 @@ class WeightedNet(NeuralNet):
                 raise
             raise _Interrupted from exc
 
+    def _set_training(self, training=True):
+        # skorch sets the mode before every batch, and CXRNet.train walks the whole backbone
+        # (~5 ms for lite0: as long as a head-only training step on cached prefixes). Only
+        # skorch changes the mode during a fit (Unfreeze re-applies the current one), so a
+        # call that would set the mode already set is skipped.
+        if self.__dict__.get("_training_mode") is training:
+            return
+        super()._set_training(training)
+        self._training_mode = training
+
+    def initialize_module(self):
+        self.__dict__.pop("_training_mode", None)  # a new module has its own mode
+        return super().initialize_module()
+
     def get_all_learnable_params(self):
         module = self.module_
         planned = set(module.trainable_layers)
