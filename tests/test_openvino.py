@@ -203,3 +203,33 @@ def test_derived_cuts_match_direct_ones_on_openvino(sample, tiny_clf):
         scale = direct.abs().max()
         assert (derived - direct).abs().max() <= tol * scale, precision
     assert cache_info()["derived"] == 3 * len(X)  # the fit (torch), then each precision
+
+
+def test_compiles_into_a_shared_cache_wait_for_each_other(tmp_path):
+    """OpenVINO deletes a blob it finds half-written, failing the process writing it: a
+    compile into a shared cache directory holds a lock there (another process holding it
+    makes this one wait, then load the finished blob)."""
+    import threading
+    import time
+
+    import torch
+    from filelock import FileLock
+
+    from skcxr import _openvino
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    done = threading.Event()
+
+    def compile_():
+        _openvino.compile_frozen(module, (3, 16, 16), "fp32", "shared-cache-test",
+                                 threads=1, cache_dir=tmp_path)
+        done.set()
+
+    with FileLock(str(tmp_path / ".compile.lock")):  # another process compiling
+        worker = threading.Thread(target=compile_)
+        worker.start()
+        time.sleep(1.0)
+        assert not done.is_set()
+    worker.join(30)
+    assert done.is_set()
+    assert any(p.suffix == ".blob" for p in tmp_path.iterdir())
