@@ -86,21 +86,23 @@ class FrozenPart:
 
         With ``cache``, each image is looked up by its content hash under
         :meth:`namespace` in memory, then on disk (``location``), and only the missing
-        ones are computed (and stored). Without, all are computed.
+        ones are computed (and stored): from the pixels, or, with a ``base``, from the
+        base's outputs (themselves looked up first). Without, all are computed from the
+        pixels.
         """
-        def compute(src):
+        def from_pixels(src):
             return self._compute(src, run, batch_size=batch_size, num_workers=num_workers,
                                  verbose=verbose, desc=desc, location=location)
 
-        if not cache:
-            return compute(source)
-        if self.base is not None:
-            def compute(src):  # noqa: F811 -- from the cached outputs of the anchor
-                h = self.base.outputs(src, run, location=location, batch_size=batch_size,
-                                      num_workers=num_workers, verbose=verbose, desc=desc)
-                return self._derive(h, run, batch_size=batch_size, verbose=verbose,
-                                    desc=desc, location=location)
+        def from_base(src):  # the base's (cached) outputs, then the elements between the cuts
+            h = self.base.outputs(src, run, location=location, batch_size=batch_size,
+                                  num_workers=num_workers, verbose=verbose, desc=desc)
+            return self._derive(h, run, batch_size=batch_size, verbose=verbose, desc=desc,
+                                location=location)
 
+        if not cache:
+            return from_pixels(source)
+        compute = from_pixels if self.base is None else from_base
         rows = cached_rows(self.namespace(run), source.keys(),
                            lambda missing: compute(source.subset(missing)), location=location,
                            counter="computed" if self.base is None else "derived")
@@ -118,7 +120,7 @@ class FrozenPart:
         dtype = self.dtype(run)
         batch_size = max(batch_size, 64)  # small tensors: larger batches cost nothing
         if run.engine == "openvino":
-            from ._openvino import ChainCut, compile_frozen
+            from ._openvino import ChainCut, compile_frozen, run_pipelined
 
             prep = self.preprocessing
             module = ChainCut(modules, cut, self._chain_key(), start=start,
@@ -127,8 +129,6 @@ class FrozenPart:
                 module, tuple(h.shape[1:]), run.precision,
                 namespace_digest({"compile": self.compile_key(), "from": start}),
                 threads=thread_budget(), cache_dir=self._compiled_dir(location))
-            from ._openvino import run_pipelined
-
             items = ((compiled, b.float()) for b in h.split(batch_size))
             with tqdm(total=len(h), disable=not verbose, unit="img", desc=desc) as bar:
                 return torch.from_numpy(run_pipelined(items, len(h), bar)).to(dtype)
