@@ -270,7 +270,8 @@ def main() -> None:
         per_task = sorted(set(round(t, 2) for t in model["tasks"]))
         print(f"\nCost model, calibrated on one thread: grid cold {model['cold']:.1f} s, warm "
               f"{model['warm']:.1f} s -> {1000 * model['prefix_s']:.1f} ms per frozen-prefix "
-              f"entry (an image's anchor or cut point, on average), {per_task} s per fit + scoring (one per candidate); "
+              f"entry (an image's anchor or cut point, on average), {per_task} s per fit + "
+              f"scoring (one per candidate); "
               f"the warm grid runs {model['contention']:.2f}x slower beside a copy of itself")
 
 
