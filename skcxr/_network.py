@@ -9,6 +9,8 @@ is the *trainable suffix*, and the new dense *head* always trains.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -70,20 +72,24 @@ def _plan(backbone, prep):
         key = (backbone.provenance.get("backbone"), backbone.provenance.get("pooling"),
                tuple(probe.shape), type(backbone.module).__qualname__,
                tuple((k, tuple(v.shape)) for k, v in backbone.module.state_dict().items()))
-        if key in _PLANS:
-            return _PLANS[key]
+        with _PLANS_LOCK:
+            plan = _PLANS.get(key)
+        if plan is not None:
+            return plan
     layers = parameterised_layers(backbone.module, probe)
     chain = sequential_chain(backbone.module, prep.normalize(probe))
     plan = (layers, [name for name, _ in chain] if chain is not None else None,
             chain_shapes(chain, prep.normalize(probe)) if chain is not None else None)
     if key is not None:
-        if len(_PLANS) >= 16:
-            _PLANS.pop(next(iter(_PLANS)))
-        _PLANS[key] = plan
+        with _PLANS_LOCK:
+            if len(_PLANS) >= 16:
+                _PLANS.pop(next(iter(_PLANS)))
+            _PLANS[key] = plan
     return plan
 
 
 _PLANS: dict = {}
+_PLANS_LOCK = threading.Lock()
 
 
 def make_head(in_features: int, n_outputs: int, hidden_units=(), dropout: float = 0.0,

@@ -28,6 +28,7 @@ import hashlib
 import importlib
 import os
 import socket
+import threading
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -140,8 +141,11 @@ def load_backbone(
     validate({"random_state": random_state}, {"random_state": RANDOM_STATE}, "load_backbone")
     seed = as_seed(random_state)
     key = _memo_key(backbone, weights, in_chans, pooling, num_classes, seed)
-    if key is not None and key in _LOADED:
-        return _copy(_LOADED[key])
+    if key is not None:
+        with _LOADED_LOCK:
+            kept = _LOADED.get(key)
+        if kept is not None:
+            return _copy(kept)
     with seeded(seed):
         if isinstance(backbone, nn.Module):
             bb = _load_module(backbone, weights, in_chans, pooling, num_classes)
@@ -153,9 +157,11 @@ def load_backbone(
     bb.provenance["pooling"] = pooling
     bb.provenance["state_sha256"] = state_dict_digest(bb.module)
     if key is not None:
-        _LOADED[key] = _copy(bb)
-        while len(_LOADED) > 2:
-            _LOADED.pop(next(iter(_LOADED)))
+        kept = _copy(bb)
+        with _LOADED_LOCK:
+            _LOADED[key] = kept
+            while len(_LOADED) > 2:
+                _LOADED.pop(next(iter(_LOADED)))
     return bb
 
 
@@ -188,6 +194,7 @@ def _copy(bb: Backbone) -> Backbone:
 
 
 _LOADED: dict = {}
+_LOADED_LOCK = threading.Lock()
 
 
 def list_offline_backbones() -> list[str]:
