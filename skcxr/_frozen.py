@@ -61,7 +61,7 @@ class FrozenPart:
                  base: FrozenPart | None = None):
         self.module = module
         self.chain = chain
-        self.base = base if quantized is None else None
+        self.base = base
         self.preprocessing = preprocessing
         self.identity = {"backbone": provenance.get("backbone"),
                          "state_sha256": provenance["state_sha256"], **part}
@@ -228,13 +228,12 @@ def prefix_part(net, preprocessing: Preprocessing, provenance: dict,
     a network cut at the anchor has, so such a fit shares it).
     """
     cut = net.cut if cut is None else cut
-    modules = net.chain_modules()
     anchor = getattr(net, "anchor", None)  # None in a network pickled by skcxr 0.1
     base = (prefix_part(net, preprocessing, provenance, anchor)
             if anchor is not None and 0 < anchor < cut else None)
-    return FrozenPart(torch.nn.Sequential(*modules[:cut]).eval(), preprocessing, provenance,
+    return FrozenPart(net.frozen_prefix(cut), preprocessing, provenance,
                       {"kind": "frozen-prefix", "cut": net.chain_names[:cut]},
-                      keep="compute", chain=(modules, cut), base=base)
+                      keep="compute", chain=(net.chain_modules(), cut), base=base)
 
 
 def network_part(net, preprocessing: Preprocessing, provenance: dict) -> FrozenPart:

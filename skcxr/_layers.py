@@ -114,6 +114,9 @@ def sequential_chain(module: nn.Module, example: torch.Tensor, atol: float = 1e-
     Returns
     -------
     chain : list of (name, module) or None
+    shapes : list of tuple or None
+        Each element's output shape for ``example`` (without the batch dimension), from the
+        same verifying pass.
     """
 
     def unroll(prefix: str, m: nn.Module):
@@ -126,39 +129,24 @@ def sequential_chain(module: nn.Module, example: torch.Tensor, atol: float = 1e-
 
     chain = list(unroll("", module))
     if not chain:
-        return None
+        return None, None
     was_training = module.training
     module.eval()
+    shapes = []
     try:
         with torch.inference_mode():
             want = module(example)
             got = example
             for _, m in chain:
                 got = m(got)
+                shapes.append(tuple(got.shape[1:]))
         ok = (isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor)
               and got.shape == want.shape and torch.allclose(got, want, atol=atol, rtol=1e-4))
     except Exception:  # a chain that cannot even run is simply not a chain
         ok = False
     finally:
         module.train(was_training)
-    return chain if ok else None
-
-
-def chain_shapes(chain, example: torch.Tensor) -> list[tuple[int, ...]]:
-    """Output shape (without the batch dimension) of every chain element for ``example``,
-    in eval mode (each element's mode is restored)."""
-    modes = [m.training for _, m in chain]
-    shapes = []
-    try:
-        with torch.inference_mode():
-            x = example
-            for _, m in chain:
-                x = m.eval()(x)
-                shapes.append(tuple(x.shape[1:]))
-    finally:
-        for (_, m), mode in zip(chain, modes):
-            m.train(mode)
-    return shapes
+    return (chain, shapes) if ok else (None, None)
 
 
 def anchor_index(shapes, image_size) -> int | None:

@@ -18,7 +18,6 @@ from . import _runtime
 from ._layers import (
     anchor_index,
     apply_batchnorm_policy,
-    chain_shapes,
     cut_index,
     parameterised_layers,
     select_trainable,
@@ -77,9 +76,8 @@ def _plan(backbone, prep):
         if plan is not None:
             return plan
     layers = parameterised_layers(backbone.module, probe)
-    chain = sequential_chain(backbone.module, prep.normalize(probe))
-    plan = (layers, [name for name, _ in chain] if chain is not None else None,
-            chain_shapes(chain, prep.normalize(probe)) if chain is not None else None)
+    chain, shapes = sequential_chain(backbone.module, prep.normalize(probe))
+    plan = (layers, [name for name, _ in chain] if chain is not None else None, shapes)
     if key is not None:
         with _PLANS_LOCK:
             if len(_PLANS) >= 16:
@@ -198,9 +196,10 @@ class CXRNet(nn.Module):
         any cut point is the start of."""
         return self._chain(0, None)
 
-    def frozen_prefix(self) -> nn.Sequential:
-        """The frozen prefix as a module of its own (sharing weights), in eval mode."""
-        return nn.Sequential(*self._chain(0, self.cut)).eval()
+    def frozen_prefix(self, cut: int | None = None) -> nn.Sequential:
+        """The frozen prefix (or the chain up to ``cut``) as a module of its own (sharing
+        weights), in eval mode."""
+        return nn.Sequential(*self._chain(0, self.cut if cut is None else cut)).eval()
 
     def whole(self) -> nn.Sequential:
         """The whole network after the normalisation (normalised images -> logits) as one

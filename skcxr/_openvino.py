@@ -107,10 +107,10 @@ def _compile_locked(core, model, config, cache_dir: Path):
 
     OpenVINO writes a blob into its cache directory in place; a process that reads a blob
     another one is still writing finds it corrupt and deletes it, and the writer then fails
-    ("cannot set permissions: No such file or directory": it took down 1 in 10 grid searches
-    with ``n_jobs=2`` and a shared ``memory=`` when both workers compiled the same model
-    at once). A file lock in the directory makes the second process wait and then load the
-    finished blob.
+    ("cannot set permissions: No such file or directory"). It killed a grid search with
+    ``n_jobs=2`` and a shared ``memory=`` whose two workers compiled the same model at once;
+    staggered concurrent compiles of one model failed 3 times in 40. A file lock in the
+    directory makes the second process wait and then load the finished blob.
     """
     from filelock import FileLock
 
