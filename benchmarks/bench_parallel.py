@@ -42,7 +42,7 @@ def probe_scorer(est, X, y):
     from skcxr.cache import cache_info
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    made = cache_info()["computed"] + cache_info()["derived"]
+    made = cache_info()["features"]["computed"] + cache_info()["features"]["derived"]
     return os.getpid() * 1e9 + made * 1e4 + min(rss, 9999)
 
 
@@ -159,7 +159,7 @@ def _calibrate(search, X, y):
         start = time.perf_counter()
         search.fit(X, y)
         cold = time.perf_counter() - start
-        computed = cache_info()["computed"] + cache_info()["derived"]
+        computed = cache_info()["features"]["computed"] + cache_info()["features"]["derived"]
         clear_cache()  # the in-process copies go; the disk store stays
         start = time.perf_counter()
         search.fit(X, y)

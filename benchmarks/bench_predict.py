@@ -9,10 +9,10 @@ stratified subset of kermany224/test), end to end from the files, without the pr
 (a) torch, fp32: ``engine="torch", precision="fp32"`` (the reference for agreement);
 (b) torch, default precision: ``engine="torch"`` (bf16 autocast on CPUs with native bf16);
 (c) OpenVINO prefix + torch suffix: the frozen prefix compiled by OpenVINO, the trained
-    suffix and head in torch (``engine="auto"`` below ``WHOLE_NETWORK_MIN_IMAGES`` images in
-    a call, until the whole network is compiled);
+    suffix and head in torch (``engine="auto"`` below the ``whole_network_min_images``
+    setting's images in a call, until the whole network is compiled);
 (d) OpenVINO whole network: the whole trained network compiled once per fitted model (the
-    default from ``WHOLE_NETWORK_MIN_IMAGES`` images in a call, or once compiled); the
+    default from ``whole_network_min_images`` images in a call, or once compiled); the
     threshold is lowered here so that 624 images take this path;
 (e) ONNX Runtime: the file of ``skcxr.export.to_onnx`` (fp32), fed uint8 images that skcxr's
     own loader decodes and resizes (one thread decodes, ONNX Runtime's threads infer).
@@ -23,6 +23,7 @@ stratified subset of kermany224/test), end to end from the files, without the pr
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import pickle
 import tempfile
 import time
@@ -42,10 +43,10 @@ def fit(model_path: str, paths, y) -> None:
 
 
 def skcxr_side(model_path: str, paths, params: dict, queue, whole=None) -> None:
-    if whole is not None:  # force one OpenVINO path: whole network, or compiled prefix only
-        from skcxr import _classifier
+    from skcxr import set_config
 
-        _classifier.WHOLE_NETWORK_MIN_IMAGES = 1 if whole else 10**9
+    if whole is not None:  # force one OpenVINO path: whole network, or compiled prefix only
+        set_config(whole_network_min_images=1 if whole else 10**9)
     clf = pickle.loads(Path(model_path).read_bytes()).set_params(cache=False, **params)
     start = time.perf_counter()
     clf.predict_proba(paths)  # the first call: compiles where the engine compiles
@@ -53,11 +54,11 @@ def skcxr_side(model_path: str, paths, params: dict, queue, whole=None) -> None:
     start = time.perf_counter()
     proba = clf.predict_proba(paths)
     seconds = time.perf_counter() - start
-    from skcxr import _runtime
-
-    run = _runtime.resolve(clf.device, clf.precision, clf.engine)  # what predict ran on
+    engine = clf.engine  # what predict ran on (resolved as skcxr resolves it on a CPU)
+    if engine == "auto":
+        engine = "openvino" if importlib.util.find_spec("openvino") else "torch"
     queue.put({"seconds": seconds, "first": first, "proba": proba, "rss": peak_rss_mb(),
-               "engine": run.engine, "precision": run.precision})
+               "engine": engine, "precision": clf.precision_})
 
 
 def onnx_side(onnx_path: str, model_path: str, paths, queue) -> None:

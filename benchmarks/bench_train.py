@@ -88,7 +88,7 @@ def skcxr_fit(paths, y, c, epochs, queue) -> None:
     with FlopCounterMode(display=False) as counter:
         net.logits(x=None if net.cut else x, h=h, precision="fp32")
     queue.put({"seconds": float(min(dur[1:])), "rss": peak_rss_mb(),
-               "gflop": counter.get_total_flops() / 1e9, "layers": clf.trainable_layers_,
+               "gflop": counter.get_total_flops() / 1e9, "layers": clf.trained_layers_,
                "precision": clf.precision_, "cached": clf.prefix_namespace_ is not None})
 
 

@@ -8,7 +8,6 @@ and loading it with every mismatch reported or explained.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
@@ -16,22 +15,28 @@ import re
 import torch
 from torch import nn
 
+from ._state import FILE_DIGESTS
+
 CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")
 
 
-@functools.lru_cache(maxsize=64)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def file_sha256(path: str) -> str:
-    """sha256 of a file (memoised on path, size and modification time)."""
+    """sha256 of a file, memoised (the ``"file_digests"`` store) on its path and identity:
+    device, inode, size, modification and change time. A file replaced at the same path
+    has another inode or ctime (a copy tool can preserve size and mtime, but setting them
+    changes the ctime, which no program can set), so it is hashed again."""
+    path = os.path.abspath(path)
     st = os.stat(path)
-    return _file_sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def digest() -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    return FILE_DIGESTS.get_or_make(key, digest)
 
 
 def read_state_dict(path: str) -> dict:

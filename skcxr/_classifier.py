@@ -20,6 +20,7 @@ from ._params import (
     fill_doc,
     validate_params,
 )
+from ._state import get_config
 from ._training import (
     TRAINING_PARAMS,
     history_frame,
@@ -40,14 +41,6 @@ from .images import (
     tta_views,
 )
 from .protocol import fit_rows
-
-#: From this many images in one call on (or once it is compiled), the OpenVINO engine runs
-#: a fitted network whole, compiled once per fitted model and process, instead of its
-#: compiled prefix and a torch suffix. Measured by ``benchmarks/bench_predict.py`` (lite0,
-#: c=16, 2 cores): the whole network is 1.25x faster once compiled; its ~4 s compile pays
-#: back from ~5,000 images after a fit in the same process (prefix already compiled), from
-#: the first call in a fresh one.
-WHOLE_NETWORK_MIN_IMAGES = 2048
 
 
 @fill_doc
@@ -181,7 +174,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
     best_epoch_ : int
         Epoch whose weights were kept: the last one that improved the validation loss by
         more than ``min_delta`` (with early stopping), else the last epoch.
-    trainable_layers_ : list of str
+    trained_layers_ : list of str
         Backbone layers that trained: none if the fit ended before the unfreeze, and no
         BatchNorm layer that ``batchnorm="eval"`` keeps fixed.
     n_trainable_params_ : int
@@ -358,21 +351,25 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         prep = make_preprocessing(backbone.data_config, image_size=self.image_size,
                                   in_chans=self.in_chans, resize=self.resize,
                                   normalize=self.normalize)
-        with _runtime.seeded(seed):
+        rng = _runtime.RandomStream(seed)  # the fit's own draws, whatever runs beside it
+        with rng:
             module = build_network(backbone, prep, self.n_trainable_layers,
                                    n_outputs=rows.n_outputs, hidden_units=self.head_hidden_units,
                                    dropout=self.dropout, batchnorm=self.batchnorm,
                                    precision=run.precision)
-            train_ds, valid_ds, namespace = training_datasets(
-                module, source, rows, prep, run, augment=make_augment(self.augment, prep.size),
-                cache=self.cache, location=location,
-                provenance=backbone.provenance, batch_size=self.batch_size,
-                num_workers=self.num_workers, verbose=self.verbose)
-            if namespace is None:
-                # the network runs on images every epoch: channels_last weights match the
-                # channels_last images (1.36x for lite0 trained whole at 224 on the CPU;
-                # slower on the 7x7 maps of a cached prefix's suffix, so not there)
-                module.to(memory_format=torch.channels_last)
+        # no global RNG draws here (private loader generators): computed outside the stream,
+        # so fits in other threads compute their prefixes meanwhile
+        train_ds, valid_ds, namespace = training_datasets(
+            module, source, rows, prep, run, augment=make_augment(self.augment, prep.size),
+            cache=self.cache, location=location,
+            provenance=backbone.provenance, batch_size=self.batch_size,
+            num_workers=self.num_workers, verbose=self.verbose)
+        if namespace is None:
+            # the network runs on images every epoch: channels_last weights match the
+            # channels_last images (1.36x for lite0 trained whole at 224 on the CPU;
+            # slower on the 7x7 maps of a cached prefix's suffix, so not there)
+            module.to(memory_format=torch.channels_last)
+        with rng:
             net = make_net(module, train_ds, valid_ds, task=rows.task, pos_weight=rows.pos_weight,
                            device=run.device, **{k: params[k] for k in TRAINING_PARAMS})
             train(net, train_ds)
@@ -388,7 +385,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         fitted = {
             "classes_": rows.classes, "target_type_": rows.task, "module_": module,
             "history_": history_frame(net), "best_epoch_": kept_epoch(net),
-            "trainable_layers_": module.layers_training,
+            "trained_layers_": module.unfrozen_layers,
             "n_trainable_params_": int(sum(p.numel() for p in module.parameters()
                                            if p.requires_grad)),
             "class_weight_": rows.class_weight, "n_train_samples_": len(rows.train),
@@ -423,7 +420,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         module = _runtime.on_device(net, run.device)
         if view != "none":
             prep = dataclasses.replace(prep, view=view)
-        many = len(source) >= WHOLE_NETWORK_MIN_IMAGES
+        many = len(source) >= get_config()["whole_network_min_images"]
         whole = (network_part(net, prep, provenance)  # hashes the weights once per network
                  if run.engine == "openvino" and (many or networks_compiled()) else None)
         if whole is not None and (many or whole.is_compiled()):

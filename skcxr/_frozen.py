@@ -17,11 +17,11 @@ stages once per image, whatever order its cut points come in.
 from __future__ import annotations
 
 import dataclasses
-import weakref
 
 import torch
 
 from . import _runtime
+from ._state import NETWORK_DIGESTS, weak_memo
 from ._threads import thread_budget
 from .cache import cached_rows, location_writable, namespace_digest
 from .images import ImageSource, Preprocessing, make_loader
@@ -128,7 +128,7 @@ class FrozenPart:
             compiled = compile_frozen(
                 module, tuple(h.shape[1:]), run.precision,
                 namespace_digest({"compile": self.compile_key(), "from": start}),
-                threads=thread_budget(), cache_dir=self._compiled_dir(location))
+                kind="segment", threads=thread_budget(), cache_dir=self._compiled_dir(location))
             items = ((compiled, b.float()) for b in h.split(batch_size))
             with tqdm(total=len(h), disable=not verbose, unit="img", desc=desc) as bar:
                 return torch.from_numpy(run_pipelined(items, len(h), bar)).to(dtype)
@@ -187,8 +187,6 @@ class FrozenPart:
 
         prep = self.preprocessing
         key = self.compile_key()
-        if self.identity.get("kind") == "logits":
-            _NETWORKS_COMPILED.add(key)
         precision, module = run.precision, self.module
         if self.chain is not None:
             from ._openvino import ChainCut
@@ -202,7 +200,8 @@ class FrozenPart:
             module = self.quantized
             precision = "int8+bf16" if _runtime.cpu_has_native_bf16() else "int8+f32"
         shape = (prep.in_chans, *prep.size)
-        options = {"threads": thread_budget(), "cache_dir": self._compiled_dir(location)}
+        options = {"kind": self.identity["kind"], "threads": thread_budget(),
+                   "cache_dir": self._compiled_dir(location)}
 
         def items():  # 8-bit batches go in raw; 16-bit/DICOM ones are normalised here
             for b in loader:
@@ -244,20 +243,16 @@ def network_part(net, preprocessing: Preprocessing, provenance: dict) -> FrozenP
     The hash is computed once per network object (a fitted ``module_`` is not trained
     again; a network changed in place after ``fit`` keeps its first hash).
     """
-    digest = _DIGESTS.get(net)
-    if digest is None:
-        from .backbones import state_dict_digest
+    from .backbones import state_dict_digest
 
-        digest = _DIGESTS[net] = state_dict_digest(net)
+    digest = weak_memo(NETWORK_DIGESTS, net, lambda: state_dict_digest(net))
     return FrozenPart(net.whole(), preprocessing,
                       {"backbone": provenance.get("backbone"), "state_sha256": digest},
                       {"kind": "logits"})
 
 
 def networks_compiled() -> bool:
-    """Whether this process has compiled a whole network (a cheap test before hashing one)."""
-    return bool(_NETWORKS_COMPILED)
+    """Whether this process holds a compiled whole network (a cheap test before hashing one)."""
+    from ._openvino import has_compiled_kind
 
-
-_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_NETWORKS_COMPILED: set[str] = set()
+    return has_compiled_kind("logits")

@@ -9,8 +9,6 @@ is the *trainable suffix*, and the new dense *head* always trains.
 
 from __future__ import annotations
 
-import threading
-
 import torch
 from torch import nn
 
@@ -24,6 +22,7 @@ from ._layers import (
     sequential_chain,
     set_trainable,
 )
+from ._state import PLANS
 from .images import normalize_batch
 
 
@@ -71,23 +70,17 @@ def _plan(backbone, prep):
         key = (backbone.provenance.get("backbone"), backbone.provenance.get("pooling"),
                tuple(probe.shape), type(backbone.module).__qualname__,
                tuple((k, tuple(v.shape)) for k, v in backbone.module.state_dict().items()))
-        with _PLANS_LOCK:
-            plan = _PLANS.get(key)
-        if plan is not None:
-            return plan
-    layers = parameterised_layers(backbone.module, probe)
-    chain, shapes = sequential_chain(backbone.module, prep.normalize(probe))
-    plan = (layers, [name for name, _ in chain] if chain is not None else None, shapes)
-    if key is not None:
-        with _PLANS_LOCK:
-            if len(_PLANS) >= 16:
-                _PLANS.pop(next(iter(_PLANS)))
-            _PLANS[key] = plan
-    return plan
 
+    def probe_plan():
+        layers = parameterised_layers(backbone.module, probe)
+        chain, shapes = sequential_chain(backbone.module, prep.normalize(probe))
+        # tuples: a kept plan is shared by every fit of the process and never changed
+        return (tuple(layers), tuple(name for name, _ in chain) if chain is not None else None,
+                tuple(shapes) if shapes is not None else None)
 
-_PLANS: dict = {}
-_PLANS_LOCK = threading.Lock()
+    if key is None:
+        return probe_plan()
+    return PLANS.get_or_make(key, probe_plan)
 
 
 def make_head(in_features: int, n_outputs: int, hidden_units=(), dropout: float = 0.0,
@@ -126,7 +119,7 @@ class CXRNet(nn.Module):
         Maps pooled features to logits.
     mean, std : sequence of float
         Per-channel normalisation; inputs are uint8 (0..255) or float in [0, 1].
-    trainable_layers : list of str
+    planned_layers : list of str
         Backbone layers (names inside ``backbone``) that train once unfrozen.
     batchnorm : {"frozen", "eval", "train"}
         See :func:`skcxr._layers.apply_batchnorm_policy`.
@@ -141,14 +134,14 @@ class CXRNet(nn.Module):
         (:func:`skcxr._layers.anchor_index`, :func:`skcxr._frozen.prefix_part`).
     """
 
-    def __init__(self, backbone, head, mean, std, trainable_layers=(), batchnorm="frozen",
+    def __init__(self, backbone, head, mean, std, planned_layers=(), batchnorm="frozen",
                  precision="fp32", chain_names=None, cut=None, anchor=None):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-        self.trainable_layers = list(trainable_layers)
+        self.planned_layers = list(planned_layers)
         self.batchnorm = batchnorm
         self.precision = precision
         self.chain_names = list(chain_names) if chain_names is not None else None
@@ -168,18 +161,18 @@ class CXRNet(nn.Module):
         return [self.backbone.get_submodule(n) for n in self.chain_names[start:stop]]
 
     @property
-    def layers_training(self) -> list[str]:
+    def unfrozen_layers(self) -> list[str]:
         """Planned backbone layers whose parameters train now: none before the unfreeze,
         and never a BatchNorm layer that ``batchnorm="eval"`` keeps fixed."""
         if not self.backbone_unfrozen:
             return []
-        return [n for n in self.trainable_layers
+        return [n for n in self.planned_layers
                 if any(p.requires_grad
                        for p in self.backbone.get_submodule(n).parameters(recurse=False))]
 
     def unfreeze(self) -> None:
         """Let the planned backbone layers train (the head always does)."""
-        set_trainable(self.backbone, self.trainable_layers, True)
+        set_trainable(self.backbone, self.planned_layers, True)
         self.backbone_unfrozen = True
         self.train(self.training)
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ._state import COMPILED, CONVERSIONS, MACHINE
 from ._threads import available_cores, caller_threads
+from .cache import decode_entry, encode_entry, namespace_digest, write_atomic, write_failed
 
 
 def available() -> bool:
@@ -46,31 +47,32 @@ class CompiledModule:
     splits batches into requests of ``request_size`` images that OpenVINO runs in parallel
     streams (4 images per request: ~15% more throughput than 1 for lite0 on 2 cores, and
     small enough that two streams stay busy).
+
+    With ``blob`` (a :class:`Blob` under ``memory=``), the compiled model is loaded from
+    there when a verified one exists, without converting the module at all, and stored
+    there after compiling otherwise.
     """
 
     request_size = 4
 
-    def __init__(self, module: torch.nn.Module, input_shape: tuple[int, int, int],
-                 precision: str, mean=None, std=None, threads: int = 1, cache_dir=None):
+    def __init__(self, module, input_shape: tuple[int, int, int], precision: str, mean=None,
+                 std=None, threads: int = 1, blob: Blob | None = None):
         ov = _import()
         shape = (self.request_size, *input_shape)
-        if isinstance(module, dict):  # a quantized model (:func:`quantize`), as IR bytes
-            model = ov.Core().read_model(
-                model=module["xml"].decode(),
-                weights=ov.Tensor(np.frombuffer(module["bin"], dtype=np.uint8).copy()))
-        elif isinstance(module, ChainCut):  # a prefix cut from its chain's one conversion
-            model = module.model(shape)
-        else:
-            model = convert(module, shape)
-        if mean is not None:
-            # uint8 in, normalisation inside the graph: 4x less to copy and no Python-side
-            # arithmetic competing with the inference threads for the cores
-            ppp = ov.preprocess.PrePostProcessor(model)
-            ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NCHW"))
-            ppp.input().model().set_layout(ov.Layout("NCHW"))
-            ppp.input().preprocess().convert_element_type(ov.Type.f32) \
-                .mean([255.0 * m for m in mean]).scale([255.0 * s for s in std])
-            model = ppp.build()
+
+        def model():
+            if isinstance(module, dict):  # a quantized model (:func:`quantize`), as IR bytes
+                m = ov.Core().read_model(
+                    model=module["xml"].decode(),
+                    weights=ov.Tensor(np.frombuffer(module["bin"], dtype=np.uint8).copy()))
+            elif isinstance(module, ChainCut):  # a prefix cut from its chain's one conversion
+                m = module.model(shape)
+            else:
+                m = convert(module, shape)
+            if mean is not None:
+                m = _uint8_input(m, mean, std)
+            return m
+
         config = {
             "PERFORMANCE_HINT": "THROUGHPUT",
             # "int8+bf16" / "int8+f32": a quantized model, its other layers in bf16 / f32
@@ -82,13 +84,11 @@ class CompiledModule:
             # sharing the machine: pinned streams of two processes would land on the same
             # cores; unpinned, the OS spreads them
             config["ENABLE_CPU_PINNING"] = False
-        core = ov.Core()
         self.threads = threads
-        if cache_dir is None:
-            self.compiled = core.compile_model(model, "CPU", config)
-        else:  # compiled blobs shared by worker processes and sessions
-            core.set_property({"CACHE_DIR": str(cache_dir)})
-            self.compiled = _compile_locked(core, model, config, Path(cache_dir))
+        core = ov.Core()
+        self.compiled = (blob.load_or_compile(core, model, config) if blob is not None
+                         else core.compile_model(model(), "CPU", config))
+        COMPILED.count("compiled")
         self.n_requests = self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
 
     def queue(self, callback):
@@ -102,21 +102,96 @@ class CompiledModule:
         raise TypeError("an OpenVINO compiled model is not picklable; it is rebuilt on demand")
 
 
-def _compile_locked(core, model, config, cache_dir: Path):
-    """Compile with a blob cache that other processes share, one process at a time.
+def _uint8_input(model, mean, std):
+    """The model taking uint8 images: the batch steps of the preprocessing in the graph."""
+    ov = _import()
+    # uint8 in, normalisation inside the graph: 4x less to copy and no Python-side
+    # arithmetic competing with the inference threads for the cores
+    ppp = ov.preprocess.PrePostProcessor(model)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NCHW"))
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    ppp.input().preprocess().convert_element_type(ov.Type.f32) \
+        .mean([255.0 * m for m in mean]).scale([255.0 * s for s in std])
+    return ppp.build()
 
-    OpenVINO writes a blob into its cache directory in place; a process that reads a blob
-    another one is still writing finds it corrupt and deletes it, and the writer then fails
-    ("cannot set permissions: No such file or directory"). It killed a grid search with
-    ``n_jobs=2`` and a shared ``memory=`` whose two workers compiled the same model at once;
-    staggered concurrent compiles of one model failed 3 times in 40. A file lock in the
-    directory makes the second process wait and then load the finished blob.
+
+class Blob:
+    """A compiled model kept under ``memory=`` for other processes and sessions, verified
+    like a cache entry.
+
+    The blob is one self-verifying entry (:func:`skcxr.cache.encode_entry`: version, its key,
+    size, BLAKE2b checksum), named by a key that says everything the compiled model depends
+    on: the part's compile key, input shape, precision, normalisation, thread count, the
+    OpenVINO version and this CPU's model and flags. A blob that does not verify (damaged,
+    truncated, of another key), or that OpenVINO cannot import, is a miss: the model is
+    compiled and the blob replaced. One process compiles a key at a time (a file lock), the
+    others then load its blob; a blob that cannot be written (disk full, read-only) is
+    warned once and the compiled model is used from memory.
     """
-    from filelock import FileLock
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(cache_dir / ".compile.lock")):
-        return core.compile_model(model, "CPU", config)
+    def __init__(self, directory: Path, key: tuple):
+        self.dir = Path(directory)
+        self.key = namespace_digest({"compiled": [repr(k) for k in key],
+                                     "openvino": _import().get_version(),
+                                     "cpu": _cpu_identity()})
+        self.path = self.dir / f"{self.key}.blob"
+
+    def load_or_compile(self, core, model, config):
+        from filelock import FileLock
+
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(self.dir / ".compile.lock"))
+            lock.acquire()
+        except OSError as exc:
+            write_failed(self.dir.parent, exc)
+            return core.compile_model(model(), "CPU", config)
+        try:
+            compiled = self._load(core, config)
+            if compiled is not None:
+                return compiled
+            compiled = core.compile_model(model(), "CPU", config)
+            try:
+                exported = compiled.export_model()  # bytes, or a BytesIO in newer releases
+                exported = exported.getvalue() if hasattr(exported, "getvalue") else exported
+                data = np.frombuffer(exported, dtype=np.uint8)
+                write_atomic(self.path, encode_entry(self.key, data))
+            except OSError as exc:
+                write_failed(self.dir.parent, exc)
+            return compiled
+        finally:
+            lock.release()
+
+    def _load(self, core, config):
+        try:
+            stored = self.path.read_bytes()
+        except OSError:
+            return None
+        data = decode_entry(stored, self.key, np.dtype(np.uint8))
+        if data is not None:
+            try:
+                compiled = core.import_model(data.tobytes(), "CPU", config)
+                COMPILED.count("blob_hits")
+                return compiled
+            except Exception:  # verified, but OpenVINO will not take it: compile instead
+                pass
+        COMPILED.count("blob_rejected")
+        return None
+
+
+def _cpu_identity() -> str:
+    """This CPU's model name and feature flags (a compiled blob is specific to both)."""
+    def find():
+        import platform
+
+        try:
+            with open("/proc/cpuinfo") as f:
+                lines = [ln for ln in f if ln.startswith(("model name", "flags"))]
+            return namespace_digest({"cpuinfo": sorted(set(lines))})
+        except OSError:
+            return namespace_digest({"cpu": platform.processor(), "machine": platform.machine()})
+
+    return MACHINE.get_or_make("cpu_identity", find)
 
 
 def convert(module: torch.nn.Module, shape) -> object:
@@ -125,8 +200,11 @@ def convert(module: torch.nn.Module, shape) -> object:
     with torch.no_grad(), warnings.catch_warnings():
         # the converter traces with torch.jit, which torch deprecates; that is its business
         warnings.simplefilter("ignore", FutureWarning)
+        # share_weights=False: by default the converted model points into the module's
+        # tensors, so a network that trains after a conversion (a classifier's suffix)
+        # would change what the kept conversion computes for every later fit
         return ov.convert_model(module.eval(), example_input=torch.zeros(shape),
-                                input=[shape])
+                                input=[shape], share_weights=False)
 
 
 class _ChainOutputs(torch.nn.Module):
@@ -161,14 +239,13 @@ class ChainCut:
     def model(self, shape):
         ov = _import()
         image = (shape[0], *self.image_shape) if self.start else tuple(shape)
-        k = (self.key, image)
-        with _CONVERTED_LOCK:
-            if k not in _CONVERTED:
-                _CONVERTED[k] = convert(_ChainOutputs(self.modules), image)
-                while len(_CONVERTED) > 4:
-                    _CONVERTED.popitem(last=False)
-            _CONVERTED.move_to_end(k)
-            full = _CONVERTED[k].clone()  # the preprocessing step edits the model it gets
+
+        def conversion():
+            CONVERSIONS.count("converted")
+            return convert(_ChainOutputs(self.modules), image)
+
+        # a clone: the preprocessing step edits the model it gets
+        full = CONVERSIONS.get_or_make((self.key, image), conversion).clone()
         end = full.outputs[self.cut - 1].get_node().input_value(0)
         inputs = full.get_parameters()
         if self.start:  # cut the graph in front, too: a new input where element start-1 ends
@@ -181,10 +258,6 @@ class ChainCut:
                 target.replace_source_output(param.output(0))
             inputs = [param]
         return ov.Model([ov.opset13.result(end)], inputs, "prefix")
-
-
-_CONVERTED: OrderedDict = OrderedDict()
-_CONVERTED_LOCK = threading.Lock()
 
 
 def quantize(module: torch.nn.Module, input_shape, batches) -> dict:
@@ -212,36 +285,32 @@ def quantize(module: torch.nn.Module, input_shape, batches) -> dict:
             "sha256": hashlib.sha256(xml + weights).hexdigest()}
 
 
-_COMPILED: OrderedDict = OrderedDict()
-_COMPILED_LOCK = threading.Lock()
-
-
-def compile_frozen(module: torch.nn.Module, input_shape, precision: str, key: str,
-                   mean=None, std=None, *, threads: int = 1, cache_dir=None):
-    """Compile a frozen module once per process, ``key`` (an identity of its weights) and
-    thread count.
+def compile_frozen(module, input_shape, precision: str, key: str, mean=None, std=None, *,
+                   kind: str, threads: int = 1, cache_dir=None) -> CompiledModule:
+    """Compile a frozen module once per process, ``key`` (an identity of its weights and
+    part, :meth:`skcxr._frozen.FrozenPart.compile_key`), input shape, precision,
+    normalisation and thread count (the ``"compiled"`` store).
 
     With ``mean``/``std`` the compiled model takes uint8 images and normalises them itself.
-    Clones with identical weights share one compiled model; the 8 most recent are kept.
-    With ``cache_dir``, OpenVINO also keeps the compiled blob there, so other processes
-    (joblib or Dask workers sharing ``memory=``) load it instead of compiling again.
-    Thread-safe: one thread compiles, concurrent callers of the same key wait for it.
+    Clones with identical weights share one compiled model. With ``cache_dir``, the compiled
+    model is also kept there (:class:`Blob`), so other processes (joblib or Dask workers
+    sharing ``memory=``) load it instead of converting and compiling again. Thread-safe: one
+    thread compiles a key, concurrent callers of the same key wait for it.
     """
-    k = (key, tuple(input_shape), precision, mean, std, threads)
-    with _COMPILED_LOCK:
-        if k not in _COMPILED:
-            _COMPILED[k] = CompiledModule(module, tuple(input_shape), precision, mean, std,
-                                          threads, cache_dir)
-            while len(_COMPILED) > 8:
-                _COMPILED.popitem(last=False)
-        _COMPILED.move_to_end(k)
-        return _COMPILED[k]
+    k = (kind, key, tuple(input_shape), precision, mean, std, threads)
+    return COMPILED.get_or_make(k, lambda: CompiledModule(
+        module, tuple(input_shape), precision, mean, std, threads,
+        Blob(cache_dir, k) if cache_dir is not None else None))
 
 
 def has_compiled(key: str) -> bool:
     """Whether a model compiled under ``key`` (any shape, precision, thread count) is held."""
-    with _COMPILED_LOCK:
-        return any(k[0] == key for k in _COMPILED)
+    return any(k[1] == key for k in COMPILED.keys())
+
+
+def has_compiled_kind(kind: str) -> bool:
+    """Whether a model of this kind ("logits": a whole fitted network) is held."""
+    return any(k[0] == kind for k in COMPILED.keys())
 
 
 def run_pipelined(items, n: int, bar=None) -> np.ndarray:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import os
 from dataclasses import dataclass
 
 import torch
 
+from ._state import GPU_LEASE, GPU_LEASE_LOCK, MACHINE, RNG_LOCK
 from ._validation import Check, Options
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -72,22 +72,25 @@ def resolve(device, precision, engine) -> Execution:
     return run
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True when the CPU executes bf16 matrix work natively (AVX-512 BF16 or AMX).
 
     Without those instructions bf16 on a CPU is emulated and slower than fp32,
-    so ``precision="auto"`` keeps fp32 there.
+    so ``precision="auto"`` keeps fp32 there. ``$SKCXR_CPU_BF16`` (0/1) overrides the
+    finding. Found once per process (the ``"machine"`` store).
     """
-    override = os.environ.get("SKCXR_CPU_BF16")
-    if override is not None:
-        return override.strip() not in ("0", "false", "")
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    def find() -> bool:
+        override = os.environ.get("SKCXR_CPU_BF16")
+        if override is not None:
+            return override.strip() not in ("0", "false", "")
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = f.read()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+
+    return MACHINE.get_or_make("cpu_has_native_bf16", find)
 
 
 def resolve_device(device) -> torch.device:
@@ -106,9 +109,6 @@ def resolve_device(device) -> torch.device:
     return dev
 
 
-_GPU_LEASE: dict = {}
-
-
 def process_gpu() -> torch.device:
     """The GPU of this process: one worker process per GPU.
 
@@ -123,9 +123,10 @@ def process_gpu() -> torch.device:
     n = torch.cuda.device_count()
     if n <= 1:
         return torch.device("cuda", 0)
-    if "index" not in _GPU_LEASE:
-        _GPU_LEASE["index"] = _lease_gpu(n)
-    return torch.device("cuda", _GPU_LEASE["index"])
+    with GPU_LEASE_LOCK:
+        if "index" not in GPU_LEASE:
+            GPU_LEASE["index"] = _lease_gpu(n)
+    return torch.device("cuda", GPU_LEASE["index"])
 
 
 def _lease_gpu(n: int) -> int:
@@ -144,7 +145,7 @@ def _lease_gpu(n: int) -> int:
         except OSError:
             f.close()
             continue
-        _GPU_LEASE["file"] = f  # held (open) for the life of the process
+        GPU_LEASE["file"] = f  # held (open) for the life of the process
         return i
     return os.getpid() % n
 
@@ -176,17 +177,52 @@ def resolve_engine(engine: str, device: torch.device) -> str:
     return "torch"
 
 
-@contextlib.contextmanager
-def seeded(seed: int):
-    """Seed torch's global RNGs inside; the caller's CPU and CUDA RNG states are restored after.
+class RandomStream:
+    """One fit's own stream of torch's global RNG, seeded with ``seed``: the one way the
+    package seeds torch.
 
-    ``torch.manual_seed`` seeds every CUDA device too (lazily, if CUDA is not initialised
-    yet), so their states are forked as well, not only the CPU's.
+    Torch has one global RNG per process (CPU, and one per CUDA device), which weight
+    initialisation, dropout, shuffling and augmentation draw from. Each ``with stream:``
+    block takes the process's RNG lock (``skcxr._state.RNG_LOCK``), installs this stream's
+    state, and on leaving keeps the stream's new state and gives the caller's state back.
+    So two fits in two threads draw exactly what they would draw one after the other (their
+    random sections take turns), a fit draws the same whatever ran before it in the
+    process, and the caller's RNG states are untouched. Work that draws nothing (computing
+    cached prefix outputs, whose loaders have private generators) runs outside the blocks,
+    concurrently.
     """
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+        self._state = None  # (cpu state, [cuda states]) once the stream has run
+        self._stack = None
+
+    def __enter__(self):
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        stack = contextlib.ExitStack()
+        stack.enter_context(RNG_LOCK)
+        try:
+            stack.enter_context(torch.random.fork_rng(devices=devices))
+            if self._state is None:
+                torch.manual_seed(self.seed)  # every CUDA device too
+            else:
+                cpu, cuda = self._state
+                torch.set_rng_state(cpu)
+                for d, state in zip(devices, cuda):
+                    torch.cuda.set_rng_state(state, d)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack, self._devices = stack, devices
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self._state = (torch.get_rng_state(),
+                           [torch.cuda.get_rng_state(d) for d in self._devices])
+        finally:
+            stack, self._stack = self._stack, None
+            stack.close()
 
 
 def autocast(device: torch.device, precision: str):

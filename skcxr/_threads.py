@@ -24,7 +24,6 @@ so child processes and other libraries see the user's environment unchanged.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import sys
 
@@ -60,12 +59,17 @@ def thread_budget() -> int:
     return max(1, min(torch.get_num_threads(), available_cores()))
 
 
-@functools.lru_cache(maxsize=1)
 def _openmp():
-    import torch  # noqa: F401  (its OpenMP runtime must be loaded to be found)
-    from threadpoolctl import ThreadpoolController
+    """threadpoolctl's handle on the OpenMP runtimes loaded (found once per process)."""
+    from ._state import MACHINE
 
-    return ThreadpoolController().select(user_api="openmp")
+    def find():
+        import torch  # noqa: F401  (its OpenMP runtime must be loaded to be found)
+        from threadpoolctl import ThreadpoolController
+
+        return ThreadpoolController().select(user_api="openmp")
+
+    return MACHINE.get_or_make("openmp", find)
 
 
 @contextlib.contextmanager

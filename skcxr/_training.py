@@ -202,7 +202,7 @@ class WeightedNet(NeuralNet):
 
     def get_all_learnable_params(self):
         module = self.module_
-        planned = set(module.trainable_layers)
+        planned = set(module.planned_layers)
         for name, p in module.named_parameters():
             if name.startswith("head."):
                 yield name, p
@@ -241,7 +241,7 @@ class _EarlyStopping(EarlyStopping):
             super().on_epoch_end(net, **kwargs)
         except KeyboardInterrupt:  # skorch's way of stopping a fit early
             module = net.module_
-            if not module.backbone_unfrozen and module.trainable_layers:
+            if not module.backbone_unfrozen and module.planned_layers:
                 # the head-only phase has converged: that is the cue to unfreeze, not to
                 # stop; phase two starts from the best head, with its own patience
                 if self.load_best and self.best_model_weights_ is not None:
@@ -385,7 +385,7 @@ class EpochRecord(Callback):
         for group in net.optimizer_.param_groups:
             is_head = any(id(p) in head for p in group["params"])
             net.history.record("lr" if is_head else "backbone_lr", group["lr"])
-        net.history.record("n_trainable_layers", len(module.layers_training))
+        net.history.record("n_trainable_layers", len(module.unfrozen_layers))
         if self.preds_:
             acc, auc = _scores(self.task, torch.cat(self.preds_), torch.cat(self.trues_))
             net.history.record("valid_acc", acc)

@@ -28,7 +28,6 @@ import hashlib
 import importlib
 import os
 import socket
-import threading
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -36,7 +35,8 @@ import torch
 from torch import nn
 
 from ._checkpoints import CHECKPOINT_EXTENSIONS, file_sha256, load_checkpoint, read_state_dict
-from ._runtime import seeded
+from ._runtime import RandomStream
+from ._state import BACKBONES
 from ._validation import NONE, RANDOM_STATE, Check, Options, as_seed, validate
 from .images import PREPROCESSING_CONSTRAINTS, DataConfig
 
@@ -140,50 +140,49 @@ def load_backbone(
     validate({"in_chans": in_chans}, PREPROCESSING_CONSTRAINTS, "load_backbone")
     validate({"random_state": random_state}, {"random_state": RANDOM_STATE}, "load_backbone")
     seed = as_seed(random_state)
+
+    def load() -> Backbone:
+        with RandomStream(seed):
+            if isinstance(backbone, nn.Module):
+                bb = _load_module(backbone, weights, in_chans, pooling, num_classes)
+            else:
+                kind, name = resolve_name(backbone)
+                loader = _load_timm if kind == "timm" else _load_torchvision
+                bb = loader(name, weights, in_chans, pooling, num_classes)
+        bb.module.eval()
+        bb.provenance["pooling"] = pooling
+        bb.provenance["state_sha256"] = state_dict_digest(bb.module)
+        return bb
+
     key = _memo_key(backbone, weights, in_chans, pooling, num_classes, seed)
-    if key is not None:
-        with _LOADED_LOCK:
-            kept = _LOADED.get(key)
-        if kept is not None:
-            return _copy(kept)
-    with seeded(seed):
-        if isinstance(backbone, nn.Module):
-            bb = _load_module(backbone, weights, in_chans, pooling, num_classes)
-        else:
-            kind, name = resolve_name(backbone)
-            loader = _load_timm if kind == "timm" else _load_torchvision
-            bb = loader(name, weights, in_chans, pooling, num_classes)
-    bb.module.eval()
-    bb.provenance["pooling"] = pooling
-    bb.provenance["state_sha256"] = state_dict_digest(bb.module)
-    if key is not None:
-        kept = _copy(bb)
-        with _LOADED_LOCK:
-            _LOADED[key] = kept
-            while len(_LOADED) > 2:
-                _LOADED.pop(next(iter(_LOADED)))
-    return bb
+    if key is None:
+        return load()
+    return _copy(BACKBONES.get_or_make(key, load))
 
 
 def _memo_key(backbone, weights, in_chans, pooling, num_classes, seed):
     """What a named backbone's loaded state depends on, or None where it is not memoised.
 
     A grid search loads the same backbone for every fit (0.1-0.2 s each for lite0: creating
-    the model, reading the weights, hashing them): the 2 most recently loaded named backbones
-    are kept per process and each call gets its own copy. The seed counts where it shapes
-    the result (random weights, or a new classifier). A checkpoint file counts by its path,
-    size and modification time; a user's module is never memoised (it may change in place).
+    the model, reading the weights, hashing them): the most recently loaded named backbones
+    are kept per process (the ``"backbones"`` store) and each call gets its own copy. The
+    seed counts where it shapes the result (random weights, or a new classifier). A weights
+    file counts by its content (its sha256, memoised by the file's identity, which a file
+    rewritten in place changes even when a copy tool preserves its size and times); a
+    user's module is never memoised (it may change in place).
     """
     if isinstance(backbone, nn.Module):
         return None
-    if weights is None or weights == "imagenet":
-        where = weights
+    if weights is None:
+        where = None
+    elif weights == "imagenet":
+        offline = _offline_weights_file(backbone.split(":", 1)[-1])
+        where = ("imagenet", file_sha256(offline) if offline is not None else None)
     else:
         try:
-            st = os.stat(weights)
+            where = ("file", file_sha256(os.fspath(weights)))
         except OSError:
             return None
-        where = (os.path.abspath(weights), st.st_size, st.st_mtime_ns)
     random = weights is None or num_classes
     return (backbone, where, in_chans, pooling, num_classes, seed if random else None)
 
@@ -191,10 +190,6 @@ def _memo_key(backbone, weights, in_chans, pooling, num_classes, seed):
 def _copy(bb: Backbone) -> Backbone:
     return Backbone(copy.deepcopy(bb.module), bb.num_features, bb.data_config,
                     copy.deepcopy(bb.provenance))
-
-
-_LOADED: dict = {}
-_LOADED_LOCK = threading.Lock()
 
 
 def list_offline_backbones() -> list[str]:

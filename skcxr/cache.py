@@ -14,18 +14,22 @@ cross-validation or a grid search computes each image's result once, whatever su
 images each fold asks for, and a change of weights, preprocessing or pixels never hits a stale
 entry.
 
-Two stores:
+Two kinds of store:
 
 * in-process LRU stores with byte budgets (:func:`set_cache_budget`), living outside
   estimator instances, so the clones that ``cross_val_score`` and ``GridSearchCV`` make share
-  it;
+  them (the ``"features"`` and ``"decoded"`` stores of ``skcxr._state``, where every
+  in-process store is declared; :func:`cache_info` shows them all, :func:`clear_cache`
+  empties them all);
 * an optional on-disk store (a directory: the ``memory`` parameter), one self-verifying
   ``.entry`` file per entry (:func:`encode_entry`) written to a temporary name and renamed
-  into place, so several joblib worker processes can share it.
+  into place, so several joblib worker processes can share it (:class:`DiskStore`); the
+  processes split the work by claims that die with their holder (:class:`_Claims`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,13 +37,21 @@ import struct
 import tempfile
 import threading
 import time
-import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ._state import (
+    CACHE_ROOTS,
+    DECODED,
+    FEATURES,
+    NAMESPACE_LOCKS,
+    STORES,
+    clear_stores,
+    get_config,
+    warn_once,
+)
 from ._validation import NONE, Check, ImageReadError
 
 __all__ = [
@@ -157,8 +169,9 @@ def decode_entry(blob: bytes, namespace: str, dtype=None, shape=None) -> np.ndar
     return np.frombuffer(body, dtype=got).reshape(got_shape).copy()
 
 
-class FeatureStore:
-    """Per-image arrays under ``<root>/skcxr-features/<namespace digest>/``.
+class DiskStore:
+    """Per-image arrays under ``<root>/skcxr-features/<namespace digest>/``: frozen outputs
+    or decoded images, one self-verifying file per entry.
 
     Each entry is one file that carries what it must be (see :func:`encode_entry`); one that
     does not verify (another version, another namespace, dtype or row shape, a wrong size,
@@ -167,13 +180,15 @@ class FeatureStore:
     row of the namespace has one shape, recorded in ``meta.json`` by the first write.
 
     A root this process cannot write to is used read-only: entries are read, new ones are
-    not stored (warned once per root).
+    not stored (warned once per root). A write that fails (disk full, a file system
+    remounted read-only) is warned once and ends the writing, not the work.
     """
 
     def __init__(self, root: Path, namespace: dict, *, fixed_shape: bool = True):
+        self.root = Path(root)
         self.namespace = namespace
         self.digest = namespace_digest(namespace)
-        self.dir = Path(root) / "skcxr-features" / self.digest
+        self.dir = self.root / "skcxr-features" / self.digest
         self.dtype = _numpy_dtype(namespace.get("dtype"))
         self.fixed_shape = fixed_shape
         self.rejected: set[str] = set()  # keys whose entry did not verify
@@ -182,9 +197,12 @@ class FeatureStore:
     def _path(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.entry"
 
+    def has(self, key: str) -> bool:
+        return self._path(key).exists()
+
     @property
     def writable(self) -> bool:
-        return location_writable(self.dir.parent.parent)
+        return location_writable(self.root)
 
     def row_shape(self):
         if self.fixed_shape and self._shape is None:
@@ -213,24 +231,31 @@ class FeatureStore:
         return found, missing
 
     def put_many(self, keys: list[str], rows) -> None:
+        """Store rows (atomically, each); on a failed write, warn once and stop writing."""
         rows = [np.ascontiguousarray(r) for r in rows]
         if not rows or not self.writable:
             return
+        try:
+            self._put_many(keys, rows)
+        except OSError as exc:
+            write_failed(self.root, exc)
+
+    def _put_many(self, keys, rows) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir / "namespace.json").exists():
-            _write(self.dir / "namespace.json", json.dumps(
+            write_atomic(self.dir / "namespace.json", json.dumps(
                 self.namespace, sort_keys=True, indent=1, default=str).encode())
         if self.fixed_shape and self.row_shape() != rows[0].shape:  # first write, or stale
             self._shape = rows[0].shape
-            _write(self.dir / "meta.json", json.dumps(
+            write_atomic(self.dir / "meta.json", json.dumps(
                 {"entry_version": ENTRY_VERSION, "row_shape": list(rows[0].shape)}).encode())
         for key, row in zip(keys, rows):
             path = self._path(key)
             path.parent.mkdir(exist_ok=True)
-            _write(path, encode_entry(self.digest, row))
+            write_atomic(path, encode_entry(self.digest, row))
 
 
-def _write(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary name, then rename into place (readers never see half a file).
 
     The file is created with mode 0666 less the umask, like any file the user writes, so a
@@ -243,7 +268,8 @@ def _write(path: Path, data: bytes) -> None:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -256,84 +282,41 @@ def _numpy_dtype(name):
 
 
 def location_writable(root: Path) -> bool:
-    """Whether this process can create files under ``root`` (probed once per root)."""
+    """Whether this process can create files under ``root``: probed once per root, and
+    False from the first failed write on (a full disk, a file system remounted read-only)."""
     key = os.fspath(root)
-    if key not in _WRITABLE:
-        try:
-            Path(root).mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(dir=root, prefix=".skcxr-probe-")
-            os.close(fd)
-            os.unlink(probe)
-            _WRITABLE[key] = True
-        except OSError:
-            _WRITABLE[key] = False
-            warnings.warn(  # once per root: the answer is kept
-                f"memory={key!r} is not writable by this process: cached entries there are "
-                "read, new results are not stored. Give a writable directory to cache them.",
-                UserWarning, stacklevel=3)
-    return _WRITABLE[key]
+    known = CACHE_ROOTS.get(key)
+    if known is not None:
+        return known
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=root, prefix=".skcxr-probe-")
+        os.close(fd)
+        os.unlink(probe)
+        writable = True
+    except OSError as exc:
+        writable = False
+        warn_once(("unwritable", key),
+                  f"memory={key!r} is not writable by this process ({exc.strerror or exc}): "
+                  "cached entries there are read, new results are not stored. Give a "
+                  "writable directory to cache them.", stacklevel=3)
+    CACHE_ROOTS.put(key, writable)
+    return writable
 
 
-_WRITABLE: dict[str, bool] = {}
+def write_failed(root: Path, exc: OSError) -> None:
+    """A write under ``root`` failed (disk full, read-only, quota): the cache is an
+    optimisation, so the work goes on from memory; warned once per root, and nothing more is
+    written there by this process (until ``clear_cache``)."""
+    key = os.fspath(root)
+    CACHE_ROOTS.put(key, False)
+    warn_once(("write-failed", key),
+              f"Writing to the disk cache memory={key!r} failed ({exc.strerror or exc}): the "
+              "work goes on from memory and nothing more is stored there by this process. "
+              "Free space or give another directory to cache the results.", stacklevel=4)
 
 
 # --------------------------------------------------------------------------- memory
-
-
-class _MemoryLRU:
-    """Process-wide LRU of tensors, bounded in bytes."""
-
-    def __init__(self, budget: int):
-        self.budget = budget
-        self.entries: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
-        self.nbytes = 0
-        self.lock = threading.Lock()
-        self.stats = {"hits": 0, "misses": 0, "computed": 0, "derived": 0, "disk_hits": 0,
-                      "rejected": 0, "evicted": 0}
-
-    def count(self, name: str, n: int = 1) -> None:
-        with self.lock:
-            self.stats[name] += n
-
-    def get(self, key):
-        with self.lock:
-            t = self.entries.get(key)
-            if t is not None:
-                self.entries.move_to_end(key)
-            return t
-
-    def put(self, key, t: torch.Tensor) -> None:
-        size = t.numel() * t.element_size()
-        if size > self.budget:
-            return
-        with self.lock:
-            if key in self.entries:
-                return
-            self.entries[key] = t
-            self.nbytes += size
-            self._shrink()
-
-    def _shrink(self) -> None:
-        while self.nbytes > self.budget:
-            _, old = self.entries.popitem(last=False)
-            self.nbytes -= old.numel() * old.element_size()
-            self.stats["evicted"] += 1
-
-    def set_budget(self, budget: int) -> None:
-        with self.lock:
-            self.budget = budget
-            self._shrink()
-
-    def clear(self) -> None:
-        with self.lock:
-            self.entries.clear()
-            self.nbytes = 0
-            for k in self.stats:
-                self.stats[k] = 0
-
-
-_MEMORY = _MemoryLRU(int(os.environ.get("SKCXR_CACHE_BYTES", 2 * 1024**3)))
-_DECODED = _MemoryLRU(int(os.environ.get("SKCXR_DECODED_CACHE_BYTES", 1024**3)))
 
 
 def _check_budget(name, nbytes) -> int:
@@ -343,40 +326,59 @@ def _check_budget(name, nbytes) -> int:
 
 
 def set_cache_budget(nbytes: int | None = None, *, decoded: int | None = None) -> None:
-    """Bound the in-process caches, in bytes; least recently used entries go first.
+    """Bound the in-process stores of tensors, in bytes; least recently used entries go first.
 
     Parameters
     ----------
     nbytes : int, optional
-        Features and frozen-prefix outputs (default 2 GiB, or ``$SKCXR_CACHE_BYTES``).
+        Features and frozen-prefix outputs (the ``"features"`` store; default 2 GiB, or
+        ``$SKCXR_CACHE_BYTES``).
     decoded : int, optional
-        Decoded, resized images (default 1 GiB, or ``$SKCXR_DECODED_CACHE_BYTES``); 0 turns
-        the decoded-image cache off.
+        Decoded, resized images (the ``"decoded"`` store; default 1 GiB, or
+        ``$SKCXR_DECODED_CACHE_BYTES``); 0 turns the decoded-image cache off.
     """
     if nbytes is not None:
-        _MEMORY.set_budget(_check_budget("nbytes", nbytes))
+        FEATURES.set_limit(_check_budget("nbytes", nbytes))
     if decoded is not None:
-        _DECODED.set_budget(_check_budget("decoded", decoded))
+        DECODED.set_limit(_check_budget("decoded", decoded))
 
 
 def cache_info() -> dict:
-    """Entries, bytes, budget and counters of the in-process caches.
+    """Every in-process store of skcxr, by name: its entries, its bound and its counters.
 
-    The top-level keys describe the features / frozen-prefix store: ``"computed"`` counts
-    entries computed from images, ``"derived"`` frozen-prefix outputs derived from the
-    cached outputs of a shallower cut (see :mod:`skcxr._frozen`). ``"decoded"`` holds the
-    same for the decoded-image store (``"computed"`` there counts images decoded).
+    Each store reports ``entries``, its bound (``budget`` and ``bytes`` for the two stores of
+    tensors, ``max_entries`` for the others), ``hits``, ``misses`` and ``evicted``, plus
+    counters of its own:
+
+    * ``"features"``: outputs of frozen networks (transformer features, frozen-prefix
+      outputs, a fitted classifier's logits); ``computed`` counts entries computed from
+      images, ``derived`` frozen-prefix outputs derived from the cached outputs of a
+      shallower cut, ``disk_hits`` entries read from ``memory=``, ``rejected`` disk entries
+      that did not verify;
+    * ``"decoded"``: decoded, resized images (``computed``: images decoded);
+    * ``"backbones"``, ``"plans"``: loaded named backbones and their probe findings;
+    * ``"conversions"``, ``"compiled"``: OpenVINO models (``blob_hits``: compiled models
+      loaded from ``memory=``, ``blob_rejected``: blobs there that did not verify);
+    * ``"network_digests"``, ``"file_digests"``: weights hashes;
+    * ``"cache_roots"``, ``"warnings"``, ``"machine"``: what this process found out about
+      its ``memory=`` directories, the warnings it gave, facts about the machine.
+
+    The bounds are set in one place (``skcxr._state.SIZES``, documented in
+    ``docs/design.md``).
     """
-    return {"entries": len(_MEMORY.entries), "bytes": _MEMORY.nbytes,
-            "budget": _MEMORY.budget, **_MEMORY.stats,
-            "decoded": {"entries": len(_DECODED.entries), "bytes": _DECODED.nbytes,
-                        "budget": _DECODED.budget, **_DECODED.stats}}
+    return {name: store.info() for name, store in STORES.items()}
 
 
 def clear_cache() -> None:
-    """Empty the in-process caches and reset their counters (disk stores are untouched)."""
-    _MEMORY.clear()
-    _DECODED.clear()
+    """Empty every in-process store of skcxr and reset its counters.
+
+    Frees the cached outputs and decoded images, the kept backbones and probe plans, the
+    OpenVINO conversions and compiled models, the weights hashes, and forgets which
+    ``memory=`` directories were found unwritable and which warnings were given. Disk stores
+    (``memory=``) are untouched; fitted estimators keep working (what they need is rebuilt
+    on demand).
+    """
+    clear_stores()
 
 
 class DecodedImages:
@@ -386,7 +388,7 @@ class DecodedImages:
     conversion and augmentation: grey images stay one channel, a third of the bytes), keyed
     by the decode settings and the image's content hash, so folds, epochs and grid points
     decode each file once. With ``location``, entries also go to
-    ``<location>/skcxr-features/<namespace>/`` (shared by worker processes; with
+    ``<location>/skcxr-features/<namespace digest>/`` (shared by worker processes; with
     ``num_workers > 0`` each DataLoader worker has its own in-process store, so the disk
     store is what carries entries from one epoch's workers to the next).
     """
@@ -395,30 +397,29 @@ class DecodedImages:
         self.source = source
         self.preprocessing = preprocessing
         namespace = {"kind": "decoded", **preprocessing.decode_description()}
-        self.ns = namespace_digest(namespace)
+        self.digest = namespace_digest(namespace)
         self.keys = source.keys()
-        self.store = (FeatureStore(location, namespace, fixed_shape=False)
+        self.store = (DiskStore(location, namespace, fixed_shape=False)
                       if location is not None else None)
 
     def get(self, i: int) -> torch.Tensor:
-        key = (self.ns, self.keys[i])
-        t = _DECODED.get(key)
+        key = (self.digest, self.keys[i])
+        t = DECODED.get(key)
         if t is not None:
-            _DECODED.count("hits")
             return t.clone()  # a user's augmentation may work in place
-        _DECODED.count("misses")
         if self.store is not None:
             found, _ = self.store.get_many([self.keys[i]])
-            _DECODED.count("rejected", len(self.store.rejected))
+            DECODED.count("rejected", len(self.store.rejected))
             self.store.rejected.clear()
             if found:
-                _DECODED.count("disk_hits")
+                DECODED.count("disk_hits")
                 t = torch.from_numpy(found[0])
-                _DECODED.put(key, t)
+                DECODED.put(key, t)
                 return t.clone()
+        # decoded from the bytes whose hash is the key (a file rewritten meanwhile raises)
         t = self.preprocessing.decode(self.source, i).contiguous()
-        _DECODED.count("computed")
-        _DECODED.put(key, t)
+        DECODED.count("computed")
+        DECODED.put(key, t)
         if self.store is not None:
             self.store.put_many([self.keys[i]], [t.numpy()])
         return t.clone()
@@ -429,24 +430,25 @@ def cached_rows(namespace: dict, keys: list[str], compute, *, location: Path | N
     """One tensor per key, from memory, then disk, then ``compute(missing_positions)``.
 
     ``compute`` receives the positions (into ``keys``) still missing and returns a tensor
-    whose first dimension runs over them. New results go to memory and, when ``location``
-    is set, to disk. They are counted under ``counter`` in :func:`cache_info`:
-    ``"computed"`` (from the images) or ``"derived"`` (from other cached outputs).
+    whose first dimension runs over them; it must compute each from the content its key
+    hashes (:meth:`skcxr.images.ImageSource.read` raises when a file changed since). New
+    results go to memory and, when ``location`` is set, to disk. They are counted under
+    ``counter`` in :func:`cache_info`: ``"computed"`` (from the images) or ``"derived"``
+    (from other cached outputs).
 
     Each entry is computed once, also when several threads or processes ask for it at the
     same time: threads of one process take turns per namespace; processes sharing
     ``location`` claim the entries they compute (:class:`_Claims`) and wait for the ones
     another process has claimed, so two workers of a grid search split the work instead of
-    doing it twice.
+    doing it twice. Entries are computed ``get_config()["cache_chunk"]`` at a time (a
+    claim's worth with a shared store), so what was computed before a bad file stays.
     """
-    ns = namespace_digest(namespace)
-    out: list[torch.Tensor | None] = [_MEMORY.get((ns, k)) for k in keys]
+    digest = namespace_digest(namespace)
+    out: list[torch.Tensor | None] = [FEATURES.get((digest, k)) for k in keys]
     missing = [i for i, t in enumerate(out) if t is None]
-    _MEMORY.count("hits", len(keys) - len(missing))
-    _MEMORY.count("misses", len(missing))
     if not missing:
         return out
-    store = FeatureStore(location, namespace) if location is not None else None
+    store = DiskStore(location, namespace) if location is not None else None
     dtype = getattr(torch, namespace.get("dtype", "float32"))
 
     def from_disk(positions: list[int]) -> list[int]:
@@ -455,8 +457,8 @@ def cached_rows(namespace: dict, keys: list[str], compute, *, location: Path | N
         for j, arr in found.items():
             i = positions[j]
             out[i] = _from_numpy(arr, dtype)
-            _MEMORY.put((ns, keys[i]), out[i])
-        _MEMORY.count("disk_hits", len(found))
+            FEATURES.put((digest, keys[i]), out[i])
+        FEATURES.count("disk_hits", len(found))
         return [positions[j] for j in still]
 
     done = 0  # entries computed (and kept) by this call
@@ -473,118 +475,169 @@ def cached_rows(namespace: dict, keys: list[str], compute, *, location: Path | N
             raise ImageReadError(
                 f"{exc} The {done} image(s) computed before it are cached {where}: "
                 "fix or remove that file and run again to resume from them.") from exc
-        _MEMORY.count(counter, len(positions))
+        FEATURES.count(counter, len(positions))
         for j, i in enumerate(positions):
             out[i] = computed[j].clone()
-            _MEMORY.put((ns, keys[i]), out[i])
+            FEATURES.put((digest, keys[i]), out[i])
         if store is not None:
             store.put_many([keys[i] for i in positions], [_to_numpy(out[i]) for i in positions])
         done += len(positions)
 
     def in_chunks(positions: list[int]) -> None:
-        # a chunk at a time, so that what was computed before a bad file is kept
-        for start in range(0, len(positions), _CHUNK):
-            compute_and_store(positions[start:start + _CHUNK])
+        chunk = get_config()["cache_chunk"]
+        for start in range(0, len(positions), chunk):
+            compute_and_store(positions[start:start + chunk])
 
     try:
-        with _namespace_lock(ns):
+        with NAMESPACE_LOCKS.hold(digest):
             for i in missing:  # another thread may have computed some while this one waited
-                out[i] = _MEMORY.get((ns, keys[i]))
+                out[i] = FEATURES.peek((digest, keys[i]))
             missing = [i for i in missing if out[i] is None]
             if missing and store is not None:
                 missing = from_disk(missing)
-            if store is None or not store.writable:
+            claims = _Claims.open(store) if missing and store is not None else None
+            if claims is None:  # no shared store (or one this process cannot write to)
                 in_chunks(missing)
                 return out
-            claims = _Claims(store) if missing else None
-            while missing:
-                # a chunk at a time, so that processes asking for the same entries split them
-                mine = claims.claim([keys[i] for i in missing], limit=_Claims.chunk)
-                try:
-                    # another process may have stored one between our look and our claim
-                    todo = from_disk([i for i in missing if keys[i] in mine]) if mine else []
-                    if todo:
-                        compute_and_store(todo)
-                finally:
-                    claims.release(mine)
-                missing = [i for i in missing if keys[i] not in mine]
-                if missing:  # claimed by another process: wait for its entries to land
-                    claims.wait([keys[i] for i in missing])
-                    missing = from_disk(missing)
+            try:
+                while missing:
+                    # a chunk at a time, so that processes asking for the same entries split
+                    # them
+                    mine = claims.claim([keys[i] for i in missing],
+                                        limit=get_config()["claim_chunk"])
+                    try:
+                        # another process may have stored one between our look and our claim
+                        todo = from_disk([i for i in missing if keys[i] in mine]) if mine \
+                            else []
+                        if todo:
+                            compute_and_store(todo)
+                    finally:
+                        claims.release(mine)
+                    missing = [i for i in missing if keys[i] not in mine]
+                    if missing:  # claimed by another process: wait for its entries to land
+                        claims.wait([keys[i] for i in missing])
+                        missing = from_disk(missing)
+                        if not store.writable:  # our writes failed meanwhile: no more claims
+                            in_chunks(missing)
+                            missing = []
+            finally:
+                claims.close()
     finally:  # each entry that did not verify counts once, however often it was read
         if store is not None:
-            _MEMORY.count("rejected", len(store.rejected))
+            FEATURES.count("rejected", len(store.rejected))
     return out
-
-
-#: Entries computed per call of ``compute`` without a shared store (with one, a claim's worth).
-_CHUNK = 512
-
-
-_NS_LOCKS: dict[str, threading.Lock] = {}
-_NS_LOCKS_GUARD = threading.Lock()
-
-
-def _namespace_lock(ns: str) -> threading.Lock:
-    with _NS_LOCKS_GUARD:
-        return _NS_LOCKS.setdefault(ns, threading.Lock())
 
 
 class _Claims:
     """Which process computes which entries of a shared disk store.
 
-    A claim is a file ``<key>.claim`` beside the entry's ``.entry`` file, created atomically
-    (``O_CREAT | O_EXCL``, which works on local and network file systems) before the entry
-    is computed and removed after it is stored. A claim whose holder stopped updating it for
-    ``stale`` seconds (the holder died) is taken over; holders claim at most ``chunk``
-    entries at a time (minutes of work at most), so a live claim does not go stale.
+    A claim is an exclusive ``flock`` on a file ``<key>.claim`` beside the entry's
+    ``.entry`` file, held through an open descriptor for as long as the holder computes the
+    entry. The kernel releases it when the holder closes the file or dies in any way
+    (SIGKILL, SIGTERM from a scheduler, a crash, a killed loky worker), so a claim never
+    outlives its holder: a process that finds a claim file it can lock takes it over at
+    once. Holders remove their claim files after storing the entry. On network file
+    systems, Linux implements ``flock`` with the NFS lock manager, which releases a dead
+    client's locks when its lease ends.
     """
 
-    stale = 600.0
-    chunk = 64
+    def __init__(self, store: DiskStore):
+        import fcntl
 
-    def __init__(self, store: FeatureStore):
-        self.store = store
-        store.dir.mkdir(parents=True, exist_ok=True)
+        self.store, self._fcntl = store, fcntl
+        self._held: dict[str, int] = {}  # key -> descriptor holding the lock
+
+    @classmethod
+    def open(cls, store: DiskStore):
+        """Claims on ``store``, or None where there can be none (not writable, no fcntl)."""
+        if not store.writable:
+            return None
+        try:
+            claims = cls(store)
+        except ImportError:  # no flock on this platform: each process computes its misses
+            return None
+        try:
+            store.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            write_failed(store.root, exc)
+            return None
+        return claims
 
     def _path(self, key: str) -> Path:
         return self.store._path(key).with_suffix(".claim")
 
+    def _lock(self, key: str) -> int | None:
+        """A descriptor holding ``key``'s claim, or None when a live process holds it."""
+        fcntl = self._fcntl
+        path = self._path(key)
+        for _ in range(3):
+            path.parent.mkdir(exist_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            try:  # still the file at that path, not one its releaser just removed?
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        return None
+
     def claim(self, keys: list[str], limit: int | None = None) -> set[str]:
-        """Claim up to ``limit`` keys that nobody holds (or whose holder went stale)."""
+        """Claim up to ``limit`` keys that no live process holds."""
         mine = set()
         for key in keys:
             if limit is not None and len(mine) >= limit:
                 break
-            path = self._path(key)
-            path.parent.mkdir(exist_ok=True)
-            for _ in range(2):
-                try:
-                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-                    mine.add(key)
-                    break
-                except FileExistsError:
-                    try:
-                        age = time.time() - path.stat().st_mtime
-                    except FileNotFoundError:  # released meanwhile: try again
-                        continue
-                    if age < self.stale:
-                        break
-                    path.unlink(missing_ok=True)  # a dead holder's claim
+            try:
+                fd = self._lock(key)
+            except OSError as exc:  # disk full (no inode for the claim file), read-only
+                write_failed(self.store.root, exc)
+                break
+            if fd is not None:
+                self._held[key] = fd
+                mine.add(key)
         return mine
 
     def release(self, keys) -> None:
         for key in keys:
-            self._path(key).unlink(missing_ok=True)
+            fd = self._held.pop(key, None)
+            if fd is None:
+                continue
+            try:
+                self._path(key).unlink(missing_ok=True)  # removed while still locked
+            except OSError:
+                pass
+            os.close(fd)
+
+    def close(self) -> None:
+        self.release(list(self._held))
+
+    def held(self, key: str) -> bool:
+        """Whether a live process holds ``key``'s claim."""
+        fcntl = self._fcntl
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
 
     def wait(self, keys: list[str]) -> None:
-        """Until every key is on disk or no longer claimed (its holder failed or released
-        it without storing: the caller then claims it itself)."""
+        """Until every key is on disk or no live process holds its claim (its holder stored
+        nothing, failed or died: the caller then claims it itself)."""
         delay = 0.01
         pending = list(keys)
         while pending:
-            pending = [k for k in pending
-                       if not self.store._path(k).exists() and self._path(k).exists()]
+            pending = [k for k in pending if not self.store.has(k) and self.held(k)]
             if pending:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)

@@ -311,7 +311,7 @@ def to_onnx(estimator, path, *, channels: int = 1, scores: dict | None = None) -
             "n_valid_samples": estimator.n_valid_samples_,
             "best_epoch": _jsonable(estimator.best_epoch_),
             "epochs_run": len(estimator.history_),
-            "trainable_layers": estimator.trainable_layers_,
+            "trained_layers": estimator.trained_layers_,
             "class_weight": _jsonable(estimator.class_weight_),
             "rare_labels": _jsonable(getattr(rows, "rare_labels", None)),
         }

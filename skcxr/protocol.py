@@ -32,6 +32,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import type_of_target
 
+from ._state import warn_once
 from ._validation import NONE, Check, Fraction, Interval, Options, validate
 
 __all__ = [
@@ -335,23 +336,18 @@ def rare_labels(y, train, valid) -> dict:
             for name, rows in (("training", train), ("validation", valid))}
 
 
-_RARE_WARNED = []
-
-
 def _warn_rare_labels(rare: dict) -> None:
     """Once per process (a grid search would warn at every fit, since scikit-learn's
     parallel helpers reset the warnings registry); each fit's labels are in its
     ``fit_rows_.rare_labels``."""
-    import warnings
-
-    if any(rare.values()) and not _RARE_WARNED:
-        _RARE_WARNED.append(True)
-        warnings.warn(
+    if any(rare.values()):
+        warn_once(
+            "rare-labels",
             f"Multi-label y: some labels have fewer than {RARE_POSITIVES} positive rows in the "
             "training or validation rows of a fit (fitted estimators list them in "
             "fit_rows_.rare_labels); their early stopping and scores are noise. More data, "
             "fewer labels, or a larger validation_fraction help. (Warned once per process.)",
-            UserWarning, stacklevel=3)
+            stacklevel=3)
 
 
 def resample_rows(sampler, train, y, task: str, seed: int):

@@ -1,4 +1,5 @@
 import hashlib
+import os
 import time
 
 import numpy as np
@@ -8,6 +9,7 @@ from torch import nn
 
 from skcxr import WeightsUnavailableError, list_offline_backbones, load_backbone
 from skcxr.backbones import read_state_dict
+from skcxr.cache import cache_info, clear_cache
 
 # ImageNet classes 281-285 are the domestic cats (tabby, tiger cat, Persian, Siamese, Egyptian)
 CAT_CLASSES = set(range(281, 286))
@@ -154,13 +156,15 @@ def test_checkpoint_files_load_and_report(tmp_path):
     assert set(read_state_dict(str(tmp_path / "plain.pth"))) == set(sd)
 
 
-def test_loaded_backbones_are_kept_per_process_and_each_call_gets_its_own(tmp_path):
-    from skcxr import backbones
+def _kept():
+    return cache_info()["backbones"]["entries"]
 
-    backbones._LOADED.clear()
+
+def test_loaded_backbones_are_kept_per_process_and_each_call_gets_its_own(tmp_path):
+    clear_cache()
     a = load_backbone("test_efficientnet", None, random_state=3)
     b = load_backbone("test_efficientnet", None, random_state=3)
-    assert len(backbones._LOADED) == 1 and a.module is not b.module
+    assert _kept() == 1 and a.module is not b.module
     assert a.provenance == b.provenance and a.provenance is not b.provenance
     with torch.no_grad():  # a caller changing its copy changes nobody else's
         a.module.conv_stem.weight.add_(1.0)
@@ -173,8 +177,8 @@ def test_loaded_backbones_are_kept_per_process_and_each_call_gets_its_own(tmp_pa
     assert d.provenance["state_sha256"] != b.provenance["state_sha256"]
     load_backbone(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
                   None)
-    assert len(backbones._LOADED) == 2
-    # a checkpoint rewritten in place is read again (its size and mtime are in the key)
+    assert _kept() == 2
+    # a checkpoint rewritten in place is read again
     path = tmp_path / "w.pth"
     torch.save(b.module.state_dict(), path)
     assert load_backbone("test_efficientnet", path).provenance["state_sha256"] == \
@@ -182,6 +186,38 @@ def test_loaded_backbones_are_kept_per_process_and_each_call_gets_its_own(tmp_pa
     torch.save(d.module.state_dict(), path)
     assert load_backbone("test_efficientnet", path).provenance["state_sha256"] == \
         d.provenance["state_sha256"]
+    clear_cache()
+    assert _kept() == 0
+
+
+def test_a_checkpoint_replaced_with_the_same_size_and_times_is_reloaded(tmp_path):
+    """A copy tool that preserves times (cp -p, rsync -t) puts other weights at the same
+    path with the same size and mtime: the second load must read them, not the kept ones."""
+    from safetensors.torch import save_file
+
+    first = load_backbone("test_efficientnet", None, random_state=1)
+    second = load_backbone("test_efficientnet", None, random_state=2)
+    path, other = tmp_path / "w.safetensors", tmp_path / "other.safetensors"
+    save_file(first.module.state_dict(), path)  # the same shapes: the same size
+    save_file(second.module.state_dict(), other)
+    assert path.stat().st_size == other.stat().st_size
+    st = path.stat()
+    got = load_backbone("test_efficientnet", path)
+    assert got.provenance["state_sha256"] == first.provenance["state_sha256"]
+    # in place, as `cp -p other path` does: same inode, same size, times set back
+    path.write_bytes(other.read_bytes())
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    again = load_backbone("test_efficientnet", path)
+    assert again.provenance["state_sha256"] == second.provenance["state_sha256"]
+    assert again.provenance["weights_sha256"] != got.provenance["weights_sha256"]
+    assert torch.equal(again.module.conv_stem.weight, second.module.conv_stem.weight)
+    # and by a rename over it (another inode), with the first file's times
+    save_file(first.module.state_dict(), other)
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, path)
+    assert load_backbone("test_efficientnet", path).provenance["state_sha256"] == \
+        first.provenance["state_sha256"]
 
 
 def test_anchor_is_the_end_of_the_first_small_enough_stage():
@@ -323,27 +359,27 @@ def test_xrv_resnet_layout_loads(tmp_path):
     assert set(backbone.provenance["ignored_keys"]) == {"fc.weight", "fc.bias"}
 
 
-def test_a_named_backbones_plan_is_probed_once_per_process(monkeypatch):
-    from skcxr import _network
+def test_a_named_backbones_plan_is_probed_once_per_process():
+    from skcxr._network import build_network
     from skcxr.images import make_preprocessing
 
-    _network._PLANS.clear()
+    def plans():
+        info = cache_info()["plans"]
+        return info["entries"], info["misses"], info["hits"]
+
     bb = load_backbone("test_efficientnet", None, random_state=0)
     prep = make_preprocessing(bb.data_config, image_size=48)
-    first = _network.build_network(bb, prep, 2, n_outputs=1)
-
-    def probe(*args):
-        raise AssertionError("probed again")
-
-    monkeypatch.setattr(_network, "parameterised_layers", probe)
-    again = _network.build_network(load_backbone("test_efficientnet", None, random_state=1),
-                                   prep, 2, n_outputs=1)  # other weights, same architecture
-    assert (again.trainable_layers, again.cut, again.anchor) == \
-        (first.trainable_layers, first.cut, first.anchor)
-    with pytest.raises(AssertionError, match="probed again"):  # another input size
-        _network.build_network(bb, make_preprocessing(bb.data_config, image_size=64), 2,
-                               n_outputs=1)
+    clear_cache()
+    first = build_network(bb, prep, 2, n_outputs=1)
+    assert plans() == (1, 1, 0)
+    again = build_network(load_backbone("test_efficientnet", None, random_state=1),
+                          prep, 2, n_outputs=1)  # other weights, same architecture
+    assert plans() == (1, 1, 1)
+    assert (again.planned_layers, again.cut, again.anchor) == \
+        (first.planned_layers, first.cut, first.anchor)
+    build_network(bb, make_preprocessing(bb.data_config, image_size=64), 2, n_outputs=1)
+    assert plans() == (2, 2, 1)  # another input size: probed
     user = load_backbone(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1),
                                        nn.Flatten()), None)
-    with pytest.raises(AssertionError, match="probed again"):  # a user's module: every time
-        _network.build_network(user, prep, 1, n_outputs=1)
+    build_network(user, prep, 1, n_outputs=1)
+    assert plans() == (2, 2, 1)  # a user's module: probed every time, never kept

@@ -23,7 +23,12 @@ import torch
 from PIL import Image
 
 import skcxr.images as images_module
-from skcxr import FeatureExtractorTransformer, ImageReadError, PretrainedCNNClassifier
+from skcxr import (
+    FeatureExtractorTransformer,
+    ImageReadError,
+    PretrainedCNNClassifier,
+    config_context,
+)
 from skcxr.cache import ENTRY_VERSION, cache_info, clear_cache, decode_entry, encode_entry
 from skcxr.images import check_images, read_image
 
@@ -504,46 +509,40 @@ def test_failed_refit_leaves_the_previous_model(fitted_clf, sample_paths):
     assert _same_state(fitted_clf, before)
 
 
-def test_interrupt_propagates_and_leaves_the_previous_model(fitted_clf, sample_paths,
-                                                            monkeypatch):
-    from skcxr import _training
+_CTRL_C = []  # calls of _ctrl_c: a function, so clones (deep copies) share it
 
+
+def _ctrl_c(image):
+    """An augmentation that is a Ctrl-C in the middle of training."""
+    _CTRL_C.append(1)
+    raise KeyboardInterrupt
+
+
+def test_interrupt_propagates_and_leaves_the_previous_model(fitted_clf, sample_paths):
     X, y = sample_paths
     before = {k: v.clone() for k, v in fitted_clf.module_.state_dict().items()}
     history = fitted_clf.history_.copy()
-
-    def ctrl_c(self, net, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(_training.EpochRecord, "on_epoch_end", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        fitted_clf.set_params(max_epochs=3).fit(X, y)
+        fitted_clf.set_params(max_epochs=3, augment=_ctrl_c).fit(X, y)
+    fitted_clf.set_params(augment=None)
     assert _same_state(fitted_clf, before)
     pd.testing.assert_frame_equal(fitted_clf.history_, history)
 
 
 @pytest.mark.parametrize("runner", ["cross_val_score", "GridSearchCV"])
-def test_interrupt_stops_cross_validation_too(sample_paths, monkeypatch, runner):
+def test_interrupt_stops_cross_validation_too(sample_paths, runner):
     """Not scored as a failed fold (error_score) and carried on from: the search stops."""
     from sklearn.model_selection import GridSearchCV, cross_val_score
 
-    from skcxr import _training
-
     X, y = sample_paths
-    fits = []
-
-    def ctrl_c(self, net, **kwargs):
-        fits.append(1)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(_training.EpochRecord, "on_epoch_end", ctrl_c)
-    clf = PretrainedCNNClassifier(**TINY)
+    _CTRL_C.clear()
+    clf = PretrainedCNNClassifier(**TINY, augment=_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         if runner == "cross_val_score":
             cross_val_score(clf, X, y, cv=3, error_score=np.nan)
         else:
             GridSearchCV(clf, {"lr": [1e-3, 1e-2]}, cv=3, error_score=np.nan).fit(X, y)
-    assert len(fits) == 1
+    assert len(_CTRL_C) == 1
 
 
 def test_nan_loss_stops_the_fit_naming_the_epoch(sample_paths):
@@ -660,13 +659,13 @@ def test_a_bad_disk_entry_is_a_miss_recomputed_and_replaced(tmp_path, sample_pat
     np.testing.assert_allclose(got, expected, atol=1e-6)
     # all but the recomputed row (in a batch of 1: other rounding) come from disk as stored
     assert sum(not np.array_equal(g, e) for g, e in zip(got, expected)) <= 1
-    info = cache_info()
+    info = cache_info()["features"]
     assert (info["rejected"], info["computed"], info["disk_hits"]) == (1, 1, len(X) - 1)
     ns = entries[0].parent.parent.name
     assert decode_entry(entries[0].read_bytes(), ns) is not None  # replaced by a good one
     clear_cache()
     _fe(tmp_path).fit(X[:2]).transform(X)
-    assert (cache_info()["rejected"], cache_info()["computed"]) == (0, 0)
+    assert (cache_info()["features"]["rejected"], cache_info()["features"]["computed"]) == (0, 0)
 
 
 def test_a_swapped_entry_is_served_the_documented_limit(tmp_path, sample_paths):
@@ -678,7 +677,7 @@ def test_a_swapped_entry_is_served_the_documented_limit(tmp_path, sample_paths):
     _poison_swap(entries[0], entries[1])
     clear_cache()
     got = _fe(tmp_path).fit(X[:2]).transform(X)
-    assert cache_info()["rejected"] == 0
+    assert cache_info()["features"]["rejected"] == 0
     assert sum(not np.array_equal(g, e) for g, e in zip(got, expected)) == 1
 
 
@@ -704,37 +703,54 @@ def test_cache_files_follow_the_umask(tmp_path, sample_paths):
     assert modes == {0o664}
 
 
-def test_read_only_cache_with_the_entries_is_used(tmp_path, sample_paths, monkeypatch):
-    from skcxr import cache
+def _failing_writes(monkeypatch, root, err=errno.EROFS, after=0):
+    """Writes under ``root`` fail with ``err`` (read-only file system, disk full), after
+    ``after`` files were created there: what a remount or a full disk does. Root ignores
+    permissions, so os.open and os.mkdir are where it is simulated."""
+    root = os.fspath(root)
+    real_open, real_mkdir = os.open, os.mkdir
+    created = []
 
+    def under(path):
+        return os.fspath(os.path.abspath(path)).startswith(root)
+
+    def fake_open(path, flags, *args, **kwargs):
+        if under(path) and flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            if len(created) >= after:
+                raise OSError(err, os.strerror(err), os.fspath(path))
+            created.append(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def fake_mkdir(path, *args, **kwargs):
+        if under(path) and not os.path.isdir(path) and len(created) >= after:
+            raise OSError(err, os.strerror(err), os.fspath(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "mkdir", fake_mkdir)
+    return created
+
+
+def test_read_only_cache_with_the_entries_is_used(tmp_path, sample_paths, monkeypatch):
     X, _ = sample_paths
     expected = _fe(tmp_path).fit(X[:2]).transform(X[:6])
     clear_cache()
-    # as if mounted read-only (root ignores chmod, so the probe is what says it)
-    monkeypatch.setattr(cache, "_WRITABLE", {os.fspath(tmp_path): False})
     before = {p: p.stat().st_mtime_ns for p in _entries(tmp_path)}
-    got = _fe(tmp_path).fit(X[:2]).transform(X)  # 6 on disk, 6 new
+    _failing_writes(monkeypatch, tmp_path)  # as if remounted read-only
+    with pytest.warns(UserWarning, match="not writable"):
+        got = _fe(tmp_path).fit(X[:2]).transform(X)  # 6 on disk, 6 new
     np.testing.assert_array_equal(got[:6], expected)
-    assert (cache_info()["disk_hits"], cache_info()["computed"]) == (6, len(X) - 6)
+    info = cache_info()["features"]
+    assert (info["disk_hits"], info["computed"]) == (6, len(X) - 6)
     assert {p: p.stat().st_mtime_ns for p in _entries(tmp_path)} == before  # nothing written
     assert not list(tmp_path.glob("skcxr-features/*/*/*.claim"))
 
 
 def test_read_only_cache_warns_before_work(tmp_path, sample_paths, monkeypatch, decodes):
-    from skcxr import cache
-
     X, _ = sample_paths
     root = tmp_path / "ro"
     root.mkdir()
-    monkeypatch.setattr(cache, "location_writable", cache.location_writable)
-    real = cache.tempfile.mkstemp
-
-    def denied(*a, **k):
-        if str(k.get("dir", "")).startswith(str(root)):
-            raise PermissionError(errno.EROFS, "Read-only file system")
-        return real(*a, **k)
-
-    monkeypatch.setattr(cache.tempfile, "mkstemp", denied)
+    _failing_writes(monkeypatch, root)
     fe = _fe(root).fit(X[:2])
     decodes.clear()
     with pytest.warns(UserWarning, match="not writable") as record:
@@ -742,23 +758,53 @@ def test_read_only_cache_warns_before_work(tmp_path, sample_paths, monkeypatch, 
     assert len(record) == 1
 
 
-def test_truncated_file_keeps_the_work_before_it(tmp_path, sample_paths, files, monkeypatch):
-    from skcxr import cache
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS], ids=["disk full", "read-only"])
+@pytest.mark.parametrize("estimator", ["transformer", "classifier"])
+def test_a_cache_disk_that_fills_up_warns_once_and_the_work_finishes(
+        tmp_path, sample, monkeypatch, err, estimator):
+    """The cache is an optimisation: a write that fails mid-run (disk full, a file system
+    remounted read-only) is warned once, naming the directory and the cause, and the
+    results come from memory, equal to a run without the disk cache."""
+    idx = np.r_[0:20, 150:170]
+    X, y = sample.data[idx], sample.target[idx]
+    if estimator == "transformer":
+        def run(memory):
+            return _fe(memory).fit(X[:2]).transform(X)
+    else:
+        def run(memory):
+            clf = PretrainedCNNClassifier(**{**TINY, "memory": memory, "max_epochs": 2})
+            return clf.fit(X, y).predict_proba(X)
 
-    monkeypatch.setattr(cache, "_CHUNK", 4)
-    monkeypatch.setattr(cache._Claims, "chunk", 4)
+    expected = run(None)
+    clear_cache()
+    root = tmp_path / "cache"
+    created = _failing_writes(monkeypatch, root, err, after=12)
+    with config_context(cache_chunk=4, claim_chunk=4), \
+            pytest.warns(UserWarning, match=os.strerror(err)) as record:
+        got = run(str(root))
+    assert sum(str(root) in str(w.message) for w in record) == 1
+    # the same numbers, up to the rounding of other batch sizes (chunks of 4 here)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert len(created) == 12  # nothing tried after the first failure
+    assert not list(root.rglob("*.tmp"))  # nothing half-written
+    for path in _entries(root):  # what was stored is whole
+        assert decode_entry(path.read_bytes(), path.parent.parent.name) is not None
+
+
+def test_truncated_file_keeps_the_work_before_it(tmp_path, sample_paths, files):
     X, _ = sample_paths
     bad = np.array(list(X[:9]) + [files["corrupt png"]] + list(X[9:]), dtype=object)
     for memory in (None, tmp_path):
         clear_cache()
         fe = _fe(memory) if memory else _fe(tmp_path).set_params(memory=None)
         fe.fit(X[:2])
-        err = Raises(ImageReadError, ["corrupt.png", "8 image(s) computed before it are cached",
-                                      "resume"]).check(lambda: fe.transform(bad))
+        with config_context(cache_chunk=4, claim_chunk=4):
+            err = Raises(ImageReadError, ["corrupt.png", "8 image(s) computed before it are "
+                                          "cached", "resume"]).check(lambda: fe.transform(bad))
         assert ("in " + str(tmp_path)) in str(err) if memory else "memory" in str(err)
-        assert cache_info()["computed"] == 8
+        assert cache_info()["features"]["computed"] == 8
         fe.transform(X[:8])  # all from the cache
-        assert cache_info()["computed"] == 8
+        assert cache_info()["features"]["computed"] == 8
     assert len(_entries(tmp_path)) == 8
 
 

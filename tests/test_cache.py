@@ -27,7 +27,7 @@ def test_cached_and_uncached_fits_agree(data, params, tiny3):
     X, y = data
     cached = PretrainedCNNClassifier(**{**tiny3, **params}).fit(X, y)
     assert cached.prefix_namespace_ is not None
-    assert cache_info()["computed"] == 60
+    assert cache_info()["features"]["computed"] == 60
     plain = PretrainedCNNClassifier(**{**tiny3, **params}, cache=False).fit(X, y)
     assert plain.prefix_namespace_ is None
     tol = 2e-2 if params.get("precision") == "bf16" else 1e-4
@@ -44,9 +44,10 @@ def test_grid_search_computes_the_prefix_once_per_cut_point(data, tiny3):
     grid.fit(X, y)
     # each image runs from its pixels once (to the anchor), whatever the folds, train sizes,
     # candidates and refit; both cut points are derived from the anchor's outputs
-    assert cache_info()["computed"] == 60
-    assert cache_info()["derived"] == 2 * 60
-    assert cache_info()["hits"] >= 400  # every other lookup of 12 fits, their scoring, refit
+    assert cache_info()["features"]["computed"] == 60
+    assert cache_info()["features"]["derived"] == 2 * 60
+    # every other lookup of 12 fits, their scoring, refit
+    assert cache_info()["features"]["hits"] >= 400
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -69,7 +70,7 @@ def test_deeper_cuts_are_derived_exactly_from_the_anchor(data, tiny3, precision)
         assert derived.dtype == direct.dtype == (torch.bfloat16 if precision == "bf16"
                                                  else torch.float32)
         assert torch.equal(derived, direct)  # the same functions on the same numbers
-    info = cache_info()
+    info = cache_info()["features"]
     assert info["computed"] == 60  # the anchor, once per image, for 3 cut points
     assert info["derived"] == 3 * 60
 
@@ -80,9 +81,10 @@ def test_stale_entries_are_never_hit(data, tiny3, rewrite_check):
     for change in ({"random_state": 1},  # other (random) weights
                    {"image_size": 40}, {"normalize": "unit"}, {"resize": "pad"},
                    {"precision": "bf16"}, {"n_trainable_layers": 8}):  # other cut point
-        before = cache_info()
+        before = cache_info()["features"]
         clone(base).set_params(**change).fit(X, y)
-        computed, derived = (cache_info()[k] - before[k] for k in ("computed", "derived"))
+        after = cache_info()["features"]
+        computed, derived = (after[k] - before[k] for k in ("computed", "derived"))
         # every image anew: from the pixels to the anchor (but for another cut point of the
         # same network, whose anchor is the same), then derived to the cut point
         anchor = 0 if "n_trainable_layers" in change else 60
@@ -98,13 +100,13 @@ def test_cache_is_skipped_where_it_would_not_be_exact(data, tiny3):
     assert PretrainedCNNClassifier(**tiny3, batchnorm="train").fit(X, y).prefix_namespace_ is None
     tv = PretrainedCNNClassifier(**{**tiny3, "backbone": "torchvision:resnet18"}).fit(X, y)
     assert tv.prefix_namespace_ is None  # its forward is not a chain of its children
-    assert cache_info()["computed"] == 0
+    assert cache_info()["features"]["computed"] == 0
 
 
 def _fit_in_worker(params, X, y, location):
     clear_cache()  # loky reuses its workers across tests: count this fit only
     PretrainedCNNClassifier(**params, n_trainable_layers=2, memory=location).fit(X, y)
-    return cache_info()["computed"]
+    return cache_info()["features"]["computed"]
 
 
 def test_disk_cache_is_shared_across_processes(data, tmp_path, tiny3):
@@ -114,7 +116,7 @@ def test_disk_cache_is_shared_across_processes(data, tmp_path, tiny3):
         joblib.delayed(_fit_in_worker)(tiny3, Xh, yh, tmp_path) for Xh, yh in halves)
     assert computed == [30, 30]
     clf = PretrainedCNNClassifier(**tiny3, n_trainable_layers=2, memory=tmp_path).fit(X, y)
-    info = cache_info()
+    info = cache_info()["features"]
     assert info["computed"] == 0 and info["disk_hits"] == 60
     assert clf.predict_proba(X).shape == (60, 2)
 
@@ -124,10 +126,10 @@ def test_byte_budget_is_respected(data, tiny3):
     try:
         set_cache_budget(100_000)
         PretrainedCNNClassifier(**tiny3, n_trainable_layers=8).fit(X, y)
-        info = cache_info()
+        info = cache_info()["features"]
         assert 0 < info["bytes"] <= 100_000 and info["evicted"] > 0
         set_cache_budget(0)
-        assert cache_info()["bytes"] == 0
+        assert cache_info()["features"]["bytes"] == 0
         with pytest.raises(ValueError, match="nbytes"):
             set_cache_budget(-1)
     finally:
@@ -143,10 +145,10 @@ def test_view_augmentation_trains_from_cached_prefix_outputs(data, tiny3):
     clf = PretrainedCNNClassifier(**params).fit(X, y)
     n_train = clf.n_train_samples_
     # every fit row in the identity view, the training rows in the 5 other views
-    assert cache_info()["computed"] == len(X) + 5 * n_train
+    assert cache_info()["features"]["computed"] == len(X) + 5 * n_train
     assert clf.prefix_namespace_ is not None
     clone(clf).fit(X, y)  # another fold or grid point: nothing computed again
-    assert cache_info()["computed"] == len(X) + 5 * n_train
+    assert cache_info()["features"]["computed"] == len(X) + 5 * n_train
     plain = PretrainedCNNClassifier(**{**params, "augment": None}).fit(X, y)
     assert not np.allclose(plain.history_["train_loss"], clf.history_["train_loss"])
     # the same random views drawn on the pixels, every epoch through the whole network
@@ -214,20 +216,21 @@ def test_both_estimators_share_one_frozen_output_path(data, tiny_fe, tmp_path):
     X, _ = data
     fe = FeatureExtractorTransformer(**tiny_fe).fit(X)
     first = fe.transform(X)
-    info = cache_info()
+    info = cache_info()["features"]
     assert info["computed"] == 60 and info["entries"] == 60
     assert info["bytes"] == 60 * 256 * 4  # one float32 feature row per image
     np.testing.assert_array_equal(clone(fe).fit(X).transform(X[::-1]), first[::-1])
-    assert cache_info()["computed"] == 60 and cache_info()["hits"] == 60  # a clone hits
+    info = cache_info()["features"]
+    assert info["computed"] == 60 and info["hits"] == 60  # a clone hits
     # cache=False: computed, not stored; the same numbers
     np.testing.assert_array_equal(clone(fe).set_params(cache=False).fit(X).transform(X), first)
-    assert cache_info()["computed"] == 60
+    assert cache_info()["features"]["computed"] == 60
     # memory=: the disk store, as for the classifier; a new session reads it
     clear_cache()
     FeatureExtractorTransformer(**tiny_fe, memory=tmp_path).fit(X).transform(X[:10])
     clear_cache()
     again = FeatureExtractorTransformer(**tiny_fe, memory=tmp_path).fit(X).transform(X[:10])
-    assert cache_info()["disk_hits"] == 10 and cache_info()["computed"] == 0
+    assert cache_info()["features"]["disk_hits"] == 10 and cache_info()["features"]["computed"] == 0
     np.testing.assert_array_equal(again, first[:10])
 
 
@@ -238,4 +241,4 @@ def test_the_same_setting_spelled_differently_shares_entries(data, tiny_fe):
         .transform(X)
     FeatureExtractorTransformer(**{**tiny_fe, "image_size": [np.int64(64)] * 2},
                                 in_chans=np.int64(1)).fit(X).transform(X)
-    assert cache_info()["computed"] == 60 and cache_info()["hits"] == 60
+    assert cache_info()["features"]["computed"] == 60 and cache_info()["features"]["hits"] == 60

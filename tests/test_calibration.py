@@ -172,10 +172,10 @@ def test_tta_averages_the_probabilities_of_each_view(data, tiny_clf):
     # exact and cached: each view's prefix outputs computed once
     clear_cache()
     clf.predict_proba(X)
-    computed = cache_info()["computed"]
+    computed = cache_info()["features"]["computed"]
     assert computed == 2 * len(X)
     clf.predict_proba(X)
-    assert cache_info()["computed"] == computed
+    assert cache_info()["features"]["computed"] == computed
     assert clf.predict(X).shape == (len(X),)
 
 

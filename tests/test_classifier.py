@@ -31,10 +31,10 @@ def test_fit_predict_and_fitted_attributes(fitted, data):
     assert dec.shape == (60,)
     np.testing.assert_array_equal(dec > 0, proba[:, 1] > 0.5)
     assert fitted.classes_.tolist() == [0, 1] and fitted.target_type_ == "binary"
-    assert fitted.trainable_layers_ == ["blocks.4.0.conv_pwl", "blocks.4.0.bn3", "conv_head",
+    assert fitted.trained_layers_ == ["blocks.4.0.conv_pwl", "blocks.4.0.bn3", "conv_head",
                                         "bn2"]
     head = sum(p.numel() for p in fitted.module_.head.parameters())
-    trainable = sum(p.numel() for name in fitted.trainable_layers_
+    trainable = sum(p.numel() for name in fitted.trained_layers_
                     for p in fitted.module_.backbone.get_submodule(name).parameters())
     assert fitted.n_trainable_params_ == head + trainable
     assert fitted.n_train_samples_ == 54 and fitted.n_valid_samples_ == 6
@@ -76,11 +76,11 @@ def test_head_only_and_all_layers(data, tiny_clf):
     X, y = data
     head_only = PretrainedCNNClassifier(**tiny_clf, n_trainable_layers=0).fit(X, y)
     everything = PretrainedCNNClassifier(**tiny_clf, n_trainable_layers="all").fit(X, y)
-    assert head_only.trainable_layers_ == [] and len(everything.trainable_layers_) == 30
+    assert head_only.trained_layers_ == [] and len(everything.trained_layers_) == 30
     assert head_only.n_trainable_params_ == 257 * 2
     assert everything.n_trainable_params_ > 90_000
     by_name = PretrainedCNNClassifier(**tiny_clf, n_trainable_layers="blocks.4").fit(X, y)
-    assert by_name.trainable_layers_[0] == "blocks.4.0.conv_pw"
+    assert by_name.trained_layers_[0] == "blocks.4.0.conv_pw"
 
 
 def test_freeze_then_unfreeze_schedule(data, tiny_clf):
@@ -211,9 +211,11 @@ def test_fitted_estimator_keeps_no_optimizer_state_and_fits_do_not_leak(data, ti
     def live_tensors():  # not counting the (byte-bounded) shared activation cache
         gc.collect()
         kinds = (torch.Tensor, torch.nn.Parameter)
-        return sum(1 for o in gc.get_objects() if type(o) in kinds) - cache_info()["entries"]
+        kept = cache_info()["features"]["entries"]
+        return sum(1 for o in gc.get_objects() if type(o) in kinds) - kept
 
-    PretrainedCNNClassifier(**tiny_clf).fit(X, y)  # warm caches
+    for seed in range(3):  # warm the bounded stores (kept backbones, plans)
+        PretrainedCNNClassifier(**{**tiny_clf, "random_state": seed}).fit(X, y)
     before = live_tensors()
     for seed in range(3):
         PretrainedCNNClassifier(**{**tiny_clf, "random_state": seed}).fit(X, y)
@@ -270,7 +272,7 @@ def test_c_counts_parameterised_layers_in_forward_order(sample_paths, c, trained
     X, y = sample_paths
     clf = PretrainedCNNClassifier(OutOfOrder(), image_size=16, n_trainable_layers=c,
                                   max_epochs=1, random_state=0, engine="torch").fit(X, y)
-    assert clf.trainable_layers_ == trained
+    assert clf.trained_layers_ == trained
 
 
 @pytest.mark.parametrize("c, match", [
@@ -470,7 +472,7 @@ def test_early_stopping_in_the_head_phase_unfreezes_instead_of_ending(data, tiny
                                      "n_trainable_layers": 2, "patience": 1,
                                      "min_delta": 10.0}).fit(X, y)
     assert clf.history_["n_trainable_layers"].tolist() == [0, 0, 2]
-    assert len(clf.trainable_layers_) == 2
+    assert len(clf.trained_layers_) == 2
 
 
 def test_trainable_layers_report_what_trained(data, tiny_clf):
@@ -479,9 +481,9 @@ def test_trainable_layers_report_what_trained(data, tiny_clf):
     bn_eval = PretrainedCNNClassifier(**{**tiny_clf, "n_trainable_layers": 4,
                                          "batchnorm": "eval"}).fit(X, y)
     modules = dict(bn_eval.module_.backbone.named_modules())
-    dropped = set(planned.trainable_layers_) - set(bn_eval.trainable_layers_)
+    dropped = set(planned.trained_layers_) - set(bn_eval.trained_layers_)
     assert dropped and all(isinstance(modules[n], torch.nn.BatchNorm2d) for n in dropped)
-    assert set(bn_eval.trainable_layers_) < set(planned.trainable_layers_)
+    assert set(bn_eval.trained_layers_) < set(planned.trained_layers_)
     never = PretrainedCNNClassifier(**{**tiny_clf, "n_trainable_layers": 2, "max_epochs": 2,
                                        "freeze_epochs": 3}).fit(X, y)
-    assert never.trainable_layers_ == []  # the fit ended inside the head phase
+    assert never.trained_layers_ == []  # the fit ended inside the head phase

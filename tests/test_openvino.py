@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from skcxr import FeatureExtractorTransformer
-from skcxr.cache import cache_info
+from skcxr.cache import cache_info, clear_cache
 
 pytest.importorskip("openvino")
 
@@ -47,9 +47,9 @@ def test_auto_engine_picks_openvino_on_cpu_and_caches_by_engine(sample_paths, ti
     fe = FeatureExtractorTransformer(**{**tiny_fe, "engine": "auto"}, device="cpu").fit(paths)
     assert fe.engine_ == "openvino"
     fe.transform(paths)
-    assert cache_info()["computed"] == 12
+    assert cache_info()["features"]["computed"] == 12
     fe.set_params(engine="torch").transform(paths)  # other engine, other numbers: no hit
-    assert cache_info()["computed"] == 24 and cache_info()["hits"] == 0
+    assert cache_info()["features"]["computed"] == 24 and cache_info()["features"]["hits"] == 0
 
 
 def test_openvino_estimator_pickles(sample_paths, tmp_path, tiny_fe):
@@ -76,27 +76,27 @@ def test_classifier_prefix_on_openvino_matches_torch(sample, tiny_clf):
     np.testing.assert_allclose(ov.predict_proba(X), torch_.predict_proba(X), atol=2e-3)
 
 
-def test_many_images_predict_through_the_whole_network_compiled_once(sample, tiny_clf,
-                                                                      monkeypatch):
-    """From WHOLE_NETWORK_MIN_IMAGES images on, a fitted classifier's whole network runs in
-    OpenVINO: compiled once per fitted model, cached logits, agreeing with torch."""
+def _compiled():
+    return cache_info()["compiled"]["entries"]
+
+
+def test_many_images_predict_through_the_whole_network_compiled_once(sample, tiny_clf):
+    """From whole_network_min_images images on (a setting), a fitted classifier's whole
+    network runs in OpenVINO: compiled once per fitted model, cached logits, agreeing with torch."""
     import threading
 
-    from skcxr import PretrainedCNNClassifier, _classifier, _openvino
-    from skcxr.cache import cache_info, clear_cache
+    from skcxr import PretrainedCNNClassifier, config_context
 
     idx = np.r_[0:20, 100:120]
     X, y = sample.data[idx], sample.target[idx]
     clf = PretrainedCNNClassifier(**tiny_clf, n_trainable_layers=4, tta="flip").fit(X, y)
     few = clf.predict_proba(X)  # torch engine: the reference
-    monkeypatch.setattr(_classifier, "WHOLE_NETWORK_MIN_IMAGES", 30)
     clf.set_params(engine="openvino")
-    _openvino._COMPILED.clear()
     clear_cache()
-    whole = clf.predict_proba(X)
-    kinds = [k for k in _openvino._COMPILED]
-    assert len(kinds) == 1  # one network, compiled once, for both tta views
-    assert cache_info()["computed"] == 2 * len(X)  # logits per image and view
+    with config_context(whole_network_min_images=30):
+        whole = clf.predict_proba(X)
+    assert _compiled() == 1  # one network, compiled once, for both tta views
+    assert cache_info()["features"]["computed"] == 2 * len(X)  # logits per image and view
     np.testing.assert_allclose(whole, few, atol=1e-4)  # fp32
     np.testing.assert_array_equal(clf.predict_proba(X), whole)  # cached logits
     clf.set_params(cache=False)
@@ -110,17 +110,17 @@ def test_many_images_predict_through_the_whole_network_compiled_once(sample, tin
         t.start()
     for t in threads:
         t.join()
-    assert len(_openvino._COMPILED) == 1  # nothing compiled again, also from threads
+    assert _compiled() == 1  # nothing compiled again, also from threads
     for r in results:
         np.testing.assert_allclose(r, whole, atol=1e-6)
     # once compiled, a few images take the whole network too: nothing compiled again
     np.testing.assert_allclose(clf.predict_proba(X[:10]), whole[:10], atol=1e-6)
-    assert len(_openvino._COMPILED) == 1
+    assert _compiled() == 1
     # a few images of a network not compiled whole: the compiled prefix (to its anchor,
     # then from the anchor to its cut) and a torch suffix
     other = PretrainedCNNClassifier(**tiny_clf, n_trainable_layers=2).fit(X, y)
     other.set_params(engine="openvino").predict_proba(X[:10])
-    assert len(_openvino._COMPILED) == 3
+    assert _compiled() == 3
 
 
 def test_int8_features_quantized_at_fit(sample):
@@ -141,9 +141,10 @@ def test_int8_features_quantized_at_fit(sample):
     cos = (out * ref).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() > 0.9, cos  # 0.96 measured; bf16: > 0.99
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(fe)).transform(X), out)
-    computed = cache_info()["computed"]
+    computed = cache_info()["features"]["computed"]
     bf16 = fe.set_params(precision="bf16").transform(X)  # the float network, its own entries
-    assert cache_info()["computed"] == computed + len(X) and not np.array_equal(bf16, out)
+    assert cache_info()["features"]["computed"] == computed + len(X)
+    assert not np.array_equal(bf16, out)
     # the same seed and images quantize to the same numbers
     again = FeatureExtractorTransformer(precision="int8", random_state=0).fit(X)
     np.testing.assert_allclose(again.transform(X), out, rtol=1e-5, atol=1e-5)
@@ -162,12 +163,10 @@ def test_int8_features_quantized_at_fit(sample):
 def test_cut_points_share_one_conversion_of_the_chain(sample, tiny_clf):
     """OpenVINO converts a backbone's chain once; every cut point is a cut of that model
     (compiled once per cut), and its outputs match torch's."""
-    from skcxr import PretrainedCNNClassifier, _openvino
+    from skcxr import PretrainedCNNClassifier
 
     idx = np.r_[0:20, 100:120]
     X, y = sample.data[idx], sample.target[idx]
-    _openvino._CONVERTED.clear()
-    _openvino._COMPILED.clear()
     cuts = set()
     for c in (2, 4, 8):
         ov = PretrainedCNNClassifier(**{**tiny_clf, "engine": "openvino"}, n_trainable_layers=c)
@@ -176,12 +175,12 @@ def test_cut_points_share_one_conversion_of_the_chain(sample, tiny_clf):
         ref = PretrainedCNNClassifier(**tiny_clf, n_trainable_layers=c).fit(X, y)
         np.testing.assert_allclose(proba, ref.predict_proba(X), atol=2e-3)
     assert len(cuts) >= 2
-    assert len(_openvino._CONVERTED) == 1  # one conversion
+    assert cache_info()["conversions"]["converted"] == 1  # one conversion
     # one compile for the anchor, one per cut point (from the anchor's outputs)
-    assert len(_openvino._COMPILED) == len(cuts) + 1
+    assert _compiled() == len(cuts) + 1
     # per engine (OpenVINO and the torch reference), each image from its pixels once
-    assert cache_info()["computed"] == 2 * len(X)
-    assert cache_info()["derived"] == 2 * len(cuts) * len(X)
+    assert cache_info()["features"]["computed"] == 2 * len(X)
+    assert cache_info()["features"]["derived"] == 2 * len(cuts) * len(X)
 
 
 def test_derived_cuts_match_direct_ones_on_openvino(sample, tiny_clf):
@@ -202,7 +201,7 @@ def test_derived_cuts_match_direct_ones_on_openvino(sample, tiny_clf):
         derived = part.outputs(source, run).float()
         scale = direct.abs().max()
         assert (derived - direct).abs().max() <= tol * scale, precision
-    assert cache_info()["derived"] == 3 * len(X)  # the fit (torch), then each precision
+    assert cache_info()["features"]["derived"] == 3 * len(X)  # the fit (torch), then each precision
 
 
 def test_compiles_into_a_shared_cache_wait_for_each_other(tmp_path):
@@ -222,7 +221,7 @@ def test_compiles_into_a_shared_cache_wait_for_each_other(tmp_path):
 
     def compile_():
         _openvino.compile_frozen(module, (3, 16, 16), "fp32", "shared-cache-test",
-                                 threads=1, cache_dir=tmp_path)
+                                 kind="test", threads=1, cache_dir=tmp_path)
         done.set()
 
     with FileLock(str(tmp_path / ".compile.lock")):  # another process compiling
@@ -233,3 +232,29 @@ def test_compiles_into_a_shared_cache_wait_for_each_other(tmp_path):
     worker.join(30)
     assert done.is_set()
     assert any(p.suffix == ".blob" for p in tmp_path.iterdir())
+
+
+def test_a_damaged_compiled_blob_is_a_miss_recompiled_and_replaced(tmp_path, sample_paths,
+                                                                   tiny_fe):
+    """Compiled models kept under memory= verify like cache entries: 16 flipped bytes are a
+    miss (counted as blob_rejected), the model is compiled again, the blob replaced, and the
+    features are the ones a fresh compile gives."""
+    X, _ = sample_paths
+    params = {**tiny_fe, "engine": "openvino", "cache": False, "memory": str(tmp_path)}
+    expected = FeatureExtractorTransformer(**params).fit(X[:2]).transform(X)
+    (blob,) = (tmp_path / "skcxr-openvino").glob("*.blob")
+    good = blob.read_bytes()
+    clear_cache()
+    np.testing.assert_array_equal(FeatureExtractorTransformer(**params).fit(X[:2])
+                                  .transform(X), expected)
+    assert cache_info()["compiled"]["blob_hits"] == 1  # loaded, not compiled
+    for where in (len(good) // 2, len(good) - 40, 60):
+        damaged = bytearray(good)
+        damaged[where:where + 16] = bytes(b ^ 0xFF for b in damaged[where:where + 16])
+        blob.write_bytes(bytes(damaged))
+        clear_cache()
+        got = FeatureExtractorTransformer(**params).fit(X[:2]).transform(X)
+        info = cache_info()["compiled"]
+        assert (info["blob_rejected"], info["blob_hits"]) == (1, 0)
+        np.testing.assert_array_equal(got, expected)
+        assert blob.read_bytes() != bytes(damaged)  # replaced by a good one

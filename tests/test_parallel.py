@@ -14,7 +14,7 @@ import torch
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
 from skcxr import FeatureExtractorTransformer, ImageReadError, PretrainedCNNClassifier
-from skcxr.cache import cache_info
+from skcxr.cache import cache_info, clear_cache
 
 ENGINES = ["torch", pytest.param("openvino", marks=pytest.mark.skipif(
     __import__("importlib.util").util.find_spec("openvino") is None, reason="no openvino"))]
@@ -41,7 +41,7 @@ def test_concurrent_transform_with_the_cache_computes_each_image_once(data, tiny
     X, _ = data
     fe = FeatureExtractorTransformer(**tiny_fe).fit(X[:2])
     got = _concurrently(fe.transform, [X] * 4)
-    assert cache_info()["computed"] == len(X)  # not 4x: the threads took turns
+    assert cache_info()["features"]["computed"] == len(X)  # not 4x: the threads took turns
     for g in got[1:]:
         np.testing.assert_array_equal(g, got[0])
 
@@ -80,21 +80,19 @@ def test_threadpool_limits_sizes_torch_and_openvino_and_is_restored(data, tiny_f
     pytest.importorskip("openvino")
     from threadpoolctl import threadpool_limits
 
-    from skcxr import _openvino
     from skcxr._threads import thread_budget
 
     X, _ = data
     before = torch.get_num_threads()
     fe = FeatureExtractorTransformer(**{**tiny_fe, "engine": "openvino"}, cache=False).fit(X[:2])
-    _openvino._COMPILED.clear()
+    clear_cache()
     with threadpool_limits(1):  # what scikit-learn users write to limit native threads
         assert thread_budget() == 1
         fe.transform(X[:8])
         assert torch.get_num_threads() == 1  # the user's limit, left as it was
     assert torch.get_num_threads() == before
-    (compiled,) = _openvino._COMPILED.values()
-    assert compiled.threads == 1
-    assert compiled.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    (compiled,) = cache_info()["compiled"]["contents"]
+    assert compiled["threads"] == 1 and compiled["inference_num_threads"] == 1
     # inside run_pipelined the calling thread drops to 1 thread; afterwards it is back
     fe.transform(X[:8])
     assert torch.get_num_threads() == before
@@ -218,11 +216,11 @@ def test_import_keeps_tensors_off_fresh_mmaps_in_dask_style_workers():
 # --------------------------------------------------------------------------- shared disk cache
 
 
-def test_claims_split_work_and_survive_a_dead_holder(tmp_path):
-    from skcxr.cache import FeatureStore, _Claims
+def test_claims_split_work_between_processes(tmp_path):
+    from skcxr.cache import DiskStore, _Claims
 
-    store = FeatureStore(tmp_path, {"kind": "test"})
-    a, b = _Claims(store), _Claims(store)
+    store = DiskStore(tmp_path, {"kind": "test"})
+    a, b = _Claims.open(store), _Claims.open(store)
     keys = [f"{i:04x}" * 8 for i in range(6)]
     mine = a.claim(keys, limit=4)
     assert len(mine) == 4 and b.claim(keys) == set(keys) - mine  # b takes the rest only
@@ -232,12 +230,65 @@ def test_claims_split_work_and_survive_a_dead_holder(tmp_path):
     t0 = time.perf_counter()
     b.wait(sorted(mine))
     assert time.perf_counter() - t0 < 1
-    # a holder that died leaves its claim: stale ones are taken over
-    (key,) = a.claim([f"{9:04x}" * 8])
-    assert b.claim([key]) == set()
-    old = time.time() - _Claims.stale - 1
-    os.utime(a._path(key), (old, old))
-    assert b.claim([key]) == {key}
+    assert not list(tmp_path.rglob("*.claim")) or b.claim(sorted(mine)) == set(mine)
+
+
+_HOLDER = """
+import os, sys, time
+from skcxr.cache import DiskStore, _Claims
+store = DiskStore(sys.argv[1], {"kind": "test"})
+claims = _Claims.open(store)
+got = claims.claim([f"{i:04x}" * 8 for i in range(64)])
+print(len(got), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("death", ["SIGKILL", "SIGTERM", "alive"])
+def test_a_dead_holders_claims_never_make_another_process_wait(tmp_path, death):
+    """A worker killed while it holds claims (SIGKILL at any moment, a scheduler's SIGTERM)
+    leaves its claim files behind, but its locks die with it: another process that needs
+    those entries computes them at once. A live holder is waited for."""
+    import signal
+
+    from skcxr.cache import cached_rows
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "64"
+        assert len(list(tmp_path.rglob("*.claim"))) == 64
+        if death != "alive":
+            holder.send_signal(getattr(signal, death))
+            holder.wait(10)
+        keys = [f"{i:04x}" * 8 for i in range(64)]
+        computed = []
+
+        def compute(positions):
+            computed.extend(positions)
+            return torch.arange(len(positions), dtype=torch.float32)[:, None].repeat(1, 3)
+
+        done = threading.Event()
+
+        def ask():
+            cached_rows({"kind": "test"}, keys, compute, location=tmp_path)
+            done.set()
+
+        t0 = time.perf_counter()
+        asker = threading.Thread(target=ask, daemon=True)
+        asker.start()
+        if death == "alive":
+            assert not done.wait(1.5)  # the holder is alive: its entries are waited for
+            holder.kill()
+            holder.wait(10)
+        assert done.wait(10)
+        if death != "alive":
+            assert time.perf_counter() - t0 < 2
+        assert sorted(computed) == list(range(64))
+        assert not list(tmp_path.rglob("*.claim"))  # taken over and released
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # --------------------------------------------------------------------------- Dask
@@ -281,7 +332,7 @@ def test_grid_search_on_dask_workers(dask_client, data, tiny_clf, tmp_path):
                                   sequential["split0_test_score"])
     # each image computed from its pixels once across both workers (to the anchor), and
     # each cut point derived from that once: 60 images x 2 cut points
-    per_worker = dask_client.run(lambda: __import__("skcxr.cache").cache.cache_info())
+    per_worker = dask_client.run(lambda: __import__("skcxr.cache").cache.cache_info()["features"])
     assert len(per_worker) == 2
     assert sum(info["computed"] for info in per_worker.values()) == len(X)
     assert sum(info["derived"] for info in per_worker.values()) == 2 * len(X)
@@ -331,11 +382,14 @@ def test_device_auto_gives_each_worker_process_its_own_gpu(tmp_path):
 
 
 def test_device_auto_with_one_visible_gpu_and_explicit_devices(monkeypatch, tmp_path):
+    import tempfile
+
     from skcxr import _runtime
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where leases would go
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert _runtime.resolve_device("auto") == torch.device("cuda", 0)  # CUDA_VISIBLE_DEVICES
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert _runtime.resolve_device("cuda:3") == torch.device("cuda", 3)  # asked: no lease
-    assert "index" not in _runtime._GPU_LEASE
+    assert not list(tmp_path.iterdir())

@@ -94,9 +94,9 @@ def test_bad_groups(bad, match):
 
 def test_multilabel_split_is_stratified_per_label():
     Y = (np.random.default_rng(0).random((400, 4)) < [0.5, 0.2, 0.05, 0.3]).astype(int)
-    from skcxr import protocol
+    from skcxr.cache import clear_cache
 
-    protocol._RARE_WARNED.clear()
+    clear_cache()  # the warning is given once per process, until clear_cache
     with pytest.warns(UserWarning, match=r"fewer than 5 positive rows"):
         rows = fit_rows(Y, validation_fraction=0.25, seed=0)
     assert rows.rare_labels == {"training": [], "validation": [2]}
