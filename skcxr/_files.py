@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 
 import numpy as np
@@ -127,20 +128,36 @@ def _import_pydicom(path: str):
     return pydicom
 
 
-def read_image(path: str) -> np.ndarray:
+def read_bytes(path: str) -> bytes:
+    """A file's bytes, in one read (what is hashed and what is decoded must be the same)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except PermissionError as exc:
+        raise PermissionError(f"Image file {path!r} is not readable: {exc}") from exc
+    except OSError as exc:
+        raise ImageReadError(f"Cannot read image file {path!r}: {exc.strerror or exc} "
+                             "(it was there when the call started).") from exc
+
+
+def read_image(path: str, data: bytes | None = None) -> np.ndarray:
     """Decode one image file to a writable ``(H, W)`` or ``(H, W, 3)`` array.
 
     8-bit images come back as ``uint8``; 16-bit PNG/TIFF, float TIFF and DICOM as
     ``float32`` in ``[0, 1]``. Alpha is composited onto black; palettes are expanded;
     the EXIF orientation is applied. A float file outside ``[0, 1]`` or a 32-bit integer
     file beyond 16 bits is rejected, as the same pixels in an array would be.
+
+    ``data``: the file's bytes, already read (decoded instead of reading ``path`` again;
+    ``path`` names the file in errors and gives its format).
     """
     ext = os.path.splitext(path)[1].lower()
+    source = io.BytesIO(data) if data is not None else path
     try:
         if ext in DICOM_EXTENSIONS:
-            return _read_dicom(path)
+            return _read_dicom(path, source)
         with _pil_errors(path, "decode"):
-            img = _read_pil(path)
+            img = _read_pil(path, source)
         if min(img.shape[:2]) < 2:
             raise ImageReadError(f"Image file {path!r} is {img.shape[1]}x{img.shape[0]} "
                                  "pixels; images must be at least 2x2 (as arrays must).")
@@ -151,8 +168,8 @@ def read_image(path: str) -> np.ndarray:
         raise ImageReadError(f"Cannot decode image file {path!r}: {exc}") from exc
 
 
-def _read_pil(path: str) -> np.ndarray:
-    with Image.open(path) as im:
+def _read_pil(path: str, source) -> np.ndarray:
+    with Image.open(source) as im:
         im.load()
         im = ImageOps.exif_transpose(im)  # a photo of a film taken sideways stands up
         mode = im.mode
@@ -186,11 +203,11 @@ def _read_pil(path: str) -> np.ndarray:
         return np.array(im.convert("RGB"))
 
 
-def _read_dicom(path: str) -> np.ndarray:
+def _read_dicom(path: str, source) -> np.ndarray:
     pydicom = _import_pydicom(path)
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    ds = pydicom.dcmread(path)
+    ds = pydicom.dcmread(source)
     arr = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
     if arr.ndim == 3 and ds.get("SamplesPerPixel", 1) == 1:
         arr = arr[0]  # multi-frame: first frame

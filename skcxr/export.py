@@ -23,10 +23,12 @@ estimator at ``precision="fp32"`` to ``TOLERANCE`` (tested with ONNX Runtime).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
+import os
 import platform
 from datetime import datetime, timezone
 from importlib import metadata
@@ -270,18 +272,54 @@ def to_onnx(estimator, path, *, channels: int = 1, scores: dict | None = None) -
     with torch.no_grad():
         n_out = model(example).shape[1]
     batch = torch.export.Dim("batch", min=1)
-    tmp = path.with_name(path.name + ".partial")
+    card_path = path.with_suffix(".json")
+    # both files are written under temporary names first and moved into place together,
+    # the card last: an interrupted export leaves the previous pair as it was
+    tmp, card_tmp = (p.with_name(f".{p.name}.{os.getpid()}.partial") for p in (path, card_path))
     try:
         torch.onnx.export(model, (example,), str(tmp), input_names=["images"],
                           output_names=[output], opset_version=OPSET, dynamo=True,
                           external_data=False, dynamic_shapes={"images": {0: batch}},
                           verbose=False)
-        tmp.replace(path)  # never a half-written model under the real name
+        card = _card(estimator, described, prep, tmp, path.name, channels, output, n_out,
+                     classes, scores)
+        card_tmp.write_text(json.dumps(card, indent=2) + "\n")
+        with _signals_deferred():
+            tmp.replace(path)
+            card_tmp.replace(card_path)
     finally:
         tmp.unlink(missing_ok=True)
+        card_tmp.unlink(missing_ok=True)
+    return card
 
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """SIGINT and SIGTERM wait until the block is done (two renames: a model and its card
+    are never left describing different models); elsewhere than the main thread, or
+    without signal masks (Windows), the block just runs."""
+    import signal
+
+    masked = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, masked)
+    except (AttributeError, ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _card(estimator, described, prep, onnx_file, name, channels, output, n_out, classes,
+          scores) -> dict:
+    """The model card of an exported file (see :func:`to_onnx`)."""
+    from ._classifier import PretrainedCNNClassifier
+
+    h, w = prep.size
     card = {
-        "format": "onnx", "opset": OPSET, "file": path.name, "sha256": _sha256(path),
+        "format": "onnx", "opset": OPSET, "file": name, "sha256": _sha256(onnx_file),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "estimator": type(estimator).__name__,
         "input": {"name": "images", "dtype": "uint8", "shape": ["batch", h, w, channels],
@@ -315,6 +353,5 @@ def to_onnx(estimator, path, *, channels: int = 1, scores: dict | None = None) -
             "class_weight": _jsonable(estimator.class_weight_),
             "rare_labels": _jsonable(getattr(rows, "rare_labels", None)),
         }
-        card["data_fingerprint"] = getattr(estimator, "data_fingerprint_", None)
-    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+        card["data_fingerprint"] = estimator.data_fingerprint_
     return card

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from ._files import SUPPORTED_EXTENSIONS, check_path, read_image
+from ._files import SUPPORTED_EXTENSIONS, check_path, read_bytes, read_image
 from ._validation import NONE, Check, ImageReadError, Interval, Options, validate
 
 __all__ = [
@@ -90,6 +90,25 @@ class ImageSource:
                 self._keys.extend(_array_digest(a) for a in self.data)
         return self._keys
 
+    def read(self, i: int) -> np.ndarray:
+        """Image ``i``'s pixels; a file is decoded from one read of its bytes.
+
+        Once this source's content hashes were taken (:meth:`keys`: what the caches key
+        each image's results by), those bytes must still hash to key ``i``: a file rewritten
+        since raises :class:`ImageReadError`, so a result is never stored under the hash of
+        bytes it was not computed from.
+        """
+        if self.kind != "paths":
+            return self.data[i]
+        path = self.data[i]
+        data = read_bytes(path)
+        if self._keys and _bytes_digest(data) != self._keys[i]:
+            raise ImageReadError(
+                f"Image file {path!r} changed while skcxr was reading it (its content is not "
+                "what it was when this call started): nothing was computed or cached from "
+                "it. Run again once nothing is writing to it.")
+        return read_image(path, data)
+
 
 def data_fingerprint(source: ImageSource, y) -> str:
     """sha256 of a training set's content: the pixels' hashes (:meth:`ImageSource.keys`) and
@@ -107,6 +126,10 @@ def _file_digest(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _bytes_digest(data: bytes) -> str:  # the same digest as _file_digest of those bytes
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def _array_digest(a: np.ndarray) -> str:
@@ -310,8 +333,7 @@ class Preprocessing:
 
     def decode(self, source: ImageSource, i: int) -> torch.Tensor:
         """Image ``i`` decoded and resized, channels as stored: what the decoded cache keeps."""
-        img = read_image(source.data[i]) if source.kind == "paths" else source.data[i]
-        return self._resize(to_tensor(img))
+        return self._resize(to_tensor(source.read(i)))
 
     def decode_description(self) -> dict:
         """Everything :meth:`decode` depends on besides the pixels (a cache namespace)."""

@@ -330,9 +330,9 @@ def decodes(monkeypatch):
     calls = []
     real = images_module.read_image
 
-    def counting(path):
+    def counting(path, data=None):
         calls.append(path)
-        return real(path)
+        return real(path, data)
 
     monkeypatch.setattr(images_module, "read_image", counting)
     return calls
@@ -879,3 +879,59 @@ def test_the_decode_counter_counts(sample_paths, decodes):
     X, y = sample_paths
     PretrainedCNNClassifier(**TINY).fit(X, y)
     assert len(decodes) == len(X)
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["in memory", "on disk"])
+@pytest.mark.parametrize("estimator", ["transformer", "augmented classifier"])
+def test_an_image_rewritten_during_a_call_never_poisons_another_files_entry(
+        tmp_path, sample_paths, monkeypatch, memory, estimator):
+    """The file is hashed when the call starts and rewritten before it is decoded: its new
+    pixels must not be stored under the old bytes' hash, where an untouched file holding the
+    old bytes (a copy of it) would find them later."""
+    X, y = sample_paths
+    racy, copy, other = tmp_path / "racy.jpeg", tmp_path / "copy.jpeg", X[-1]
+    racy.write_bytes(Path(X[1]).read_bytes())
+    copy.write_bytes(racy.read_bytes())
+    batch = np.array([X[0], str(racy)], dtype=object)
+    store = str(tmp_path / "cache") if memory else None
+    if estimator == "transformer":
+        fe = _fe(store).set_params(memory=store, batch_size=1).fit(X[:2])
+
+        def run(paths):
+            return fe.transform(paths)
+
+        truth = FeatureExtractorTransformer(**fe.get_params()).set_params(
+            cache=False, memory=None).fit(X[:2])
+
+        def true_output(paths):
+            return truth.transform(paths)
+    else:
+        params = {**TINY, "augment": "flip", "memory": store, "max_epochs": 1}
+
+        def run(paths):  # decoded images are cached (augmentation): train on them
+            clf = PretrainedCNNClassifier(**params).fit(np.r_[paths, X[2:]],
+                                                        np.r_[y[:2], y[2:]])
+            return clf.predict_proba(np.r_[paths, X[2:]])
+
+        def true_output(paths):
+            clear_cache()
+            params["memory"] = None
+            return run(paths)
+
+    real = images_module.read_image
+    rewritten = []
+
+    def rewrite_when_the_first_is_decoded(path, data=None):
+        if not rewritten and path == X[0]:
+            rewritten.append(1)  # another program writes racy.jpeg now
+            racy.write_bytes(Path(other).read_bytes())
+        return real(path, data)
+
+    monkeypatch.setattr(images_module, "read_image", rewrite_when_the_first_is_decoded)
+    with pytest.raises(ImageReadError, match="racy.jpeg' changed while skcxr was reading it"):
+        run(batch)
+    monkeypatch.setattr(images_module, "read_image", real)
+    assert rewritten
+    got = run(np.array([X[0], str(copy)], dtype=object))  # the old bytes, untouched
+    np.testing.assert_allclose(got, true_output(np.array([X[0], str(copy)], dtype=object)),
+                               rtol=1e-5, atol=1e-6)
