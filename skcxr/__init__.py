@@ -9,11 +9,10 @@ restore_large_heap_blocks()  # in Dask workers: see skcxr._allocator
 from ._classifier import PretrainedCNNClassifier  # noqa: E402
 from ._features import FeatureExtractorTransformer  # noqa: E402
 from ._state import config_context, get_config, set_config  # noqa: E402
+from ._version import __version__  # noqa: E402
 from .backbones import WeightsUnavailableError, list_offline_backbones, load_backbone  # noqa: E402
 from .datasets import kermany_patient_ids, load_image_folder, load_nih_csv, load_sample_cxr  # noqa: E402
 from .images import ImageReadError  # noqa: E402
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "FeatureExtractorTransformer",

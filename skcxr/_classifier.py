@@ -2,49 +2,35 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from . import _runtime
 from ._augment import make_augment
-from ._frozen import network_part, networks_compiled, prefix_part
+from ._base import CXREstimator
+from ._fitted import classifier_network
+from ._inference import classifier_logits
 from ._network import build_network
 from ._params import (
     CLASSIFIER_CONSTRAINTS,
     check_backbone_combinations,
+    check_target_combinations,
     check_training_combinations,
     fill_doc,
-    validate_params,
 )
-from ._state import get_config
-from ._training import (
-    TRAINING_PARAMS,
-    history_frame,
-    kept_epoch,
-    make_net,
-    train,
-    training_datasets,
-)
+from ._preprocessing import tta_views
+from ._training import TrainingConfig, history_frame, kept_epoch, make_net, train, training_datasets
 from ._validation import as_seed
-from .backbones import DEFAULT_BACKBONE, load_backbone
-from .cache import DecodedImages, resolve_location
+from .backbones import DEFAULT_BACKBONE, weights_identity
 from .calibration import apply_temperature, fit_temperature, fit_thresholds, probabilities
-from .images import (
-    check_images,
-    data_fingerprint,
-    make_loader,
-    make_preprocessing,
-    tta_views,
-)
+from .images import check_images, data_fingerprint
 from .protocol import fit_rows
 
 
 @fill_doc
-class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
+class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
     """Fine-tune a pretrained CNN on chest X-rays, as a scikit-learn classifier.
 
     The backbone's last ``n_trainable_layers`` parameterised layers (the studies' *c*) and a
@@ -106,7 +92,6 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
     dropout : float, default=0.0
         Dropout before each dense layer of the head (study 001: 0.4).
     max_epochs : int, default=10
-    %(batch_size)s
     lr : float, default=1e-3
         Learning rate of the head (and of the backbone layers unless ``finetune_lr``).
     optimizer : {"adam", "adamw", "sgd"}, default="adam"
@@ -151,6 +136,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         are computed once per image and cached, so epochs cost what un-augmented ones do
         (after a first pass of six prefix computations per image). The cheap way to
         augment a deep ``n_trainable_layers`` on a CPU.
+    %(batch_size)s
     %(cache)s
     %(memory)s
     %(engine)s
@@ -205,8 +191,9 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         What ``fit`` would run the cached frozen prefix with ("torch" or "openvino").
     prefix_namespace_ : dict or None
         What keyed the cached frozen-prefix outputs in ``fit`` (None when the cache was not
-        used: augmentation, ``batchnorm="train"``, a backbone that does not split into a
-        chain, or ``cache=False``).
+        used: pixel augmentation, ``batchnorm="train"``, a backbone that does not split into
+        a chain, or ``cache=False``). ``predict`` takes the prefix from the cache wherever
+        it is a fixed function of the image (also after an augmented fit).
 
     Examples
     --------
@@ -243,7 +230,6 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         head_hidden_units=(),
         dropout=0.0,
         max_epochs=10,
-        batch_size=32,
         lr=1e-3,
         optimizer="adam",
         optimizer_kwargs=None,
@@ -257,6 +243,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         patience=3,
         min_delta=1e-3,
         augment=None,
+        batch_size=32,
         cache=True,
         memory=None,
         engine="auto",
@@ -282,7 +269,6 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         self.head_hidden_units = head_hidden_units
         self.dropout = dropout
         self.max_epochs = max_epochs
-        self.batch_size = batch_size
         self.lr = lr
         self.optimizer = optimizer
         self.optimizer_kwargs = optimizer_kwargs
@@ -296,6 +282,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         self.patience = patience
         self.min_delta = min_delta
         self.augment = augment
+        self.batch_size = batch_size
         self.cache = cache
         self.memory = memory
         self.engine = engine
@@ -331,39 +318,28 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : PretrainedCNNClassifier
         """
-        params = validate_params(self)
-        run = _runtime.resolve(self.device, self.precision, self.engine)
-        source = check_images(X)
-        location = resolve_location(self.memory)
+        params, execution, source = self._begin_fit(X)
+        options = self._options("frozen prefix", verbose=self.verbose > 1)
         seed = as_seed(self.random_state)
         rows = fit_rows(y, len(source), sample_weight=sample_weight, train_size=self.train_size,
                         validation_fraction=self.validation_fraction,
                         class_weight=self.class_weight, groups=groups,
                         sampler=self.sampler, seed=seed)
+        check_target_combinations(params, rows.task, len(rows.classes), type(self).__name__)
         fingerprint = data_fingerprint(source, y)  # before training: reads every file
-        if self.threshold is not None and rows.task == "multiclass":
-            raise ValueError(
-                f"threshold={self.threshold!r} applies to binary and multi-label targets; y "
-                f"has {len(rows.classes)} classes, whose prediction is the most probable one. "
-                "Use threshold=None.")
-        backbone = load_backbone(self.backbone, self.weights, in_chans=self.in_chans,
-                                 random_state=seed)
-        prep = make_preprocessing(backbone.data_config, image_size=self.image_size,
-                                  in_chans=self.in_chans, resize=self.resize,
-                                  normalize=self.normalize)
+        backbone, prep = self._load(seed)
+        weights = weights_identity(backbone.provenance)
         rng = _runtime.RandomStream(seed)  # the fit's own draws, whatever runs beside it
         with rng:
             module = build_network(backbone, prep, self.n_trainable_layers,
                                    n_outputs=rows.n_outputs, hidden_units=self.head_hidden_units,
                                    dropout=self.dropout, batchnorm=self.batchnorm,
-                                   precision=run.precision)
+                                   precision=execution.precision)
         # no global RNG draws here (private loader generators): computed outside the stream,
         # so fits in other threads compute their prefixes meanwhile
+        augment = make_augment(self.augment, prep.size)
         train_ds, valid_ds, namespace = training_datasets(
-            module, source, rows, prep, run, augment=make_augment(self.augment, prep.size),
-            cache=self.cache, location=location,
-            provenance=backbone.provenance, batch_size=self.batch_size,
-            num_workers=self.num_workers, verbose=self.verbose)
+            module, source, rows, prep, execution, options, augment=augment, weights=weights)
         if namespace is None:
             # the network runs on images every epoch: channels_last weights match the
             # channels_last images (1.36x for lite0 trained whole at 224 on the CPU;
@@ -371,18 +347,18 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
             module.to(memory_format=torch.channels_last)
         with rng:
             net = make_net(module, train_ds, valid_ds, task=rows.task, pos_weight=rows.pos_weight,
-                           device=run.device, **{k: params[k] for k in TRAINING_PARAMS})
+                           device=execution.device, config=TrainingConfig.from_params(params))
             train(net, train_ds)
         module = net.module_.to("cpu").eval()  # keep the weights, drop optimizer and callbacks
         temperature, thresholds = None, None
         if self.calibration is not None or self.threshold is not None:
-            views = [self._network_logits(module, prep, backbone.provenance,
-                                          namespace is not None, source.subset(rows.valid),
-                                          view, run, location)
-                     for view in tta_views(self.tta)]
+            valid = source.subset(rows.valid)
+            views = [classifier_logits(module, prep.with_view(view), weights, valid, execution,
+                                       options) for view in tta_views(self.tta)]
             temperature, thresholds = _calibrate(np.stack(views), rows, self.calibration,
                                                  self.threshold)
-        fitted = {
+        _runtime.release(execution.device)
+        self._set_fitted({
             "classes_": rows.classes, "target_type_": rows.task, "module_": module,
             "history_": history_frame(net), "best_epoch_": kept_epoch(net),
             "trained_layers_": module.unfrozen_layers,
@@ -391,64 +367,30 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
             "class_weight_": rows.class_weight, "n_train_samples_": len(rows.train),
             "n_valid_samples_": len(rows.valid), "fit_rows_": rows,
             "temperature_": temperature, "thresholds_": thresholds,
-            "provenance_": backbone.provenance,
-            "data_fingerprint_": fingerprint,
-            "preprocessing_": prep, "device_": run.device, "precision_": run.precision,
-            "engine_": run.engine, "prefix_namespace_": namespace,
-        }
-        _runtime.release(run.device)
-        for name, value in fitted.items():  # only now, after everything that can fail
-            setattr(self, name, value)
+            "provenance_": backbone.provenance, "data_fingerprint_": fingerprint,
+            "preprocessing_": prep, "device_": execution.device,
+            "precision_": execution.precision, "engine_": execution.engine,
+            "prefix_namespace_": namespace,
+        })
         return self
 
+    def _as_network(self, copy: bool = True):
+        """The fitted classifier as one network (:func:`skcxr._fitted.as_network`)."""
+        return classifier_network(
+            self.module_, self.preprocessing_, weights_identity(self.provenance_), copy=copy,
+            views=tta_views(self.tta), temperature=self.temperature_, classes=self.classes_,
+            multilabel=self.target_type_ == "multilabel", estimator=self)
+
     def _view_logits(self, X) -> list[np.ndarray]:
-        """Logits of ``X`` in each ``tta`` view (one array without ``tta``)."""
+        """Logits of ``X`` in each ``tta`` view (one array without ``tta``); reads the fitted
+        state and writes nothing."""
         check_is_fitted(self)
         source = check_images(X)
-        return [self._logits(source, view) for view in tta_views(getattr(self, "tta", None))]
-
-    def _logits(self, source, view: str = "none") -> np.ndarray:
-        """Logits of checked images in one view; reads the fitted state and writes nothing."""
-        run = _runtime.resolve(self.device, self.precision, self.engine)
-        return self._network_logits(self.module_, self.preprocessing_, self.provenance_,
-                                    self.prefix_namespace_ is not None, source, view, run,
-                                    resolve_location(self.memory))
-
-    def _network_logits(self, net, prep, provenance, cached_prefix: bool, source, view, run,
-                        location) -> np.ndarray:
-        """Logits of a network (fitted, or the one ``fit`` just trained) in one view."""
-        module = _runtime.on_device(net, run.device)
-        if view != "none":
-            prep = dataclasses.replace(prep, view=view)
-        many = len(source) >= get_config()["whole_network_min_images"]
-        whole = (network_part(net, prep, provenance)  # hashes the weights once per network
-                 if run.engine == "openvino" and (many or networks_compiled()) else None)
-        if whole is not None and (many or whole.is_compiled()):
-            # the whole trained network compiled once per fitted model and process runs 1.25x
-            # faster than a compiled prefix + a torch suffix, but compiling it costs ~4 s
-            # (bench_predict): worth it for many images, or once compiled
-            out = whole.outputs(source, run, cache=self.cache, location=location,
-                                batch_size=self.batch_size, num_workers=self.num_workers,
-                                verbose=self.verbose > 1, desc="predict")
-            return out.numpy()
-        if cached_prefix:
-            # the prefix is still the pretrained one: its cached outputs serve predict too
-            h = prefix_part(net, prep, provenance).outputs(
-                source, run, cache=self.cache, location=location, batch_size=self.batch_size,
-                num_workers=self.num_workers, verbose=self.verbose > 1, desc="frozen prefix")
-            # batches as slices: a DataLoader would draw from the global torch RNG
-            batches, given = h.split(self.batch_size), "h"
-        else:
-            decoded = DecodedImages(source, prep, location) if self.cache else None
-            batches, given = make_loader(source, prep, batch_size=self.batch_size,
-                                         num_workers=self.num_workers,
-                                         pin_memory=run.device.type == "cuda",
-                                         decoded=decoded), "x"
-        out = _runtime.run_batches(
-            lambda b: module.logits(**{given: b}, precision=run.precision), batches,
-            len(source), device=run.device, verbose=self.verbose > 1, desc="predict")
-        _runtime.release(run.device)
-        return out.numpy()
+        execution = self._execution()
+        options = self._options("frozen prefix", verbose=self.verbose > 1)
+        weights = weights_identity(self.provenance_)
+        return [classifier_logits(self.module_, self.preprocessing_.with_view(view), weights,
+                                  source, execution, options) for view in tta_views(self.tta)]
 
     def decision_function(self, X):
         """Logits: (n,) for binary targets (positive minus negative), else (n, n_outputs);
@@ -462,8 +404,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         """Class probabilities (softmax), or per-label probabilities (sigmoid) if multi-label;
         calibrated when ``calibration`` was set (logits divided by ``temperature_``); with
         ``tta``, the mean over views."""
-        logits = apply_temperature(np.stack(self._view_logits(X)),
-                                   getattr(self, "temperature_", None))
+        logits = apply_temperature(np.stack(self._view_logits(X)), self.temperature_)
         # the function fit calibrated with: what predict decides on is what was fitted
         return probabilities(logits, self.target_type_).astype(np.float32)
 
@@ -471,7 +412,7 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
         """Class labels, or the 0/1 indicator matrix if multi-label: by ``thresholds_`` when
         ``threshold`` was set, else the most probable class (multi-label: 0.5)."""
         proba = self.predict_proba(X)
-        thresholds = getattr(self, "thresholds_", None)
+        thresholds = self.thresholds_
         if self.target_type_ == "multilabel":
             cut = 0.5 if thresholds is None else thresholds[None, :]
             return (proba >= cut).astype(np.int64)
@@ -481,14 +422,9 @@ class PretrainedCNNClassifier(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.string = True
         tags.classifier_tags.multi_label = True
         tags.non_deterministic = self.random_state is None
         return tags
-
-    def __getstate__(self):
-        return _runtime.cpu_state(self.__dict__)
 
 
 def _calibrate(logits, rows, calibration, threshold):

@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from . import _openvino, _runtime
+from . import _openvino
+from ._base import CXREstimator
+from ._fitted import feature_network
 from ._frozen import FrozenPart
 from ._params import (
     TRANSFORMER_CONSTRAINTS,
     check_backbone_combinations,
+    check_input_combinations,
     fill_doc,
-    validate_params,
 )
-from .backbones import DEFAULT_BACKBONE, load_backbone
-from .cache import resolve_location
-from .images import check_images, make_loader, make_preprocessing
+from ._validation import as_seed
+from .backbones import DEFAULT_BACKBONE, weights_identity
+from .images import check_images, make_loader
 
 #: Images of ``X`` that ``fit`` calibrates the int8 quantization on (``precision="int8"``).
 INT8_CALIBRATION_IMAGES = 300
 
 
 @fill_doc
-class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
+                                  CXREstimator):
     """Pooled features of a frozen pretrained CNN, computed batch by batch from image files.
 
     ``fit`` loads the backbone (the constructor only stores parameters, so ``clone`` is
@@ -43,6 +47,9 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
     pooling : {"avg", "max", "avgmax", "catavgmax"}, default="avg"
         Global pooling of the last feature map (timm backbones and modules that return one).
     %(batch_size)s
+    %(cache)s
+    %(memory)s
+    %(engine)s
     %(device)s
     %(precision)s
         The transformer also takes "int8": ``fit`` quantizes the backbone with NNCF's
@@ -52,12 +59,8 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         (``benchmarks/bench_features.py``), CV ROC AUC of features + logistic regression
         0.0001 below fp32's (``benchmarks/bench_int8.py``).
     %(num_workers)s
-    %(engine)s
-    %(cache)s
-    %(memory)s
     %(random_state)s
     %(verbose)s
-
     Attributes
     ----------
     module_ : torch.nn.Module
@@ -106,12 +109,12 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         normalize="backbone",
         pooling="avg",
         batch_size=32,
+        cache=True,
+        memory=None,
+        engine="auto",
         device="auto",
         precision="auto",
         num_workers=0,
-        engine="auto",
-        cache=True,
-        memory=None,
         random_state=None,
         verbose=0,
     ):
@@ -123,12 +126,12 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         self.normalize = normalize
         self.pooling = pooling
         self.batch_size = batch_size
+        self.cache = cache
+        self.memory = memory
+        self.engine = engine
         self.device = device
         self.precision = precision
         self.num_workers = num_workers
-        self.engine = engine
-        self.cache = cache
-        self.memory = memory
         self.random_state = random_state
         self.verbose = verbose
 
@@ -149,43 +152,31 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         -------
         self : FeatureExtractorTransformer
         """
-        validate_params(self)
-        run = _runtime.resolve(self.device, self.precision, self.engine)
-        source = check_images(X)
-        if run.precision == "int8" and len(source) < _openvino.CompiledModule.request_size:
-            raise ValueError(
-                f"precision='int8' calibrates the quantization on the images given to fit; "
-                f"X has {len(source)}, at least {_openvino.CompiledModule.request_size} are "
-                f"needed (up to {INT8_CALIBRATION_IMAGES} are used).")
-        backbone = load_backbone(self.backbone, self.weights, in_chans=self.in_chans,
-                                 pooling=self.pooling, random_state=self.random_state)
-        prep = make_preprocessing(backbone.data_config, image_size=self.image_size,
-                                  in_chans=self.in_chans, resize=self.resize,
-                                  normalize=self.normalize)
+        params, execution, source = self._begin_fit(X)
+        if execution.precision == "int8":
+            check_input_combinations(params, len(source), type(self).__name__,
+                                     _openvino.CompiledModule.request_size,
+                                     INT8_CALIBRATION_IMAGES)
+        backbone, prep = self._load(as_seed(self.random_state), pooling=self.pooling)
         # channels_last: the layout oneDNN (CPU) and cuDNN convolutions are fastest in
         # (1.6x for EfficientNet-Lite0 in fp32 here, more under bf16)
         module = backbone.module.to(memory_format=torch.channels_last).eval()
         for p in module.parameters():
             p.requires_grad_(False)
         quantized = None
-        if run.precision == "int8":
+        if execution.precision == "int8":
             quantized = self._quantize(module, prep, source)
-        fitted = {"module_": module, "n_features_out_": backbone.num_features,
-                  "quantized_": quantized,
-                  "data_config_": backbone.data_config, "provenance_": backbone.provenance,
-                  "preprocessing_": prep, "device_": run.device, "precision_": run.precision,
-                  "engine_": run.engine}
-        for name, value in fitted.items():  # only now, after everything that can fail
-            setattr(self, name, value)
+        self._set_fitted({
+            "module_": module, "n_features_out_": backbone.num_features,
+            "quantized_": quantized, "data_config_": backbone.data_config,
+            "provenance_": backbone.provenance, "preprocessing_": prep,
+            "device_": execution.device, "precision_": execution.precision,
+            "engine_": execution.engine})
         return self
 
     def _quantize(self, module, prep, source) -> dict:
         """The backbone quantized to int8 (NNCF), calibrated on up to
         ``INT8_CALIBRATION_IMAGES`` of the fit images (a seeded random subset)."""
-        import numpy as np
-
-        from ._validation import as_seed
-
         size = _openvino.CompiledModule.request_size
         n = min(len(source), INT8_CALIBRATION_IMAGES) // size * size
         rows = np.sort(np.random.default_rng(as_seed(self.random_state))
@@ -194,6 +185,11 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
                              num_workers=self.num_workers)
         batches = [prep.normalize(b) for b in loader]
         return _openvino.quantize(module, (prep.in_chans, *prep.size), batches)
+
+    def _as_network(self, copy: bool = True):
+        """The fitted transformer as one network (:func:`skcxr._fitted.as_network`)."""
+        return feature_network(self.module_, self.preprocessing_,
+                               weights_identity(self.provenance_), copy=copy, estimator=self)
 
     def transform(self, X):
         """Pooled backbone features of each image; reads the fitted state, writes nothing.
@@ -208,15 +204,11 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         """
         check_is_fitted(self)
         source = check_images(X)
-        run = _runtime.resolve(self.device, self.precision, self.engine)
-        part = FrozenPart(self.module_, self.preprocessing_, self.provenance_,
+        execution = self._execution()
+        part = FrozenPart(self.module_, self.preprocessing_, weights_identity(self.provenance_),
                           {"kind": "pooled-features", "pooling": self.provenance_["pooling"]},
-                          quantized=getattr(self, "quantized_", None)
-                          if run.precision == "int8" else None)
-        return part.outputs(source, run, cache=self.cache,
-                            location=resolve_location(self.memory),
-                            batch_size=self.batch_size, num_workers=self.num_workers,
-                            verbose=self.verbose, desc="features").numpy()
+                          quantized=self.quantized_ if execution.precision == "int8" else None)
+        return part.outputs(source, execution, self._options("features")).numpy()
 
     @property
     def _n_features_out(self):
@@ -224,10 +216,5 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.string = True
         tags.transformer_tags.preserves_dtype = []
         return tags
-
-    def __getstate__(self):
-        return _runtime.cpu_state(self.__dict__)

@@ -22,8 +22,8 @@ from ._layers import (
     sequential_chain,
     set_trainable,
 )
+from ._preprocessing import InputGraph, Preprocessing
 from ._state import PLANS
-from .images import normalize_batch
 
 
 def build_network(backbone, prep, n_trainable_layers, *, n_outputs: int, hidden_units=(),
@@ -49,7 +49,7 @@ def build_network(backbone, prep, n_trainable_layers, *, n_outputs: int, hidden_
     chain = ([(n, backbone.module.get_submodule(n)) for n in chain_names]
              if chain_names is not None else None)
     head = make_head(backbone.num_features, n_outputs, tuple(hidden_units), float(dropout))
-    return CXRNet(backbone.module, head, prep.mean, prep.std, trainable, batchnorm=batchnorm,
+    return CXRNet(backbone.module, head, prep, trainable, batchnorm=batchnorm,
                   precision=precision, chain_names=chain_names,
                   cut=cut_index(chain, trainable) if chain is not None else None,
                   anchor=anchor_index(shapes, prep.size) if chain is not None else None)
@@ -102,10 +102,11 @@ def make_head(in_features: int, n_outputs: int, hidden_units=(), dropout: float 
 class CXRNet(nn.Module):
     """``head(suffix(prefix(x)))``: a backbone split at a cut point, a freezing plan, a BN policy.
 
-    ``prefix`` normalises the images and runs the backbone's chain up to ``cut`` (the frozen
-    prefix, in eval mode even while training); ``suffix`` runs the rest of the backbone (the
-    trainable suffix); ``head`` maps pooled features to logits. When the backbone cannot be
-    split into a chain (``chain_names=None``), the prefix is the normalisation alone.
+    ``prefix`` runs the preprocessing's batch steps (scale, normalise) on the images and the
+    backbone's chain up to ``cut`` (the frozen prefix, in eval mode even while training);
+    ``suffix`` runs the rest of the backbone (the trainable suffix); ``head`` maps pooled
+    features to logits. When the backbone cannot be split into a chain
+    (``chain_names=None``), the prefix is the batch steps alone.
 
     The forward pass takes either images (``x``) or frozen-prefix outputs (``h``, e.g.
     from the cache): skorch passes the keys of the dataset's dict items as keyword
@@ -117,8 +118,9 @@ class CXRNet(nn.Module):
         Maps a normalised image batch to pooled features ``(n, num_features)``.
     head : nn.Module
         Maps pooled features to logits.
-    mean, std : sequence of float
-        Per-channel normalisation; inputs are uint8 (0..255) or float in [0, 1].
+    preprocessing : skcxr.images.Preprocessing
+        Its batch steps (:attr:`~skcxr.images.Preprocessing.batch_steps`) turn the images
+        (uint8 0..255, or float in [0, 1]) into the backbone's input.
     planned_layers : list of str
         Backbone layers (names inside ``backbone``) that train once unfrozen.
     batchnorm : {"frozen", "eval", "train"}
@@ -134,13 +136,12 @@ class CXRNet(nn.Module):
         (:func:`skcxr._layers.anchor_index`, :func:`skcxr._frozen.prefix_part`).
     """
 
-    def __init__(self, backbone, head, mean, std, planned_layers=(), batchnorm="frozen",
-                 precision="fp32", chain_names=None, cut=None, anchor=None):
+    def __init__(self, backbone, head, preprocessing: Preprocessing, planned_layers=(),
+                 batchnorm="frozen", precision="fp32", chain_names=None, cut=None, anchor=None):
         super().__init__()
         self.backbone = backbone
         self.head = head
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.input = InputGraph(preprocessing, ("batch",))
         self.planned_layers = list(planned_layers)
         self.batchnorm = batchnorm
         self.precision = precision
@@ -203,14 +204,13 @@ class CXRNet(nn.Module):
     def prefix(self, x: torch.Tensor, precision: str | None = None) -> torch.Tensor:
         """Images -> output of the frozen prefix, in the compute dtype (what the cache holds).
 
-        Computed by the same functions as :class:`skcxr._frozen.FrozenPart` (the package's
-        normalisation, then :func:`skcxr._runtime.frozen_forward`), so that a cached fit
-        and an uncached one see the same numbers.
+        Computed by the same functions as :class:`skcxr._frozen.FrozenPart` (the
+        preprocessing's batch steps, then :func:`skcxr._runtime.frozen_forward`), so that a
+        cached fit and an uncached one see the same numbers.
         """
         # the chain as it is: in eval mode while training, unless batchnorm="train"
         chain = nn.Sequential(*self._chain(0, self.cut)) if self.cut else nn.Identity()
-        return _runtime.frozen_forward(chain, normalize_batch(x, self.mean, self.std),
-                                       precision or self.precision)
+        return _runtime.frozen_forward(chain, self.input(x), precision or self.precision)
 
     def suffix(self, h: torch.Tensor) -> torch.Tensor:
         """Frozen-prefix output -> pooled features."""

@@ -42,8 +42,9 @@ def _import():
 class CompiledModule:
     """A torch module compiled by OpenVINO for one input shape ``(c, h, w)``.
 
-    Without ``mean``/``std`` it takes normalised float32 NCHW images; with them, uint8 images
-    that the compiled graph normalises itself. Run it through :func:`run_pipelined`, which
+    Without ``uint8_steps`` it takes normalised float32 NCHW images; with them (a
+    preprocessing's batch steps: scale, normalise), uint8 images that the compiled graph
+    turns into the network's input itself. Run it through :func:`run_pipelined`, which
     splits batches into requests of ``request_size`` images that OpenVINO runs in parallel
     streams (4 images per request: ~15% more throughput than 1 for lite0 on 2 cores, and
     small enough that two streams stay busy).
@@ -55,8 +56,8 @@ class CompiledModule:
 
     request_size = 4
 
-    def __init__(self, module, input_shape: tuple[int, int, int], precision: str, mean=None,
-                 std=None, threads: int = 1, blob: Blob | None = None):
+    def __init__(self, module, input_shape: tuple[int, int, int], precision: str,
+                 uint8_steps=None, threads: int = 1, blob: Blob | None = None):
         ov = _import()
         shape = (self.request_size, *input_shape)
 
@@ -69,8 +70,8 @@ class CompiledModule:
                 m = module.model(shape)
             else:
                 m = convert(module, shape)
-            if mean is not None:
-                m = _uint8_input(m, mean, std)
+            if uint8_steps is not None:
+                m = _uint8_input(m, uint8_steps)
             return m
 
         config = {
@@ -102,16 +103,18 @@ class CompiledModule:
         raise TypeError("an OpenVINO compiled model is not picklable; it is rebuilt on demand")
 
 
-def _uint8_input(model, mean, std):
-    """The model taking uint8 images: the batch steps of the preprocessing in the graph."""
+def _uint8_input(model, steps):
+    """The model taking uint8 images, the preprocessing's batch ``steps`` in the graph
+    (each adds its own OpenVINO form: :meth:`skcxr._preprocessing.Step.openvino`)."""
     ov = _import()
-    # uint8 in, normalisation inside the graph: 4x less to copy and no Python-side
+    # uint8 in, the batch steps inside the graph: 4x less to copy and no Python-side
     # arithmetic competing with the inference threads for the cores
     ppp = ov.preprocess.PrePostProcessor(model)
     ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NCHW"))
     ppp.input().model().set_layout(ov.Layout("NCHW"))
-    ppp.input().preprocess().convert_element_type(ov.Type.f32) \
-        .mean([255.0 * m for m in mean]).scale([255.0 * s for s in std])
+    preprocess = ppp.input().preprocess()
+    for step in steps:
+        step.openvino(preprocess)
     return ppp.build()
 
 
@@ -285,21 +288,22 @@ def quantize(module: torch.nn.Module, input_shape, batches) -> dict:
             "sha256": hashlib.sha256(xml + weights).hexdigest()}
 
 
-def compile_frozen(module, input_shape, precision: str, key: str, mean=None, std=None, *,
-                   kind: str, threads: int = 1, cache_dir=None) -> CompiledModule:
+def compile_frozen(module, input_shape, precision: str, key: str, *, kind: str,
+                   uint8_steps=None, threads: int = 1, cache_dir=None) -> CompiledModule:
     """Compile a frozen module once per process, ``key`` (an identity of its weights and
     part, :meth:`skcxr._frozen.FrozenPart.compile_key`), input shape, precision,
     normalisation and thread count (the ``"compiled"`` store).
 
-    With ``mean``/``std`` the compiled model takes uint8 images and normalises them itself.
+    With ``uint8_steps`` the compiled model takes uint8 images and runs those steps itself.
     Clones with identical weights share one compiled model. With ``cache_dir``, the compiled
     model is also kept there (:class:`Blob`), so other processes (joblib or Dask workers
     sharing ``memory=``) load it instead of converting and compiling again. Thread-safe: one
     thread compiles a key, concurrent callers of the same key wait for it.
     """
-    k = (kind, key, tuple(input_shape), precision, mean, std, threads)
+    k = (kind, key, tuple(input_shape), precision,
+         repr(tuple(uint8_steps)) if uint8_steps is not None else None, threads)
     return COMPILED.get_or_make(k, lambda: CompiledModule(
-        module, tuple(input_shape), precision, mean, std, threads,
+        module, tuple(input_shape), precision, uint8_steps, threads,
         Blob(cache_dir, k) if cache_dir is not None else None))
 
 

@@ -21,25 +21,33 @@ from __future__ import annotations
 
 from ._augment import PRESETS as AUGMENT_PRESETS
 from ._layers import BATCHNORM_POLICIES
+from ._preprocessing import PREPROCESSING_CONSTRAINTS, TTA_CONSTRAINT
 from ._runtime import RUNTIME_CONSTRAINTS
 from ._training import OPTIMIZER_CLASSES, SCHEDULER_CLASSES
 from ._validation import (
     BOOL,
     CALLABLE,
     DICT,
+    INVALID,
     NONE,
     RANDOM_STATE,
+    VALID,
     Check,
     Interval,
     InvalidParameterError,
     Options,
     validate,
 )
-from .backbones import BACKBONE_CONSTRAINTS, resolve_name
+from .backbones import BACKBONE_CONSTRAINTS, check_pooling, resolve_name
 from .cache import MEMORY_CONSTRAINT
 from .calibration import CALIBRATION_CONSTRAINTS
-from .images import PREPROCESSING_CONSTRAINTS, TTA_CONSTRAINT
 from .protocol import PROTOCOL_CONSTRAINTS
+
+#: The parameters both estimators take, in their order in both signatures: the shared head
+#: first, each estimator's own parameters, then the shared tail.
+SHARED_HEAD = ("backbone", "weights", "image_size", "in_chans", "resize", "normalize")
+SHARED_TAIL = ("batch_size", "cache", "memory", "engine", "device", "precision",
+               "num_workers", "random_state", "verbose")
 
 #: Parameters both estimators take, with the same meaning and the same allowed values.
 SHARED_CONSTRAINTS = {
@@ -63,12 +71,12 @@ TRANSFORMER_CONSTRAINTS = {**SHARED_CONSTRAINTS, "pooling": BACKBONE_CONSTRAINTS
 
 def _hidden_units(value):
     ok = isinstance(value, (tuple, list)) and all(
-        Interval("int", 1).reason(u) is None for u in value)
-    return None if ok else ""
+        Interval("int", 1).verdict(u).ok for u in value)
+    return VALID if ok else INVALID
 
 
 def _module_name(value):
-    return None if isinstance(value, str) and value.strip(".") else ""
+    return VALID if isinstance(value, str) and value.strip(".") else INVALID
 
 
 CLASSIFIER_CONSTRAINTS = {
@@ -154,12 +162,30 @@ def check_training_combinations(params: dict, owner: str) -> None:
 def check_backbone_combinations(params: dict, owner: str) -> None:
     """torchvision backbones pool internally: only ``pooling="avg"``."""
     backbone = params["backbone"]
-    if (params.get("pooling", "avg") != "avg" and isinstance(backbone, str)
-            and resolve_name(backbone)[0] == "torchvision"):
+    if isinstance(backbone, str):
+        check_pooling(resolve_name(backbone)[0], backbone, params.get("pooling", "avg"), owner)
+
+
+# The combinations that need the data (checked in fit as soon as it is known, before any
+# image is decoded)
+
+def check_target_combinations(params: dict, task: str, n_classes: int, owner: str) -> None:
+    """A decision threshold is for binary and multi-label targets."""
+    if params.get("threshold") is not None and task == "multiclass":
         raise InvalidParameterError(
-            f"{owner}: pooling={params['pooling']!r} is only available for timm backbones "
-            f"and modules; {backbone!r} pools internally (use pooling='avg', or the timm "
-            "name of this architecture).")
+            f"{owner}: threshold={params['threshold']!r} applies to binary and multi-label "
+            f"targets; y has {n_classes} classes, whose prediction is the most probable one. "
+            "Use threshold=None.")
+
+
+def check_input_combinations(params: dict, n_images: int, owner: str,
+                             int8_minimum: int, int8_used: int) -> None:
+    """``precision="int8"`` calibrates the quantization on the images given to fit."""
+    if params.get("precision") == "int8" and n_images < int8_minimum:
+        raise InvalidParameterError(
+            f"{owner}: precision='int8' calibrates the quantization on the images given to "
+            f"fit; X has {n_images}, at least {int8_minimum} are needed (up to {int8_used} "
+            "are used).")
 
 
 # --------------------------------------------------------------------------- docstrings

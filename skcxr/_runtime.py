@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass
 
 import torch
 
 from ._state import GPU_LEASE, GPU_LEASE_LOCK, MACHINE, RNG_LOCK
-from ._validation import Check, Options
+from ._validation import INVALID, VALID, Check, Options
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -19,11 +20,11 @@ ENGINES = ("auto", "torch", "openvino")
 
 def _device(value):
     if isinstance(value, torch.device):
-        return None
+        return VALID
     if isinstance(value, str) and value.partition(":")[0] in ("cpu", "cuda") \
             and value.partition(":")[2].isdigit():
-        return None
-    return ""
+        return VALID
+    return INVALID
 
 
 #: The allowed values of ``device``, ``precision`` and ``engine``; what this machine can
@@ -52,6 +53,35 @@ class Execution:
         return compute_dtype(self.precision)
 
 
+@dataclass(frozen=True)
+class CallOptions:
+    """How one call streams its images, beside :class:`Execution` (where it computes): what
+    travels from an estimator's parameters through every layer that reads images, carried
+    as one object (skorch's ``get_params_for`` idea), so a new option touches two places.
+
+    ``verbose``: progress bars on; ``desc``: their label; ``cache``: the per-image caches
+    on; ``location``: the ``memory=`` directory (a resolved path) or None.
+    """
+
+    batch_size: int = 32
+    num_workers: int = 0
+    verbose: bool = False
+    desc: str = "images"
+    cache: bool = True
+    location: object = None
+
+    @classmethod
+    def of(cls, estimator, location, *, desc: str, verbose: bool | None = None):
+        """The options of an estimator's call (its ``batch_size``, ``num_workers``,
+        ``cache`` and ``verbose`` parameters)."""
+        return cls(batch_size=int(estimator.batch_size), num_workers=int(estimator.num_workers),
+                   verbose=bool(estimator.verbose) if verbose is None else verbose,
+                   desc=desc, cache=bool(estimator.cache), location=location)
+
+    def replace(self, **changes) -> CallOptions:
+        return dataclasses.replace(self, **changes)
+
+
 def compute_dtype(precision: str) -> torch.dtype:
     """The dtype a precision computes in; frozen-prefix outputs are kept in it (bf16: half
     the memory of float32)."""
@@ -63,13 +93,13 @@ def resolve(device, precision, engine) -> Execution:
     for this machine; raises where the machine cannot do what was asked (CUDA missing,
     fp16 on a CPU, OpenVINO not installed)."""
     dev = resolve_device(device)
-    run = Execution(dev, resolve_precision(precision, dev), resolve_engine(engine, dev))
-    if run.precision == "int8" and run.engine != "openvino":
+    execution = Execution(dev, resolve_precision(precision, dev), resolve_engine(engine, dev))
+    if execution.precision == "int8" and execution.engine != "openvino":
         raise ValueError(
             "precision='int8' runs the frozen network quantized by OpenVINO (NNCF), on the "
-            f"CPU; this call resolved engine={run.engine!r}. Use engine='openvino' (or 'auto' "
-            "with openvino installed) and device='cpu', or precision='bf16'.")
-    return run
+            f"CPU; this call resolved engine={execution.engine!r}. Use engine='openvino' (or "
+            "'auto' with openvino installed) and device='cpu', or precision='bf16'.")
+    return execution
 
 
 def cpu_has_native_bf16() -> bool:

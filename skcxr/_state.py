@@ -257,9 +257,9 @@ CONVERSIONS = Store(
     "conversions", "OpenVINO models converted from a backbone's chain (every element's "
     "output), by weights and input shape", counters=("converted",))
 def _describe_compiled(key, compiled) -> dict:
-    kind, _, shape, precision, mean, _, threads = key
+    kind, _, shape, precision, uint8_steps, threads = key
     return {"kind": kind, "input_shape": list(shape), "precision": precision,
-            "uint8_input": mean is not None, "threads": threads,
+            "uint8_input": uint8_steps is not None, "threads": threads,
             "inference_num_threads": compiled.compiled.get_property("INFERENCE_NUM_THREADS")}
 
 

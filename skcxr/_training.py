@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -20,9 +20,11 @@ from skorch.utils import noop
 from torch import nn
 
 from ._augment import RandomView
-from ._frozen import prefix_part
+from ._frozen import prefix_from_cache, prefix_part
+from ._preprocessing import Preprocessing
+from ._runtime import CallOptions, Execution
 from .cache import DecodedImages
-from .images import ImageDataset, ImageSource, Preprocessing, collate_images
+from .images import ImageDataset, ImageSource, collate_images
 
 #: ``optimizer`` -> class, and the defaults skcxr adds to ``optimizer_kwargs``.
 OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
@@ -36,10 +38,30 @@ SCHEDULER_CLASSES = {"step": torch.optim.lr_scheduler.StepLR,
 SCHEDULER_DEFAULTS = {"step": {"step_size": 10, "gamma": 0.1}, "cosine": {},
                       "plateau": {"patience": 1}}
 
-#: The classifier's parameters that configure the skorch net (passed to :func:`make_net`).
-TRAINING_PARAMS = ("max_epochs", "batch_size", "lr", "optimizer", "optimizer_kwargs",
-                   "lr_scheduler", "lr_scheduler_kwargs", "freeze_epochs", "finetune_lr",
-                   "early_stopping", "patience", "min_delta", "num_workers", "verbose")
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The classifier's parameters that configure the skorch net, as one object: adding a
+    training parameter touches this class and :func:`make_net` (skorch's
+    ``get_params_for`` idea: the net's part of the estimator's parameters, by name)."""
+
+    max_epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    optimizer_kwargs: dict | None
+    lr_scheduler: str | None
+    lr_scheduler_kwargs: dict | None
+    freeze_epochs: int
+    finetune_lr: float | None
+    early_stopping: bool
+    patience: int
+    min_delta: float
+    num_workers: int
+    verbose: int
+
+    @classmethod
+    def from_params(cls, params: dict) -> TrainingConfig:
+        return cls(**{f.name: params[f.name] for f in fields(cls)})
 
 
 # --------------------------------------------------------------------------- data
@@ -102,14 +124,13 @@ def collate_training(items):
     return batch, torch.stack(ys)
 
 
-def training_datasets(net, source: ImageSource, rows, prep: Preprocessing, run, *, augment,
-                      cache: bool, location, provenance: dict, batch_size: int,
-                      num_workers: int, verbose=0):
+def training_datasets(net, source: ImageSource, rows, prep: Preprocessing,
+                      execution: Execution, options: CallOptions, *, augment, weights: dict):
     """The training and validation datasets of a fit, and the prefix namespace if cached.
 
-    Where the frozen prefix is a fixed function of the image (no augmentation, BatchNorm
-    statistics that do not move, a backbone that splits into a chain), its outputs come from
-    :mod:`skcxr._frozen` (computed once per image and cut point) and the network trains
+    Where the frozen prefix comes from the cache (:func:`skcxr._frozen.prefix_from_cache`:
+    a fixed function of the image, no pixel augmentation, ``cache=True``), its outputs come
+    from :mod:`skcxr._frozen` (computed once per image and cut point) and the network trains
     from them; with ``augment="views"`` (a :class:`RandomView`) once per image, cut point and
     view, and each epoch draws one view per training row. Otherwise the datasets decode
     images (through the decoded-image cache when ``cache``) and the whole network runs every
@@ -120,15 +141,14 @@ def training_datasets(net, source: ImageSource, rows, prep: Preprocessing, run, 
     train_ds, valid_ds (None without validation rows), namespace (None when not cached)
     """
     views = isinstance(augment, RandomView)
-    if cache and (augment is None or views) and net.prefix_is_fixed:
+    if prefix_from_cache(net, cache=options.cache, augment=augment):
         # each image once, also when a sampler repeated training rows
         fit_rows, position = np.unique(np.concatenate([rows.train, rows.valid]),
                                        return_inverse=True)
 
         def outputs(rows_, prep_):
-            return prefix_part(net, prep_, provenance).outputs(
-                source.subset(rows_), run, location=location, batch_size=batch_size,
-                num_workers=num_workers, verbose=verbose > 1, desc="frozen prefix")
+            return prefix_part(net, prep_, weights).outputs(source.subset(rows_), execution,
+                                                            options)
 
         h = outputs(fit_rows, prep)[position]
         n = len(rows.train)
@@ -136,19 +156,19 @@ def training_datasets(net, source: ImageSource, rows, prep: Preprocessing, run, 
             train_rows, train_position = np.unique(rows.train, return_inverse=True)
             h_train = torch.stack([
                 h[:n] if view == "none" else
-                outputs(train_rows, dataclasses.replace(prep, view=view))[train_position]
+                outputs(train_rows, prep.with_view(view))[train_position]
                 for view in augment.views])
         else:
             h_train = h[:n]
         datasets = [PrefixDataset(h_train, rows.y[rows.train], rows.weights[rows.train],
                                   augment if views else None),
                     PrefixDataset(h[n:], rows.y[rows.valid], rows.weights[rows.valid])]
-        namespace = prefix_part(net, prep, provenance).namespace(run)
+        namespace = prefix_part(net, prep, weights).namespace(execution)
     else:
         datasets = []
         for idx, aug in ((rows.train, augment), (rows.valid, None)):
             src = source.subset(idx)
-            decoded = DecodedImages(src, prep, location) if cache else None
+            decoded = DecodedImages(src, prep, options.location) if options.cache else None
             datasets.append(TrainingDataset(src, prep, rows.y[idx], rows.weights[idx], aug,
                                             decoded))
         namespace = None
@@ -265,36 +285,37 @@ def train(net: WeightedNet, train_ds) -> None:
 
 
 def make_net(module, train_ds, valid_ds, *, task: str, pos_weight, device: torch.device,
-             max_epochs, batch_size, lr, optimizer, optimizer_kwargs, lr_scheduler,
-             lr_scheduler_kwargs, freeze_epochs, finetune_lr, early_stopping, patience,
-             min_delta, num_workers, verbose) -> WeightedNet:
-    """A skorch net that trains ``module`` as the classifier's parameters say.
+             config: TrainingConfig) -> WeightedNet:
+    """A skorch net that trains ``module`` as the classifier's parameters (``config``) say.
 
     Callbacks: :class:`Unfreeze` (the backbone layers join after ``freeze_epochs``),
     :class:`EpochRecord` (validation metrics, learning rates), EarlyStopping on the inner
     validation loss with best-weights restore, the LR scheduler, a progress bar at
     ``verbose > 1``.
     """
-    callbacks = [("unfreeze", Unfreeze(int(freeze_epochs))), ("record", EpochRecord(task)),
+    c = config
+    max_epochs, batch_size, verbose = int(c.max_epochs), int(c.batch_size), int(c.verbose)
+    lr_scheduler, optimizer = c.lr_scheduler, c.optimizer
+    callbacks = [("unfreeze", Unfreeze(int(c.freeze_epochs))), ("record", EpochRecord(task)),
                  ("finite_loss", FiniteLoss())]
-    if early_stopping and valid_ds is not None:
+    if c.early_stopping and valid_ds is not None:
         callbacks.append(("early_stopping", _EarlyStopping(
-            monitor="valid_loss", patience=int(patience), threshold=float(min_delta),
+            monitor="valid_loss", patience=int(c.patience), threshold=float(c.min_delta),
             threshold_mode="abs", load_best=True, sink=noop)))
     if lr_scheduler is not None:
         kwargs = {**SCHEDULER_DEFAULTS[lr_scheduler],
                   **({"T_max": int(max_epochs)} if lr_scheduler == "cosine" else {}),
-                  **(lr_scheduler_kwargs or {})}
+                  **(c.lr_scheduler_kwargs or {})}
         if lr_scheduler == "plateau":
             kwargs.setdefault("monitor", "valid_loss")
         callbacks.append(("lr_scheduler", LRScheduler(SCHEDULER_CLASSES[lr_scheduler],
                                                       **kwargs)))
     if verbose > 1:
         callbacks.append(("progress_bar", ProgressBar()))
-    opt_kwargs = {**OPTIMIZER_DEFAULTS.get(optimizer, {}), **(optimizer_kwargs or {})}
-    if finetune_lr is not None:
-        opt_kwargs["param_groups"] = [("backbone.*", {"lr": float(finetune_lr)})]
-    loader_kwargs = dict(num_workers=int(num_workers), collate_fn=collate_training,
+    opt_kwargs = {**OPTIMIZER_DEFAULTS.get(optimizer, {}), **(c.optimizer_kwargs or {})}
+    if c.finetune_lr is not None:
+        opt_kwargs["param_groups"] = [("backbone.*", {"lr": float(c.finetune_lr)})]
+    loader_kwargs = dict(num_workers=int(c.num_workers), collate_fn=collate_training,
                          pin_memory=device.type == "cuda")
     pos_weight = torch.as_tensor(pos_weight, dtype=torch.float32) if pos_weight is not None \
         else None
@@ -303,9 +324,9 @@ def make_net(module, train_ds, valid_ds, *, task: str, pos_weight, device: torch
         criterion=(nn.BCEWithLogitsLoss(reduction="none", pos_weight=pos_weight)
                    if task == "multilabel" else nn.CrossEntropyLoss(reduction="none")),
         optimizer=OPTIMIZER_CLASSES[optimizer],
-        lr=float(lr),
-        max_epochs=int(max_epochs),
-        batch_size=int(batch_size),
+        lr=float(c.lr),
+        max_epochs=max_epochs,
+        batch_size=batch_size,
         train_split=predefined_split(valid_ds) if valid_ds is not None else None,
         callbacks=callbacks,
         device=str(device),
@@ -315,7 +336,7 @@ def make_net(module, train_ds, valid_ds, *, task: str, pos_weight, device: torch
         **{f"iterator_train__{k}": v for k, v in loader_kwargs.items()},
         **{f"iterator_valid__{k}": v for k, v in loader_kwargs.items()},
         **{f"optimizer__{k}": v for k, v in opt_kwargs.items()},
-        verbose=int(verbose),
+        verbose=verbose,
     )
 
 

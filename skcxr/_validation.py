@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,12 +29,28 @@ class InvalidParameterError(ValueError, TypeError):
 # --------------------------------------------------------------------------- constraints
 
 
+class Verdict(NamedTuple):
+    """What a constraint says of a value: whether it fits, and why not (may be empty)."""
+
+    ok: bool
+    reason: str = ""
+
+
+VALID = Verdict(True)
+INVALID = Verdict(False)
+
+
+def invalid(reason: str) -> Verdict:
+    """The value does not fit, for this reason (added to the error message)."""
+    return Verdict(False, reason)
+
+
 class Constraint:
-    """One allowed form of a value: ``reason(value)`` is None when it fits, else why not."""
+    """One allowed form of a value: ``verdict(value)`` says whether it fits."""
 
     description = ""
 
-    def reason(self, value) -> str | None:
+    def verdict(self, value) -> Verdict:
         raise NotImplementedError
 
     def __str__(self) -> str:
@@ -48,8 +65,8 @@ class Options(Constraint):
         self.description = (repr(values[0]) if len(values) == 1
                             else f"one of {', '.join(map(repr, values))}")
 
-    def reason(self, value):
-        return None if any(_same(v, value) for v in self.values) else ""
+    def verdict(self, value):
+        return VALID if any(_same(v, value) for v in self.values) else INVALID
 
 
 def _same(option, value) -> bool:
@@ -74,56 +91,57 @@ class Interval(Constraint):
             self.description = (f"{noun} in {'[' if lo_in else '('}{low}, {high}"
                                 f"{']' if hi_in else ')'}")
 
-    def reason(self, value):
+    def verdict(self, value):
         if isinstance(value, (bool, np.bool_)):
-            return ""
+            return INVALID
         types = Integral if self.kind == "int" else Real
         if not isinstance(value, types):
-            return ""
+            return INVALID
         if self.kind == "real" and not math.isfinite(float(value)):
-            return ""
+            return INVALID
         if self.low is not None:
             if value < self.low or (value == self.low and self.closed in ("right", "neither")):
-                return ""
+                return INVALID
         if self.high is not None:
             if value > self.high or (value == self.high and self.closed in ("left", "neither")):
-                return ""
-        return None
+                return INVALID
+        return VALID
 
 
 class Fraction(Interval):
     """A float (not an int) in a range: ``train_size=0.5`` is a fraction, ``1`` a row count."""
 
-    def reason(self, value):
+    def verdict(self, value):
         if isinstance(value, Integral):
-            return ""
-        return super().reason(value)
+            return INVALID
+        return super().verdict(value)
 
 
 class InstanceOf(Constraint):
     def __init__(self, types, description: str):
         self.types, self.description = types, description
 
-    def reason(self, value):
+    def verdict(self, value):
         if isinstance(value, bool) and bool not in np.atleast_1d(self.types).tolist():
-            return ""
-        return None if isinstance(value, self.types) else ""
+            return INVALID
+        return VALID if isinstance(value, self.types) else INVALID
 
 
 class Check(Constraint):
-    """A value checked by ``fn(value) -> None | reason``; a reason explains the failure."""
+    """A value checked by ``fn(value) -> Verdict`` (:data:`VALID`, :data:`INVALID` or
+    :func:`invalid` with a reason)."""
 
     def __init__(self, fn, description: str):
         self.fn, self.description = fn, description
 
-    def reason(self, value):
+    def verdict(self, value):
         return self.fn(value)
 
 
 NONE = Options(None)
 BOOL = InstanceOf((bool, np.bool_), "a bool")
 DICT = InstanceOf(dict, "a dict")
-CALLABLE = Check(lambda v: None if callable(v) else "", "a callable")
+CALLABLE = Check(lambda v: VALID if callable(v) else INVALID, "a callable")
 #: ``random_state`` everywhere (see :func:`as_seed`)
 RANDOM_STATE = [NONE, Interval("int", 0, 2**32 - 1),
                 InstanceOf(np.random.RandomState, "a numpy RandomState")]
@@ -139,11 +157,11 @@ def validate(values: dict, constraints: dict, owner: str) -> None:
         what it got.
     """
     for name, value in values.items():
-        reasons = [c.reason(value) for c in constraints[name]]
-        if any(r is None for r in reasons):
+        verdicts = [c.verdict(value) for c in constraints[name]]
+        if any(v.ok for v in verdicts):
             continue
         allowed = " or ".join(str(c) for c in constraints[name])
-        why = "; ".join(r for r in reasons if r)
+        why = "; ".join(v.reason for v in verdicts if v.reason)
         raise InvalidParameterError(
             f"The {name!r} parameter of {owner} must be {allowed}; got {value!r}"
             + (f" ({why})." if why else "."))

@@ -35,10 +35,20 @@ import torch
 from torch import nn
 
 from ._checkpoints import CHECKPOINT_EXTENSIONS, file_sha256, load_checkpoint, read_state_dict
+from ._preprocessing import PREPROCESSING_CONSTRAINTS, DataConfig
 from ._runtime import RandomStream
 from ._state import BACKBONES
-from ._validation import NONE, RANDOM_STATE, Check, Options, as_seed, validate
-from .images import PREPROCESSING_CONSTRAINTS, DataConfig
+from ._validation import (
+    INVALID,
+    NONE,
+    RANDOM_STATE,
+    VALID,
+    Check,
+    Options,
+    as_seed,
+    invalid,
+    validate,
+)
 
 __all__ = [
     "Backbone",
@@ -192,6 +202,24 @@ def _copy(bb: Backbone) -> Backbone:
                     copy.deepcopy(bb.provenance))
 
 
+def weights_identity(provenance: dict) -> dict:
+    """What identifies a backbone's weights in cache and compile keys: its name and the
+    sha256 over its loaded state (the two keys of a provenance the caches read)."""
+    return {"backbone": provenance.get("backbone"), "state_sha256": provenance["state_sha256"]}
+
+
+def check_pooling(kind: str, name: str, pooling: str, owner: str) -> None:
+    """torchvision backbones pool internally: only ``pooling="avg"`` (checked before any
+    work by the estimators, and by :func:`load_backbone`)."""
+    from ._validation import InvalidParameterError
+
+    if kind == "torchvision" and pooling != "avg":
+        raise InvalidParameterError(
+            f"{owner}: pooling={pooling!r} is only available for timm backbones and modules; "
+            f"{name!r} pools internally (use pooling='avg', or the timm name of this "
+            "architecture).")
+
+
 def list_offline_backbones() -> list[str]:
     """Names whose ``weights="imagenet"`` work without a network on this installation."""
     return [name for name in OFFLINE_WEIGHTS if _offline_weights_file(name) is not None]
@@ -242,25 +270,25 @@ def resolve_name(name: str) -> tuple[str, str]:
 
 def _known_name(value):
     if isinstance(value, nn.Module):
-        return None
+        return VALID
     if not isinstance(value, str):
-        return ""
+        return INVALID
     try:
         resolve_name(value)
     except ValueError as exc:
-        return str(exc)
-    return None
+        return invalid(str(exc))
+    return VALID
 
 
 def _checkpoint_file(value):
     if not isinstance(value, (str, os.PathLike)) or value == "imagenet":
-        return ""
+        return INVALID
     path = os.fspath(value)
     if not os.path.isfile(path):
-        return f"{path!r} is not an existing file"
+        return invalid(f"{path!r} is not an existing file")
     if not path.lower().endswith(CHECKPOINT_EXTENSIONS):
-        return f"{path!r} has an unsupported extension"
-    return None
+        return invalid(f"{path!r} has an unsupported extension")
+    return VALID
 
 
 #: The allowed values of ``backbone``, ``weights`` and ``pooling`` (estimators and
@@ -399,11 +427,7 @@ def _offline_help(name: str, hub: str, exc: Exception) -> str:
 def _load_torchvision(name, weights, in_chans, pooling, num_classes) -> Backbone:
     import torchvision
 
-    if pooling != "avg":
-        raise ValueError(
-            f"torchvision backbones pool internally; pooling={pooling!r} is only available for "
-            "timm backbones (use pooling='avg', or the timm name of this architecture)."
-        )
+    check_pooling("torchvision", f"torchvision:{name}", pooling, "load_backbone")
     provenance = {"backbone": f"torchvision:{name}", "source": "torchvision",
                   "weights": _weights_label(weights)}
     tv_weights = torchvision.models.get_model_weights(name).DEFAULT

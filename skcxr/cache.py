@@ -52,7 +52,7 @@ from ._state import (
     get_config,
     warn_once,
 )
-from ._validation import NONE, Check, ImageReadError
+from ._validation import INVALID, NONE, VALID, Check, ImageReadError, invalid
 
 __all__ = [
     "cache_info",
@@ -64,16 +64,17 @@ __all__ = [
 def _memory(value):  # a joblib.Memory: what counts is its location
     location = getattr(value, "location", False)
     if location is False:
-        return ""
+        return INVALID
     if location is None or isinstance(location, (str, os.PathLike)):
-        return None
-    return f"its location {location!r} is not a directory path"
+        return VALID
+    return invalid(f"its location {location!r} is not a directory path")
 
 
 def _directory(value):
     if not isinstance(value, (str, os.PathLike)):
-        return ""
-    return None if os.fspath(value).strip() else "an empty path would cache into the cwd"
+        return INVALID
+    return VALID if os.fspath(value).strip() else invalid("an empty path would cache into "
+                                                          "the cwd")
 
 
 #: The allowed values of ``memory``.

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import NONE, Check, Options
+from ._validation import INVALID, NONE, VALID, Check, Options
 
 __all__ = [
     "OBJECTIVES",
@@ -48,10 +48,10 @@ OBJECTIVES = ("balanced_accuracy", "f1", "youden")
 
 def _objective(value):
     if isinstance(value, str):
-        return None if value in OBJECTIVES else ""
+        return VALID if value in OBJECTIVES else INVALID
     ok = (isinstance(value, tuple) and len(value) == 2 and value[0] == "sensitivity"
           and isinstance(value[1], float) and 0 < value[1] < 1)
-    return None if ok else ""
+    return VALID if ok else INVALID
 
 
 #: The allowed values of the classifier's ``calibration`` and ``threshold``.

@@ -7,14 +7,13 @@ the layer to explain, and maps the heatmaps back onto the images as they were gi
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
-from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from .images import ImageSource, Preprocessing, check_images, make_loader, read_image
+from ._fitted import as_network
+from ._preprocessing import Scale
+from .images import check_images, make_loader
 
 __all__ = [
     "gradcam",
@@ -34,31 +33,6 @@ def _import_cam(method: str):
     return {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus,
             "hirescam": pgc.HiResCAM, "xgradcam": pgc.XGradCAM, "layercam": pgc.LayerCAM,
             "eigencam": pgc.EigenCAM}[method]
-
-
-class _ImageToLogits(nn.Module):
-    """``model(x)`` in float32 with the input requiring grad, so that gradients reach every
-    layer, frozen ones included (their parameters do not require grad)."""
-
-    def __init__(self, model: nn.Module, prep: Preprocessing | None = None, backbone=None,
-                 linear: tuple[np.ndarray, np.ndarray] | None = None):
-        super().__init__()
-        self.model = model
-        self.prep = prep
-        self.backbone = backbone
-        if linear is not None:
-            w, b = linear
-            self.linear = nn.Linear(w.shape[1], w.shape[0])
-            with torch.no_grad():
-                self.linear.weight.copy_(torch.as_tensor(w, dtype=torch.float32))
-                self.linear.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
-
-    def forward(self, x):
-        x = x.detach().requires_grad_(True)
-        if self.backbone is None:
-            return self.model(x)
-        z = self.linear(self.backbone(self.prep.normalize(x)))
-        return torch.cat([-z, z], dim=1) if z.shape[1] == 1 else z  # binary: [class 0, 1]
 
 
 def _last_spatial_layer(backbone: nn.Module, probe: torch.Tensor) -> tuple[str, nn.Module]:
@@ -82,56 +56,6 @@ def _last_spatial_layer(backbone: nn.Module, probe: torch.Tensor) -> tuple[str, 
     return seen[-1]
 
 
-def _resolve(estimator):
-    """(model image->logits, backbone, preprocessing, classes) from a fitted estimator."""
-    from sklearn.pipeline import Pipeline
-
-    from ._classifier import PretrainedCNNClassifier
-    from ._features import FeatureExtractorTransformer
-
-    if isinstance(estimator, PretrainedCNNClassifier):
-        check_is_fitted(estimator)
-        net = copy.deepcopy(estimator.module_).cpu().eval()
-        net.precision = "fp32"  # gradients in float32 whatever the training precision
-        return _ImageToLogits(net), net.backbone, estimator.preprocessing_, estimator
-    if isinstance(estimator, Pipeline):
-        steps = [s for _, s in estimator.steps if s not in (None, "passthrough")]
-        if steps and isinstance(steps[-1], PretrainedCNNClassifier) \
-                and all(hasattr(s, "fit_resample") for s in steps[:-1]):
-            return _resolve(steps[-1])  # samplers (imblearn) act in fit only
-        if steps and isinstance(steps[0], FeatureExtractorTransformer) \
-                and hasattr(steps[-1], "coef_"):
-            fe = steps[0]
-            check_is_fitted(fe)
-            w = np.atleast_2d(np.asarray(steps[-1].coef_, dtype=np.float64))
-            b = np.atleast_1d(np.asarray(getattr(steps[-1], "intercept_", 0.0), float))
-            b = np.broadcast_to(b, (w.shape[0],)).copy()
-            for step in reversed(steps[1:-1]):  # fold affine scalers into the linear model
-                if not (hasattr(step, "scale_") or hasattr(step, "mean_")):
-                    raise ValueError(
-                        f"cannot explain through pipeline step {step!r}: only affine scalers "
-                        "(StandardScaler, MinMaxScaler...) may sit between the feature "
-                        "extractor and the linear model.")
-                scale = getattr(step, "scale_", None)
-                scale = np.ones(w.shape[1]) if scale is None else np.asarray(scale)
-                if hasattr(step, "min_"):  # MinMaxScaler: x * scale_ + min_
-                    b = b + w @ step.min_
-                    w = w * scale
-                else:  # StandardScaler: (x - mean_) / scale_
-                    mean = getattr(step, "mean_", None)
-                    mean = np.zeros(w.shape[1]) if mean is None else np.asarray(mean)
-                    w = w / scale
-                    b = b - w @ mean
-            backbone = copy.deepcopy(fe.module_).cpu().eval()
-            model = _ImageToLogits(None, fe.preprocessing_, backbone, (w, b))
-            return model, backbone, fe.preprocessing_, steps[-1]
-    raise TypeError(
-        "gradcam explains a fitted PretrainedCNNClassifier (alone or after imbalanced-learn "
-        "samplers in a pipeline), or a Pipeline of "
-        "FeatureExtractorTransformer, optional affine scalers and a linear model with coef_ "
-        f"(e.g. LogisticRegression); got {type(estimator).__name__}.")
-
-
 def gradcam(estimator, X, *, target=None, layer=None, method: str = "gradcam",
             batch_size: int = 8, aligned: str = "image"):
     """Grad-CAM heatmaps of ``estimator`` on images ``X``, in ``[0, 1]``.
@@ -139,8 +63,9 @@ def gradcam(estimator, X, *, target=None, layer=None, method: str = "gradcam",
     Parameters
     ----------
     estimator : fitted PretrainedCNNClassifier or Pipeline
-        A fine-tuned classifier, or ``make_pipeline(FeatureExtractorTransformer(), [scaler],
-        linear model)``.
+        A fine-tuned classifier (alone, or after imbalanced-learn samplers), or
+        ``make_pipeline(FeatureExtractorTransformer(), [affine scalers], linear
+        classifier)``: what :func:`skcxr.export.to_onnx` accepts, with class scores.
     X : paths, (n, 1) column of paths, or array of images
         As for ``fit``.
     target : None, class label, or array-like of labels, default=None
@@ -170,7 +95,8 @@ def gradcam(estimator, X, *, target=None, layer=None, method: str = "gradcam",
     cam_cls = _import_cam(method)
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    model, backbone, prep, clf = _resolve(estimator)
+    net = as_network(estimator)  # a TypeError naming what is accepted, for anything else
+    model, backbone, prep = net.explained(), net.backbone, net.preprocessing
     source = check_images(X)
     n = len(source)
     probe = torch.zeros(1, prep.in_chans, *prep.size)
@@ -185,12 +111,12 @@ def gradcam(estimator, X, *, target=None, layer=None, method: str = "gradcam",
             names = [nm for nm, _ in backbone.named_modules() if nm][-8:]
             raise ValueError(f"layer {layer!r} is not a module of the backbone; its last "
                              f"modules are {names}.") from None
-    categories = _categories(clf, target, n)
+    categories = _categories(net, target, n)
     out = []
     with cam_cls(model=model, target_layers=[target_layer]) as cam:
         start = 0
         for batch in make_loader(source, prep, batch_size=batch_size):
-            x = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch
+            x = Scale().apply(batch)  # float in [0, 1]: gradients start at the pixels
             k = len(x)
             if categories is None:
                 with torch.no_grad():
@@ -202,17 +128,18 @@ def gradcam(estimator, X, *, target=None, layer=None, method: str = "gradcam",
             start += k
     if aligned == "input":
         return np.stack(out)
-    maps = [_to_image(m, prep, _image_shape(source, i)) for i, m in enumerate(out)]
+    maps = [prep.geometry.invert(m, source.read(i).shape[:2]).clip(0, 1)
+            for i, m in enumerate(out)]
     shapes = {m.shape for m in maps}
     return np.stack(maps) if len(shapes) == 1 else maps
 
 
-def _categories(clf, target, n: int):
+def _categories(net, target, n: int):
     if target is None:
         return None
     targets = np.broadcast_to(np.asarray(target, dtype=object), (n,))
-    classes = getattr(clf, "classes_", None)
-    if classes is None or getattr(clf, "target_type_", None) == "multilabel":
+    classes = net.classes
+    if classes is None or net.multilabel:
         return [int(t) for t in targets]
     lookup = {c: i for i, c in enumerate(np.asarray(classes).tolist())}
     try:
@@ -220,37 +147,3 @@ def _categories(clf, target, n: int):
     except KeyError as exc:
         raise ValueError(f"target {exc.args[0]!r} is not one of the classes "
                          f"{list(lookup)}.") from None
-
-
-def _image_shape(source: ImageSource, i: int) -> tuple[int, int]:
-    img = read_image(source.data[i]) if source.kind == "paths" else source.data[i]
-    return tuple(np.asarray(img).shape[:2])
-
-
-def _to_image(m: np.ndarray, prep: Preprocessing, shape: tuple[int, int]) -> np.ndarray:
-    """Undo preprocessing's geometry: a heatmap at input size -> one on the original image."""
-    import torch.nn.functional as F
-
-    h, w = prep.size
-    ih, iw = shape
-    t = torch.from_numpy(m)[None, None]
-
-    def resize(t, size):
-        return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
-
-    if prep.resize == "stretch":
-        t = resize(t, (ih, iw))
-    elif prep.resize == "pad":
-        ratio = min(h / ih, w / iw)
-        nh, nw = max(1, round(ih * ratio)), max(1, round(iw * ratio))
-        top, left = (h - nh) // 2, (w - nw) // 2
-        t = resize(t[..., top:top + nh, left:left + nw], (ih, iw))
-    else:  # crop: the heatmap covers the central crop only
-        sh, sw = int(h / prep.crop_pct), int(w / prep.crop_pct)
-        ratio = max(sh / ih, sw / iw)
-        rh, rw = round(ih * ratio), round(iw * ratio)
-        canvas = torch.zeros(1, 1, rh, rw)
-        top, left = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))
-        canvas[..., top:top + h, left:left + w] = t
-        t = resize(canvas, (ih, iw))
-    return t[0, 0].clamp(0, 1).numpy()

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from ._files import SUPPORTED_EXTENSIONS, check_path, read_bytes, read_image
-from ._validation import NONE, Check, ImageReadError, Interval, Options, validate
+from ._preprocessing import VIEWS, DataConfig, Preprocessing, apply_view, make_preprocessing
+from ._validation import ImageReadError
 
 __all__ = [
     "DataConfig",
@@ -53,14 +53,6 @@ __all__ = [
     "make_preprocessing",
     "read_image",
 ]
-
-RESIZE_MODES = ("stretch", "pad", "crop")
-#: The largest ``image_size`` side: a batch of 32 RGB float images of 4096^2 is 6 GiB already.
-MAX_IMAGE_SIZE = 4096
-NORMALIZATIONS = ("backbone", "imagenet", "centered", "unit")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 # --------------------------------------------------------------------------- inputs
 
@@ -271,247 +263,6 @@ def _integer_fix(lo: int, hi: int) -> str:
             "maximum, e.g. X / max_value.")
 
 
-def to_tensor(img: np.ndarray) -> torch.Tensor:
-    """``(H, W)`` / ``(H, W, C)`` numpy image -> ``(C, H, W)`` tensor (uint8 or float32 [0, 1])."""
-    if img.dtype == np.uint16:
-        img = img.astype(np.float32) / 65535.0
-    elif img.dtype.kind == "f" and img.dtype != np.float32:
-        img = img.astype(np.float32)
-    if not img.flags.writeable or not img.flags.c_contiguous:
-        img = np.array(img, order="C")  # torch wants writable, contiguous memory
-    t = torch.from_numpy(img)
-    return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
-
-
-# --------------------------------------------------------------------------- preprocessing
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """What a backbone expects of its input images (timm's ``PretrainedCfg``, the input part).
-
-    Every backbone resolves to one of these (:class:`skcxr.backbones.Backbone`); the
-    defaults are the ImageNet conventions used where a backbone says nothing.
-    """
-
-    image_size: tuple[int, int] = (224, 224)
-    interpolation: str = "bilinear"
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    crop_pct: float = 0.875
-
-    def __post_init__(self):
-        interp = self.interpolation if self.interpolation in ("nearest", "bilinear",
-                                                               "bicubic") else "bilinear"
-        object.__setattr__(self, "interpolation", interp)  # others resize as bilinear
-        object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        object.__setattr__(self, "crop_pct", float(self.crop_pct))
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Everything that turns a decoded image into the backbone's input tensor.
-
-    Per image (in the data loader): resize to ``size`` and convert to ``in_chans``
-    channels, keeping ``uint8`` where the source is 8-bit. Per batch (on the compute
-    device): scale to ``[0, 1]`` and normalise with ``mean``/``std``.
-    """
-
-    size: tuple[int, int]
-    in_chans: int = 3
-    resize: str = "stretch"
-    interpolation: str = "bilinear"
-    crop_pct: float = 0.875
-    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)
-    view: str = "none"  # a test-time augmentation view (VIEWS), applied after channels
-
-    def load(self, source: ImageSource, i: int) -> torch.Tensor:
-        return self.channels(self.decode(source, i))
-
-    def decode(self, source: ImageSource, i: int) -> torch.Tensor:
-        """Image ``i`` decoded and resized, channels as stored: what the decoded cache keeps."""
-        return self._resize(to_tensor(source.read(i)))
-
-    def decode_description(self) -> dict:
-        """Everything :meth:`decode` depends on besides the pixels (a cache namespace)."""
-        return {"size": self.size, "resize": self.resize, "interpolation": self.interpolation,
-                "crop_pct": self.crop_pct}
-
-    def transform(self, t: torch.Tensor) -> torch.Tensor:
-        """Resize and set channels of one ``(C, H, W)`` image tensor."""
-        return self.channels(self._resize(t))
-
-    def channels(self, t: torch.Tensor) -> torch.Tensor:
-        """Convert a resized ``(C, H, W)`` image to ``in_chans`` channels, contiguous."""
-        c = t.shape[0]
-        if c == 1 and self.in_chans == 3:
-            t = t.expand(3, -1, -1)
-        elif c == 3 and self.in_chans == 1:
-            # CXR stored as RGB are grey; the channel mean is the grey level either way
-            g = t.float().mean(0, keepdim=True)
-            t = g.round().to(torch.uint8) if t.dtype == torch.uint8 else g
-        if self.view != "none":
-            t = apply_view(t, self.view)
-        return t.contiguous()
-
-    def _resize(self, t: torch.Tensor) -> torch.Tensor:
-        h, w = self.size
-        ih, iw = t.shape[-2:]
-        interp = TF.InterpolationMode(self.interpolation)
-        if self.resize == "stretch":
-            if (ih, iw) == (h, w):
-                return t
-            return TF.resize(t, [h, w], interpolation=interp, antialias=True)
-        if self.resize == "crop":
-            scale = (int(h / self.crop_pct), int(w / self.crop_pct))
-            ratio = max(scale[0] / ih, scale[1] / iw)
-            t = TF.resize(t, [round(ih * ratio), round(iw * ratio)], interpolation=interp,
-                          antialias=True)
-            return TF.center_crop(t, [h, w])
-        # pad: fit inside (h, w) keeping the aspect ratio, pad the rest with black
-        ratio = min(h / ih, w / iw)
-        nh, nw = max(1, round(ih * ratio)), max(1, round(iw * ratio))
-        if (nh, nw) != (ih, iw):
-            t = TF.resize(t, [nh, nw], interpolation=interp, antialias=True)
-        top, left = (h - nh) // 2, (w - nw) // 2
-        return TF.pad(t, [left, top, w - nw - left, h - nh - top], fill=0)
-
-    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """Scale a batch to [0, 1] floats and normalise with mean/std."""
-        return normalize_batch(batch, self.mean, self.std)
-
-
-#: Test-time augmentation views: the identity, a horizontal flip, and shifts by
-#: ``SHIFT`` of the image size with black filling in (exact, deterministic, cacheable).
-VIEWS = ("none", "hflip", "shift_left", "shift_right", "shift_up", "shift_down")
-SHIFT = 0.04
-
-
-#: ``tta=`` presets: the views whose probabilities are averaged.
-TTA_PRESETS = {"flip": ("none", "hflip"), "shift": ("none",) + VIEWS[2:], "flip+shift": VIEWS}
-
-
-def tta_views(tta) -> tuple[str, ...]:
-    """The views of a (validated) ``tta`` value: None -> ("none",)."""
-    if tta is None:
-        return ("none",)
-    return TTA_PRESETS[tta] if isinstance(tta, str) else tuple(tta)
-
-
-def _tta(value):
-    if isinstance(value, str):
-        return None if value in TTA_PRESETS else ""
-    ok = (isinstance(value, (tuple, list)) and len(value) > 0
-          and all(isinstance(v, str) and v in VIEWS for v in value)
-          and len(set(value)) == len(value))
-    return None if ok else ""
-
-
-#: The allowed values of the classifier's ``tta``.
-TTA_CONSTRAINT = [NONE, Check(_tta, f"one of {tuple(TTA_PRESETS)} or a tuple of views from "
-                                    f"{VIEWS}")]
-
-
-def apply_view(t: torch.Tensor, view: str) -> torch.Tensor:
-    """One ``(C, H, W)`` image as seen in ``view`` (see :data:`VIEWS`)."""
-    if view == "none":
-        return t
-    if view == "hflip":
-        return t.flip(-1)
-    h, w = t.shape[-2:]
-    dy, dx = {"shift_left": (0, -1), "shift_right": (0, 1), "shift_up": (-1, 0),
-              "shift_down": (1, 0)}[view]
-    dy, dx = dy * max(1, round(SHIFT * h)), dx * max(1, round(SHIFT * w))
-    out = torch.zeros_like(t)
-    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        t[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-    return out
-
-
-def normalize_batch(batch: torch.Tensor, mean, std) -> torch.Tensor:
-    """``(batch / 255 if uint8 else batch - mean) / std`` per channel, as float32.
-
-    The one normalisation of the package (preprocessing, the network's frozen prefix), so that
-    every path computes the same numbers. ``mean``/``std``: sequences or tensors.
-    """
-    x = batch.float()
-    if batch.dtype == torch.uint8:
-        x = x / 255.0
-    c = x.shape[1]
-    mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).reshape(-1)[:c]
-    std = torch.as_tensor(std, dtype=torch.float32, device=x.device).reshape(-1)[:c]
-    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-
-
-def _size_pair(value):
-    ok = (isinstance(value, (tuple, list)) and len(value) == 2
-          and all(Interval("int", 8, MAX_IMAGE_SIZE).reason(v) is None for v in value))
-    return None if ok else ""
-
-
-def _mean_std(value):
-    try:
-        mean, std = value
-        std = np.broadcast_to(np.asarray(std, dtype=float), (3,))
-        np.broadcast_to(np.asarray(mean, dtype=float), (3,))
-    except (TypeError, ValueError):
-        return ""
-    if not np.isfinite(std).all() or (std <= 0).any():
-        return f"its std {std.tolist()} must be positive"
-    return None
-
-
-#: The preprocessing parameters' allowed values (both estimators, :func:`make_preprocessing`).
-PREPROCESSING_CONSTRAINTS = {
-    "image_size": [NONE, Interval("int", 8, MAX_IMAGE_SIZE),
-                   Check(_size_pair, f"a (height, width) pair of ints in [8, {MAX_IMAGE_SIZE}]")],
-    "in_chans": [Options(1, 3)],
-    "resize": [Options(*RESIZE_MODES)],
-    "normalize": [Options(*NORMALIZATIONS), Check(_mean_std, "a (mean, std) pair")],
-}
-
-
-def make_preprocessing(
-    data_config: DataConfig,
-    *,
-    image_size=None,
-    in_chans: int = 3,
-    resize: str = "stretch",
-    normalize="backbone",
-) -> Preprocessing:
-    """Build :class:`Preprocessing` from a backbone's :class:`DataConfig` plus user overrides.
-
-    The arguments are the estimators' parameters of the same names, checked against the same
-    constraint table.
-    """
-    validate({"image_size": image_size, "in_chans": in_chans, "resize": resize,
-              "normalize": normalize}, PREPROCESSING_CONSTRAINTS, "make_preprocessing")
-    if image_size is None:
-        size = data_config.image_size
-    elif isinstance(image_size, (tuple, list)):
-        size = (int(image_size[0]), int(image_size[1]))
-    else:
-        size = (int(image_size), int(image_size))
-    if isinstance(normalize, str):
-        mean, std = {
-            "backbone": (data_config.mean, data_config.std),
-            "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-            "centered": ((0.5,) * 3, (1.0,) * 3),  # x / 255 - 0.5, as in study 000
-            "unit": ((0.0,) * 3, (1.0,) * 3),
-        }[normalize]
-    else:
-        mean, std = (np.broadcast_to(np.asarray(v, dtype=float), (3,)) for v in normalize)
-    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-    if in_chans == 1:
-        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
-    return Preprocessing(size=size, in_chans=int(in_chans), resize=resize,
-                         interpolation=data_config.interpolation,
-                         crop_pct=data_config.crop_pct, mean=mean, std=std)
-
-
 # --------------------------------------------------------------------------- streaming
 
 
@@ -532,7 +283,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         if self.decoded is not None:
-            return self.preprocessing.channels(self.decoded.get(i))
+            return self.preprocessing.after_decode(self.decoded.get(i))
         return self.preprocessing.load(self.source, i)
 
 

@@ -33,7 +33,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import type_of_target
 
 from ._state import warn_once
-from ._validation import NONE, Check, Fraction, Interval, Options, validate
+from ._validation import INVALID, NONE, VALID, Check, Fraction, Interval, Options, invalid, validate
 
 __all__ = [
     "FitRows",
@@ -44,16 +44,16 @@ __all__ = [
 
 def _weights_dict(value):
     if not isinstance(value, dict):
-        return ""
+        return INVALID
     bad = {k: v for k, v in value.items()
            if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or v < 0}
-    return f"weights must be finite numbers >= 0, not {bad}" if bad else None
+    return invalid(f"weights must be finite numbers >= 0, not {bad}") if bad else VALID
 
 
 def _sampler(value):
     if hasattr(value, "fit_resample") and hasattr(value, "get_params"):
-        return None
-    return ""
+        return VALID
+    return INVALID
 
 
 #: The protocol parameters' allowed values (the classifier's and :func:`fit_rows`'s).

@@ -54,19 +54,22 @@ def test_grid_search_computes_the_prefix_once_per_cut_point(data, tiny3):
 def test_deeper_cuts_are_derived_exactly_from_the_anchor(data, tiny3, precision):
     from skcxr import _runtime
     from skcxr._frozen import prefix_part
+    from skcxr._runtime import CallOptions
+    from skcxr.backbones import weights_identity
     from skcxr.images import check_images
 
     X, y = data
     fits = [PretrainedCNNClassifier(**{**tiny3, "precision": precision}, n_trainable_layers=c)
             .fit(X[::3], y[::3]) for c in (0, 8, 2)]  # the deepest cut first
     clear_cache()
-    source, run = check_images(X), _runtime.resolve("cpu", precision, "torch")
+    source = check_images(X)
+    execution = _runtime.resolve("cpu", precision, "torch")
     for fitted in fits:
         net = fitted.module_
         assert 0 < net.anchor < net.cut
-        part = prefix_part(net, fitted.preprocessing_, fitted.provenance_)
-        direct = part.outputs(source, run, cache=False)  # from the pixels, the whole prefix
-        derived = part.outputs(source, run)
+        part = prefix_part(net, fitted.preprocessing_, weights_identity(fitted.provenance_))
+        direct = part.outputs(source, execution, CallOptions(cache=False))  # from the pixels
+        derived = part.outputs(source, execution, CallOptions())
         assert derived.dtype == direct.dtype == (torch.bfloat16 if precision == "bf16"
                                                  else torch.float32)
         assert torch.equal(derived, direct)  # the same functions on the same numbers

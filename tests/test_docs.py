@@ -219,3 +219,31 @@ def test_sync_reports_docstring_rst_errors_with_the_script_line(repo):
 def test_read_record_needs_every_key():
     assert _sync.read_record("# A page\n") is None
     assert _sync.read_record('---\nskcxr_example: "x.py"\n---\n') is None
+
+
+PUBLIC_MODULES = ["skcxr", "skcxr.protocol", "skcxr.calibration", "skcxr.images",
+                  "skcxr.backbones", "skcxr.cache", "skcxr.datasets", "skcxr.explain",
+                  "skcxr.export", "skcxr.plotting"]
+
+
+def test_the_public_surface_is_deliberate():
+    """Every name in a public module's __all__ is in the API reference (under its module or
+    as the top-level alias), and everything the reference documents is in an __all__."""
+    import importlib
+    import re
+
+    api = (ROOT / "docs" / "api.rst").read_text()
+    documented = set(re.findall(
+        r"\.\. auto(?:function|class|data|exception|module):: (skcxr[\w.]*)", api))
+    missing = []
+    for name in PUBLIC_MODULES:
+        module = importlib.import_module(name)
+        missing += [f"{name}.{n}" for n in module.__all__ if n != "__version__"
+                    and not {f"{name}.{n}", f"skcxr.{n}"} & documented]
+    assert missing == []
+    stray = []
+    for full in documented - set(PUBLIC_MODULES):
+        module, _, name = full.rpartition(".")
+        if name not in importlib.import_module(module).__all__:
+            stray.append(full)
+    assert stray == []

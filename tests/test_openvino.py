@@ -188,17 +188,19 @@ def test_derived_cuts_match_direct_ones_on_openvino(sample, tiny_clf):
     matches the prefix compiled whole: exactly at fp32, to bf16 rounding at bf16."""
     from skcxr import PretrainedCNNClassifier, _runtime
     from skcxr._frozen import prefix_part
+    from skcxr._runtime import CallOptions
+    from skcxr.backbones import weights_identity
     from skcxr.images import check_images
 
     X, y = sample.data[::10], sample.target[::10]
     source = check_images(X)
     clf = PretrainedCNNClassifier(**tiny_clf, n_trainable_layers=2).fit(X, y)
-    part = prefix_part(clf.module_, clf.preprocessing_, clf.provenance_)
+    part = prefix_part(clf.module_, clf.preprocessing_, weights_identity(clf.provenance_))
     assert part.base is not None
     for precision, tol in (("fp32", 1e-5), ("bf16", 2e-2)):
-        run = _runtime.resolve("cpu", precision, "openvino")
-        direct = part.outputs(source, run, cache=False).float()
-        derived = part.outputs(source, run).float()
+        execution = _runtime.resolve("cpu", precision, "openvino")
+        direct = part.outputs(source, execution, CallOptions(cache=False)).float()
+        derived = part.outputs(source, execution, CallOptions()).float()
         scale = direct.abs().max()
         assert (derived - direct).abs().max() <= tol * scale, precision
     assert cache_info()["features"]["derived"] == 3 * len(X)  # the fit (torch), then each precision

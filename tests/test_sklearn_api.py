@@ -149,3 +149,53 @@ def test_imbalanced_learn_oversampling_with_augmented_copies(sample, tiny_clf):
     clf = pipe[-1]
     assert clf.n_train_samples_ + clf.n_valid_samples_ == 80  # oversampled to 40 + 40
     assert pipe.predict(X).shape == (50,)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: type(e).__name__)
+def test_the_shared_parameters_come_in_the_same_order_in_both_signatures(estimator):
+    import inspect
+
+    from skcxr._params import SHARED_CONSTRAINTS, SHARED_HEAD, SHARED_TAIL
+
+    names = list(inspect.signature(type(estimator)).parameters)
+    assert names[:len(SHARED_HEAD)] == list(SHARED_HEAD)
+    assert names[-len(SHARED_TAIL):] == list(SHARED_TAIL)
+    assert set(SHARED_HEAD) | set(SHARED_TAIL) == set(SHARED_CONSTRAINTS)
+    documented = [line.split(" : ")[0].strip() for line in type(estimator).__doc__.splitlines()
+                  if " : " in line and line.startswith("    ") and not line.startswith("     ")]
+    params = [n for n in documented if n in names]
+    assert params == names  # the docstring documents them in the signature's order
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: type(e).__name__)
+def test_a_pickle_loads_in_the_same_minor_version_only(estimator, sample_paths):
+    """The persistence policy: a fitted model records the skcxr version that pickled it and
+    loads in that minor version; one written by another minor version stops with an error
+    naming both."""
+    import pickle
+
+    import skcxr
+
+    X, y = sample_paths
+    fitted = clone(estimator).fit(X, y)
+    np.testing.assert_array_equal(_output(pickle.loads(pickle.dumps(fitted)), X),
+                                  _output(fitted, X))
+    state = fitted.__getstate__()
+    assert state["_skcxr_version"] == skcxr.__version__
+
+    def load(version):
+        obj = type(fitted).__new__(type(fitted))
+        obj.__setstate__({**state, "_skcxr_version": version})
+        return obj
+
+    minor = ".".join(skcxr.__version__.split(".")[:2])
+    np.testing.assert_array_equal(_output(load(minor + ".99"), X), _output(fitted, X))
+    for other in ("0.0.9", "9.9.0", None):
+        with pytest.raises(TypeError, match=rf"pickled by skcxr .*this is skcxr "
+                                            rf"{skcxr.__version__}.*minor version that wrote "
+                                            "it.*Refit"):
+            load(other)
+
+
+def _output(est, X):
+    return est.transform(X) if hasattr(est, "transform") else est.predict_proba(X)
