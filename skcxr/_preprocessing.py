@@ -287,6 +287,7 @@ class Preprocessing:
 
     @property
     def geometry(self) -> Resize:
+        """The resize step (and its inverse, :meth:`Resize.invert`, for overlays)."""
         return Resize(tuple(self.size), self.resize, self.interpolation, self.crop_pct)
 
     @property

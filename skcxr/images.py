@@ -69,6 +69,7 @@ class ImageSource:
         return len(self.data)
 
     def subset(self, indices) -> ImageSource:
+        """The images at ``indices`` (their content hashes too, when already taken)."""
         indices = np.asarray(indices, dtype=int)
         keys = [self._keys[i] for i in indices] if self._keys else []
         return ImageSource(self.kind, self.data[indices], keys)

@@ -247,3 +247,13 @@ def test_the_public_surface_is_deliberate():
         if name not in importlib.import_module(module).__all__:
             stray.append(full)
     assert stray == []
+
+
+def test_examples_and_benchmarks_use_public_names_only():
+    import re
+
+    private = re.compile(r"(from|import) skcxr\._|from skcxr(\.\w+)? import .*\b_[a-z]")
+    hits = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+            for folder in ("examples", "benchmarks") for p in sorted((ROOT / folder).glob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if private.search(line)]
+    assert hits == []

@@ -162,9 +162,16 @@ def test_data_fingerprint_is_the_content_not_the_order_or_paths(data, tiny_clf, 
     assert a == b == c and d != a and len(a) == 64
 
 
-@pytest.mark.parametrize("where", ["while exporting the graph", "while writing the card",
-                                   "while hashing the file"])
-def test_an_interrupted_export_leaves_the_previous_pair_intact(fitted, data, tiny_fe,
+@pytest.fixture(scope="module")
+def earlier_export(fitted, tmp_path_factory):
+    """An export already at the path (one, for every interruption below)."""
+    path = tmp_path_factory.mktemp("earlier") / "model.onnx"
+    card = to_onnx(fitted, path)
+    return path.read_bytes(), path.with_suffix(".json").read_text(), card
+
+
+@pytest.mark.parametrize("where", ["while exporting the graph", "while writing the card"])
+def test_an_interrupted_export_leaves_the_previous_pair_intact(earlier_export, data, tiny_fe,
                                                                 tmp_path, monkeypatch, where):
     """A Ctrl-C during an export over an earlier one at the same path: the .onnx and its card
     stay the earlier pair (the card's sha256 is the file's), with no temporary files left."""
@@ -172,12 +179,10 @@ def test_an_interrupted_export_leaves_the_previous_pair_intact(fitted, data, tin
 
     import torch
 
-    from skcxr import export
-
     X, _ = data
     path = tmp_path / "model.onnx"
-    first = to_onnx(fitted, path)
-    before = (path.read_bytes(), path.with_suffix(".json").read_text())
+    path.write_bytes(earlier_export[0])
+    path.with_suffix(".json").write_text(earlier_export[1])
     fe = FeatureExtractorTransformer(**tiny_fe).fit(X[:2])  # another model
     if where == "while exporting the graph":
         real = torch.onnx.export
@@ -187,21 +192,18 @@ def test_an_interrupted_export_leaves_the_previous_pair_intact(fitted, data, tin
             raise KeyboardInterrupt
 
         monkeypatch.setattr(torch.onnx, "export", interrupted)
-    elif where == "while writing the card":
+    else:  # the new graph is written, its card is being written
         monkeypatch.setattr(json, "dumps", lambda *a, **k: (_ for _ in ()).throw(
             KeyboardInterrupt))
-    else:
-        monkeypatch.setattr(hashlib, "sha256", lambda *a, **k: (_ for _ in ()).throw(
-            KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
-        export.to_onnx(fe, path)
+        to_onnx(fe, path)
     monkeypatch.undo()
-    assert (path.read_bytes(), path.with_suffix(".json").read_text()) == before
-    assert json.loads(before[1])["sha256"] == hashlib.sha256(before[0]).hexdigest() == \
-        first["sha256"]
+    assert (path.read_bytes(), path.with_suffix(".json").read_text()) == earlier_export[:2]
+    assert json.loads(earlier_export[1])["sha256"] == \
+        hashlib.sha256(earlier_export[0]).hexdigest() == earlier_export[2]["sha256"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.onnx"]
-    # and an export that is not interrupted replaces both
-    card = to_onnx(fe, path)
-    assert card["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert json.loads(path.with_suffix(".json").read_text())["estimator"] == \
-        "FeatureExtractorTransformer"
+    if where == "while writing the card":  # an export that is not interrupted replaces both
+        card = to_onnx(fe, path)
+        assert card["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert json.loads(path.with_suffix(".json").read_text())["estimator"] == \
+            "FeatureExtractorTransformer"
