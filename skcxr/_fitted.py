@@ -16,6 +16,7 @@ a feature extractor become layers here.
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -98,16 +99,17 @@ class FittedNetwork:
         return _Explained(self)
 
 
+def _float_copy(module: nn.Module) -> nn.Module:
+    """A float32 copy in eval mode, that callers may change (trace, make require grad)."""
+    return deepcopy(module).float().eval()
+
+
 def classifier_network(net, preprocessing: Preprocessing, weights: dict, *, copy: bool,
                        views=("none",), temperature=None, classes=None, multilabel=False,
                        estimator=None) -> FittedNetwork:
     """A classifier's network (:class:`skcxr._network.CXRNet`) as a FittedNetwork: its whole
     chain and head on normalised images; fitted or just trained (calibration inside fit)."""
-    import copy as copy_
-
-    source = net
-    if copy:
-        net = copy_.deepcopy(net).float().eval()
+    source, net = net, _float_copy(net) if copy else net
     return FittedNetwork(
         body=net.whole(), backbone=net.backbone, preprocessing=preprocessing,
         views=tuple(views), output="probabilities", link="sigmoid" if multilabel else "softmax",
@@ -118,11 +120,7 @@ def classifier_network(net, preprocessing: Preprocessing, weights: dict, *, copy
 def feature_network(module, preprocessing: Preprocessing, weights: dict, *, copy: bool,
                     estimator=None) -> FittedNetwork:
     """A feature extractor's backbone (pooled features) as a FittedNetwork."""
-    import copy as copy_
-
-    source = module
-    if copy:
-        module = copy_.deepcopy(module).float().eval()
+    source, module = module, _float_copy(module) if copy else module
     return FittedNetwork(body=nn.Sequential(module, nn.Flatten(1)).eval(), backbone=module,
                          preprocessing=preprocessing, output="features", estimator=estimator,
                          source_module=source, weights=weights)
@@ -140,11 +138,13 @@ class _Affine(nn.Module):
         return x * self.a + self.b
 
 
-def _affine(step, n_features: int) -> _Affine | None:
+def _affine(step) -> _Affine | None:
     """A fitted scaler as ``x * a + b``, or None when it is not an affine scaler we know."""
     from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, StandardScaler
 
-    ones, zeros = np.ones(n_features), np.zeros(n_features)
+    if not isinstance(step, (StandardScaler, MinMaxScaler, MaxAbsScaler)):
+        return None
+    ones, zeros = np.ones(step.n_features_in_), np.zeros(step.n_features_in_)
     if isinstance(step, StandardScaler):
         scale = step.scale_ if step.with_std else ones
         mean = step.mean_ if step.with_mean else zeros
@@ -215,12 +215,10 @@ def as_network(estimator, *, copy: bool = True) -> FittedNetwork:
     if net.output != "features":
         raise _refuse(f"pipeline step {type(rest[0]).__name__} comes after a "
                       f"{type(first).__name__}, which ends a pipeline")
-    with torch.inference_mode():  # the width of the features
-        n = net.body(torch.zeros(1, net.preprocessing.in_chans, *net.preprocessing.size)).shape[1]
     layers = []
     for k, step in enumerate(rest, start=1):
         check_is_fitted(step)
-        affine = _affine(step, n)
+        affine = _affine(step)
         if affine is not None:
             layers.append(affine)
             continue

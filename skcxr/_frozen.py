@@ -24,11 +24,12 @@ import torch
 
 from . import _runtime
 from ._augment import RandomView
+from ._disk import location_writable, namespace_digest
 from ._preprocessing import Preprocessing, openvino_form
 from ._runtime import CallOptions, Execution
 from ._state import NETWORK_DIGESTS, weak_memo
 from ._threads import thread_budget
-from .cache import cached_rows, location_writable, namespace_digest
+from .cache import cached_rows
 from .images import ImageSource, make_loader
 
 
@@ -135,7 +136,7 @@ class FrozenPart:
             return self._compute(source, execution, options)
 
         def compute(missing):
-            src = source.subset(missing)
+            src = source.subset(missing).verified()  # stored under these keys
             if self.base is None:
                 return self._compute(src, execution, options)
             # the base's (cached) outputs, then the chain elements between the two cuts
@@ -230,8 +231,8 @@ class FrozenPart:
             module = self.quantized
             precision = "int8+bf16" if _runtime.cpu_has_native_bf16() else "int8+f32"
         shape = (prep.in_chans, *prep.size)
-        options_ = {"kind": self.identity["kind"], "threads": thread_budget(),
-                    "cache_dir": self._compiled_dir(options.location)}
+        compile_options = {"kind": self.identity["kind"], "threads": thread_budget(),
+                           "cache_dir": self._compiled_dir(options.location)}
         # the batch steps inside the graph where OpenVINO has a form for each of them
         in_graph = prep.batch_steps if openvino_form(prep.batch_steps) else None
 
@@ -239,9 +240,9 @@ class FrozenPart:
             for b in loader:
                 if b.dtype == torch.uint8 and in_graph is not None:
                     yield compile_frozen(module, shape, precision, key, uint8_steps=in_graph,
-                                         **options_), b
+                                         **compile_options), b
                 else:
-                    yield compile_frozen(module, shape, precision, key, **options_), \
+                    yield compile_frozen(module, shape, precision, key, **compile_options), \
                         prep.normalize(b)
 
         with tqdm(total=n, disable=not options.verbose, unit="img", desc=options.desc) as bar:

@@ -24,6 +24,13 @@ from .cache import DecodedImages
 from .images import ImageSource, make_loader
 
 
+def view_logits(net, prep: Preprocessing, weights: dict, source: ImageSource,
+                execution: Execution, options: CallOptions, views) -> np.ndarray:
+    """Logits ``(views, n, n_outputs)`` of a classifier network in each test-time view."""
+    return np.stack([classifier_logits(net, prep.with_view(view), weights, source, execution,
+                                       options) for view in views])
+
+
 def classifier_logits(net, prep: Preprocessing, weights: dict, source: ImageSource,
                       execution: Execution, options: CallOptions) -> np.ndarray:
     """Logits ``(n, n_outputs)`` of a classifier network (fitted, or the one ``fit`` just

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._disk import decode_entry, encode_entry, namespace_digest, write_atomic, write_failed
 from ._state import COMPILED, CONVERSIONS, MACHINE
 from ._threads import available_cores, caller_threads
-from .cache import decode_entry, encode_entry, namespace_digest, write_atomic, write_failed
 
 
 def available() -> bool:
@@ -88,8 +88,7 @@ class CompiledModule:
         self.threads = threads
         core = ov.Core()
         self.compiled = (blob.load_or_compile(core, model, config) if blob is not None
-                         else core.compile_model(model(), "CPU", config))
-        COMPILED.count("compiled")
+                         else _compile(core, model(), config))
         self.n_requests = self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
 
     def queue(self, callback):
@@ -101,6 +100,11 @@ class CompiledModule:
 
     def __getstate__(self):
         raise TypeError("an OpenVINO compiled model is not picklable; it is rebuilt on demand")
+
+
+def _compile(core, model, config):
+    COMPILED.count("compiled")
+    return core.compile_model(model, "CPU", config)
 
 
 def _uint8_input(model, steps):
@@ -122,7 +126,7 @@ class Blob:
     """A compiled model kept under ``memory=`` for other processes and sessions, verified
     like a cache entry.
 
-    The blob is one self-verifying entry (:func:`skcxr.cache.encode_entry`: version, its key,
+    The blob is one self-verifying entry (:func:`skcxr._disk.encode_entry`: version, its key,
     size, BLAKE2b checksum), named by a key that says everything the compiled model depends
     on: the part's compile key, input shape, precision, normalisation, thread count, the
     OpenVINO version and this CPU's model and flags. A blob that does not verify (damaged,
@@ -148,12 +152,12 @@ class Blob:
             lock.acquire()
         except OSError as exc:
             write_failed(self.dir.parent, exc)
-            return core.compile_model(model(), "CPU", config)
+            return _compile(core, model(), config)
         try:
             compiled = self._load(core, config)
             if compiled is not None:
                 return compiled
-            compiled = core.compile_model(model(), "CPU", config)
+            compiled = _compile(core, model(), config)
             try:
                 exported = compiled.export_model()  # bytes, or a BytesIO in newer releases
                 exported = exported.getvalue() if hasattr(exported, "getvalue") else exported

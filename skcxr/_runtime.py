@@ -212,9 +212,10 @@ class RandomStream:
     package seeds torch.
 
     Torch has one global RNG per process (CPU, and one per CUDA device), which weight
-    initialisation, dropout, shuffling and augmentation draw from. Each ``with stream:``
-    block takes the process's RNG lock (``skcxr._state.RNG_LOCK``), installs this stream's
-    state, and on leaving keeps the stream's new state and gives the caller's state back.
+    initialisation, dropout, shuffling and augmentation draw from. Each
+    ``with stream.drawing():`` block takes the process's RNG lock
+    (``skcxr._state.RNG_LOCK``), installs this stream's state, and on leaving keeps the
+    stream's new state and gives the caller's state back.
     So two fits in two threads draw exactly what they would draw one after the other (their
     random sections take turns), a fit draws the same whatever ran before it in the
     process, and the caller's RNG states are untouched. Work that draws nothing (computing
@@ -224,35 +225,24 @@ class RandomStream:
 
     def __init__(self, seed: int):
         self.seed = int(seed)
-        self._state = None  # (cpu state, [cuda states]) once the stream has run
-        self._stack = None
+        self._state = None  # (cpu state, [cuda states]) once the stream has drawn
 
-    def __enter__(self):
+    @contextlib.contextmanager
+    def drawing(self):
+        """Torch's global RNG is this stream's inside (the RNG lock held)."""
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        stack = contextlib.ExitStack()
-        stack.enter_context(RNG_LOCK)
-        try:
-            stack.enter_context(torch.random.fork_rng(devices=devices))
+        with RNG_LOCK, torch.random.fork_rng(devices=devices):
             if self._state is None:
                 torch.manual_seed(self.seed)  # every CUDA device too
             else:
-                cpu, cuda = self._state
-                torch.set_rng_state(cpu)
-                for d, state in zip(devices, cuda):
+                torch.set_rng_state(self._state[0])
+                for d, state in zip(devices, self._state[1]):
                     torch.cuda.set_rng_state(state, d)
-        except BaseException:
-            stack.close()
-            raise
-        self._stack, self._devices = stack, devices
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            self._state = (torch.get_rng_state(),
-                           [torch.cuda.get_rng_state(d) for d in self._devices])
-        finally:
-            stack, self._stack = self._stack, None
-            stack.close()
+            try:
+                yield self
+            finally:
+                self._state = (torch.get_rng_state(),
+                               [torch.cuda.get_rng_state(d) for d in devices])
 
 
 def autocast(device: torch.device, precision: str):

@@ -94,19 +94,9 @@ class Store:
         self._lock = threading.RLock()
         self._making = KeyedLocks()
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, key) -> bool:
-        return key in self._entries
-
     def keys(self) -> list:
         with self._lock:
             return list(self._entries)
-
-    def values(self) -> list:
-        with self._lock:
-            return list(self._entries.values())
 
     def count(self, counter: str, n: int = 1) -> None:
         with self._lock:
@@ -307,8 +297,7 @@ def weak_memo(store: Store, obj, make):
     if hit is not None and hit[0]() is obj:
         return hit[1]
     value = make()
-    store.discard(id(obj))
-    store.put(id(obj), (weakref.ref(obj), value))
+    store.put(id(obj), (weakref.ref(obj), value))  # replaces a dead object's entry
     return value
 
 

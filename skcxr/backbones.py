@@ -44,6 +44,7 @@ from ._validation import (
     RANDOM_STATE,
     VALID,
     Check,
+    InvalidParameterError,
     Options,
     as_seed,
     invalid,
@@ -152,7 +153,7 @@ def load_backbone(
     seed = as_seed(random_state)
 
     def load() -> Backbone:
-        with RandomStream(seed):
+        with RandomStream(seed).drawing():
             if isinstance(backbone, nn.Module):
                 bb = _load_module(backbone, weights, in_chans, pooling, num_classes)
             else:
@@ -211,8 +212,6 @@ def weights_identity(provenance: dict) -> dict:
 def check_pooling(kind: str, name: str, pooling: str, owner: str) -> None:
     """torchvision backbones pool internally: only ``pooling="avg"`` (checked before any
     work by the estimators, and by :func:`load_backbone`)."""
-    from ._validation import InvalidParameterError
-
     if kind == "torchvision" and pooling != "avg":
         raise InvalidParameterError(
             f"{owner}: pooling={pooling!r} is only available for timm backbones and modules; "

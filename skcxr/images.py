@@ -59,11 +59,16 @@ __all__ = [
 
 @dataclass(frozen=True, eq=False)
 class ImageSource:
-    """Validated images: either an object array of paths or a numeric image array."""
+    """Validated images: either an object array of paths or a numeric image array.
+
+    ``verify``: reads check each file's bytes against its key (:meth:`read`): what a source
+    whose results are stored under those keys does (:meth:`verified`).
+    """
 
     kind: str  # "paths" or "arrays"
     data: np.ndarray
     _keys: list = field(default_factory=list, repr=False)
+    verify: bool = False
 
     def __len__(self) -> int:
         return len(self.data)
@@ -72,7 +77,12 @@ class ImageSource:
         """The images at ``indices`` (their content hashes too, when already taken)."""
         indices = np.asarray(indices, dtype=int)
         keys = [self._keys[i] for i in indices] if self._keys else []
-        return ImageSource(self.kind, self.data[indices], keys)
+        return ImageSource(self.kind, self.data[indices], keys, self.verify)
+
+    def verified(self) -> ImageSource:
+        """These images, read only from bytes that hash to their keys (see :meth:`read`):
+        for computing results stored under those keys."""
+        return ImageSource(self.kind, self.data, self.keys(), verify=True)
 
     def keys(self) -> list[str]:
         """A content hash per image, for caches: equal keys mean identical pixels in."""
@@ -86,16 +96,17 @@ class ImageSource:
     def read(self, i: int) -> np.ndarray:
         """Image ``i``'s pixels; a file is decoded from one read of its bytes.
 
-        Once this source's content hashes were taken (:meth:`keys`: what the caches key
-        each image's results by), those bytes must still hash to key ``i``: a file rewritten
-        since raises :class:`ImageReadError`, so a result is never stored under the hash of
-        bytes it was not computed from.
+        For a :meth:`verified` source (the caches compute their entries from one), those
+        bytes must still hash to key ``i`` (:meth:`keys`: what the caches key each image's
+        results by): a file rewritten since raises :class:`ImageReadError`, so a result is
+        never stored under the hash of bytes it was not computed from. Elsewhere nothing is
+        hashed (no cost on uncached reads).
         """
         if self.kind != "paths":
             return self.data[i]
         path = self.data[i]
         data = read_bytes(path)
-        if self._keys and _bytes_digest(data) != self._keys[i]:
+        if self.verify and _bytes_digest(data) != self.keys()[i]:
             raise ImageReadError(
                 f"Image file {path!r} changed while skcxr was reading it (its content is not "
                 "what it was when this call started): nothing was computed or cached from "

@@ -29,7 +29,8 @@ from skcxr import (
     PretrainedCNNClassifier,
     config_context,
 )
-from skcxr.cache import ENTRY_VERSION, cache_info, clear_cache, decode_entry, encode_entry
+from skcxr._disk import ENTRY_VERSION, decode_entry, encode_entry
+from skcxr.cache import cache_info, clear_cache
 from skcxr.images import check_images, read_image
 
 # --------------------------------------------------------------------------- the table form

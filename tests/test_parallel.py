@@ -217,7 +217,8 @@ def test_import_keeps_tensors_off_fresh_mmaps_in_dask_style_workers():
 
 
 def test_claims_split_work_between_processes(tmp_path):
-    from skcxr.cache import DiskStore, _Claims
+    from skcxr._disk import DiskStore
+    from skcxr.cache import _Claims
 
     store = DiskStore(tmp_path, {"kind": "test"})
     a, b = _Claims.open(store), _Claims.open(store)
@@ -235,7 +236,8 @@ def test_claims_split_work_between_processes(tmp_path):
 
 _HOLDER = """
 import os, sys, time
-from skcxr.cache import DiskStore, _Claims
+from skcxr._disk import DiskStore
+from skcxr.cache import _Claims
 store = DiskStore(sys.argv[1], {"kind": "test"})
 claims = _Claims.open(store)
 got = claims.claim([f"{i:04x}" * 8 for i in range(64)])
