@@ -20,12 +20,12 @@ from __future__ import annotations
 from sklearn.base import BaseEstimator
 
 from . import _runtime
+from ._disk import resolve_location
 from ._params import SHARED_HEAD, SHARED_TAIL, validate_params
 from ._preprocessing import make_preprocessing
 from ._runtime import CallOptions, Execution
 from ._version import __version__
 from .backbones import load_backbone
-from .cache import resolve_location
 from .images import check_images
 
 
@@ -72,12 +72,12 @@ class CXREstimator(BaseEstimator):
 
     def _load(self, seed: int, pooling: str = "avg"):
         """The backbone (``backbone``, ``weights``, ``in_chans``) and its preprocessing
-        (``image_size``, ``in_chans``, ``resize``, ``normalize``)."""
+        (``image_size``, ``in_chans``, ``resize``, ``normalize``, ``intensity``)."""
         backbone = load_backbone(self.backbone, self.weights, in_chans=self.in_chans,
                                  pooling=pooling, random_state=seed)
         prep = make_preprocessing(backbone.data_config, image_size=self.image_size,
                                   in_chans=self.in_chans, resize=self.resize,
-                                  normalize=self.normalize)
+                                  normalize=self.normalize, intensity=self.intensity)
         return backbone, prep
 
     def _set_fitted(self, fitted: dict) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from sklearn.base import ClassifierMixin
@@ -11,7 +13,7 @@ from . import _runtime
 from ._augment import make_augment
 from ._base import CXREstimator
 from ._fitted import classifier_network
-from ._inference import classifier_logits
+from ._inference import view_logits
 from ._network import build_network
 from ._params import (
     CLASSIFIER_CONSTRAINTS,
@@ -21,7 +23,15 @@ from ._params import (
     fill_doc,
 )
 from ._preprocessing import tta_views
-from ._training import TrainingConfig, history_frame, kept_epoch, make_net, train, training_datasets
+from ._training import (
+    TrainingConfig,
+    history_frame,
+    kept_epoch,
+    make_net,
+    prefix_engine,
+    train,
+    training_datasets,
+)
 from ._validation import as_seed
 from .backbones import DEFAULT_BACKBONE, weights_identity
 from .calibration import apply_temperature, fit_temperature, fit_thresholds, probabilities
@@ -49,6 +59,7 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
     %(in_chans)s
     %(resize)s
     %(normalize)s
+    %(intensity)s
     n_trainable_layers : int, "all" or str, default=0
         The studies' *c*: how many of the backbone's last parameterised layers (counted in
         forward order over layers that own parameters) train. ``0`` trains the head only,
@@ -220,6 +231,7 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
         in_chans=3,
         resize="stretch",
         normalize="backbone",
+        intensity="none",
         n_trainable_layers=0,
         train_size=None,
         class_weight=None,
@@ -259,6 +271,7 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
         self.in_chans = in_chans
         self.resize = resize
         self.normalize = normalize
+        self.intensity = intensity
         self.n_trainable_layers = n_trainable_layers
         self.train_size = train_size
         self.class_weight = class_weight
@@ -330,7 +343,7 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
         backbone, prep = self._load(seed)
         weights = weights_identity(backbone.provenance)
         rng = _runtime.RandomStream(seed)  # the fit's own draws, whatever runs beside it
-        with rng:
+        with rng.drawing():
             module = build_network(backbone, prep, self.n_trainable_layers,
                                    n_outputs=rows.n_outputs, hidden_units=self.head_hidden_units,
                                    dropout=self.dropout, batchnorm=self.batchnorm,
@@ -345,18 +358,18 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
             # channels_last images (1.36x for lite0 trained whole at 224 on the CPU;
             # slower on the 7x7 maps of a cached prefix's suffix, so not there)
             module.to(memory_format=torch.channels_last)
-        with rng:
+        engine = (prefix_engine(module, prep, weights, execution, options) if namespace is None
+                  else contextlib.nullcontext())
+        with engine, rng.drawing():  # the engine compiles outside the RNG lock
             net = make_net(module, train_ds, valid_ds, task=rows.task, pos_weight=rows.pos_weight,
                            device=execution.device, config=TrainingConfig.from_params(params))
             train(net, train_ds)
         module = net.module_.to("cpu").eval()  # keep the weights, drop optimizer and callbacks
         temperature, thresholds = None, None
         if self.calibration is not None or self.threshold is not None:
-            valid = source.subset(rows.valid)
-            views = [classifier_logits(module, prep.with_view(view), weights, valid, execution,
-                                       options) for view in tta_views(self.tta)]
-            temperature, thresholds = _calibrate(np.stack(views), rows, self.calibration,
-                                                 self.threshold)
+            logits = view_logits(module, prep, weights, source.subset(rows.valid), execution,
+                                 options, tta_views(self.tta))
+            temperature, thresholds = _calibrate(logits, rows, self.calibration, self.threshold)
         _runtime.release(execution.device)
         self._set_fitted({
             "classes_": rows.classes, "target_type_": rows.task, "module_": module,
@@ -381,16 +394,15 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
             views=tta_views(self.tta), temperature=self.temperature_, classes=self.classes_,
             multilabel=self.target_type_ == "multilabel", estimator=self)
 
-    def _view_logits(self, X) -> list[np.ndarray]:
-        """Logits of ``X`` in each ``tta`` view (one array without ``tta``); reads the fitted
-        state and writes nothing."""
+    def _view_logits(self, X) -> np.ndarray:
+        """Logits ``(views, n, n_outputs)`` of ``X`` in each ``tta`` view (one without
+        ``tta``); reads the fitted state and writes nothing."""
         check_is_fitted(self)
-        source = check_images(X)
-        execution = self._execution()
-        options = self._options("frozen prefix", verbose=self.verbose > 1)
-        weights = weights_identity(self.provenance_)
-        return [classifier_logits(self.module_, self.preprocessing_.with_view(view), weights,
-                                  source, execution, options) for view in tta_views(self.tta)]
+        return view_logits(self.module_, self.preprocessing_,
+                           weights_identity(self.provenance_), check_images(X),
+                           self._execution(), self._options("frozen prefix",
+                                                            verbose=self.verbose > 1),
+                           tta_views(self.tta))
 
     def decision_function(self, X):
         """Logits: (n,) for binary targets (positive minus negative), else (n, n_outputs);
@@ -404,7 +416,7 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
         """Class probabilities (softmax), or per-label probabilities (sigmoid) if multi-label;
         calibrated when ``calibration`` was set (logits divided by ``temperature_``); with
         ``tta``, the mean over views."""
-        logits = apply_temperature(np.stack(self._view_logits(X)), self.temperature_)
+        logits = apply_temperature(self._view_logits(X), self.temperature_)
         # the function fit calibrated with: what predict decides on is what was fitted
         return probabilities(logits, self.target_type_).astype(np.float32)
 

@@ -44,6 +44,7 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
     %(in_chans)s
     %(resize)s
     %(normalize)s
+    %(intensity)s
     pooling : {"avg", "max", "avgmax", "catavgmax"}, default="avg"
         Global pooling of the last feature map (timm backbones and modules that return one).
     %(batch_size)s
@@ -107,6 +108,7 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         in_chans=3,
         resize="stretch",
         normalize="backbone",
+        intensity="none",
         pooling="avg",
         batch_size=32,
         cache=True,
@@ -124,6 +126,7 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         self.in_chans = in_chans
         self.resize = resize
         self.normalize = normalize
+        self.intensity = intensity
         self.pooling = pooling
         self.batch_size = batch_size
         self.cache = cache
@@ -153,10 +156,8 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         self : FeatureExtractorTransformer
         """
         params, execution, source = self._begin_fit(X)
-        if execution.precision == "int8":
-            check_input_combinations(params, len(source), type(self).__name__,
-                                     _openvino.CompiledModule.request_size,
-                                     INT8_CALIBRATION_IMAGES)
+        check_input_combinations(params, len(source), type(self).__name__,
+                                 _openvino.CompiledModule.request_size, INT8_CALIBRATION_IMAGES)
         backbone, prep = self._load(as_seed(self.random_state), pooling=self.pooling)
         # channels_last: the layout oneDNN (CPU) and cuDNN convolutions are fastest in
         # (1.6x for EfficientNet-Lite0 in fp32 here, more under bf16)

@@ -206,6 +206,10 @@ def as_network(estimator, *, copy: bool = True) -> FittedNetwork:
     if not steps:
         raise _refuse(f"the pipeline {estimator!r} has no step that acts at predict time")
     first, rest = steps[0], steps[1:]
+    if isinstance(getattr(first, "estimators_", None), list):
+        raise _refuse(f"a {type(first).__name__} holds {len(first.estimators_)} networks, "
+                      "which may differ in input size and intensity step: export each member "
+                      "(estimators_[i]) and average their probabilities")
     if not hasattr(first, "_as_network"):
         raise _refuse(f"{type(first).__name__} is not an skcxr estimator")
     check_is_fitted(first)

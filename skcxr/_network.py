@@ -151,6 +151,9 @@ class CXRNet(nn.Module):
         for p in self.backbone.parameters():
             p.requires_grad_(False)
         self.backbone_unfrozen = False
+        #: images -> frozen-prefix outputs by another engine while a fit trains on new
+        #: pixels every epoch (:func:`skcxr._training.prefix_engine`); None otherwise
+        self.prefix_engine = None
 
     @property
     def prefix_is_fixed(self) -> bool:
@@ -208,6 +211,8 @@ class CXRNet(nn.Module):
         preprocessing's batch steps, then :func:`skcxr._runtime.frozen_forward`), so that a
         cached fit and an uncached one see the same numbers.
         """
+        if self.prefix_engine is not None:
+            return self.prefix_engine(x)
         # the chain as it is: in eval mode while training, unless batchnorm="train"
         chain = nn.Sequential(*self._chain(0, self.cut)) if self.cut else nn.Identity()
         return _runtime.frozen_forward(chain, self.input(x), precision or self.precision)

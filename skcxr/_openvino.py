@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ._disk import decode_entry, encode_entry, namespace_digest, write_atomic, write_failed
-from ._state import COMPILED, CONVERSIONS, MACHINE
+from ._state import COMPILED, CONVERSIONS, MACHINE, TRACE_LOCK
 from ._threads import available_cores, caller_threads
 
 
@@ -204,14 +204,21 @@ def _cpu_identity() -> str:
 def convert(module: torch.nn.Module, shape) -> object:
     """A torch module as an OpenVINO model for one static input shape (normalised float)."""
     ov = _import()
-    with torch.no_grad(), warnings.catch_warnings():
+    with TRACE_LOCK, torch.no_grad(), warnings.catch_warnings():
         # the converter traces with torch.jit, which torch deprecates; that is its business
         warnings.simplefilter("ignore", FutureWarning)
         # share_weights=False: by default the converted model points into the module's
         # tensors, so a network that trains after a conversion (a classifier's suffix)
         # would change what the kept conversion computes for every later fit
-        return ov.convert_model(module.eval(), example_input=torch.zeros(shape),
-                                input=[shape], share_weights=False)
+        # traced in eval mode, and each module's mode given back: the chain's later
+        # elements may be a network's trainable suffix in the middle of an epoch
+        modes = [(m, m.training) for m in module.modules()]
+        try:
+            return ov.convert_model(module.eval(), example_input=torch.zeros(shape),
+                                    input=[shape], share_weights=False)
+        finally:
+            for m, training in modes:
+                m.training = training
 
 
 class _ChainOutputs(torch.nn.Module):

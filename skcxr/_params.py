@@ -20,6 +20,7 @@ module only assembles them. One check waits for the loaded backbone: the range o
 from __future__ import annotations
 
 from ._augment import PRESETS as AUGMENT_PRESETS
+from ._disk import MEMORY_CONSTRAINT
 from ._layers import BATCHNORM_POLICIES
 from ._preprocessing import PREPROCESSING_CONSTRAINTS, TTA_CONSTRAINT
 from ._runtime import RUNTIME_CONSTRAINTS
@@ -39,13 +40,13 @@ from ._validation import (
     validate,
 )
 from .backbones import BACKBONE_CONSTRAINTS, check_pooling, resolve_name
-from .cache import MEMORY_CONSTRAINT
 from .calibration import CALIBRATION_CONSTRAINTS
 from .protocol import PROTOCOL_CONSTRAINTS
 
 #: The parameters both estimators take, in their order in both signatures: the shared head
 #: first, each estimator's own parameters, then the shared tail.
-SHARED_HEAD = ("backbone", "weights", "image_size", "in_chans", "resize", "normalize")
+SHARED_HEAD = ("backbone", "weights", "image_size", "in_chans", "resize", "normalize",
+               "intensity")
 SHARED_TAIL = ("batch_size", "cache", "memory", "engine", "device", "precision",
                "num_workers", "random_state", "verbose")
 
@@ -217,6 +218,14 @@ resize : {"stretch", "pad", "crop"}, default="stretch"
 normalize : {"backbone", "imagenet", "centered", "unit"} or (mean, std), default="backbone"
     ``"backbone"`` uses the backbone's mean/std (0.5/0.5 for EfficientNet-Lite);
     ``"centered"`` is ``x / 255 - 0.5`` (study 000); ``"unit"`` is ``x / 255``.""",
+    "intensity": """\
+intensity : {"none", "equalize", "clahe"}, default="none"
+    Intensity standardisation of each image after the resize: global histogram
+    equalisation, or CLAHE (contrast-limited adaptive histogram equalisation), by
+    scikit-image. Cached with the decoded image and applied at fit, predict, ``tta`` and
+    Grad-CAM alike; an exported model card says how to apply it before the ONNX model.
+    Evens out exposure and processing differences between sites (see "A model for
+    another hospital" in the docs).""",
     "batch_size": """\
 batch_size : int, default=32
     Images per forward (and, for training, backward) pass.""",

@@ -7,6 +7,7 @@ Its :attr:`~Preprocessing.steps` run in this order:
 step   class         what it does                                where (torch path)
 =====  ============  ==========================================  =====================
 1      `Resize`      to ``size``: stretch, pad or centre crop    per image, loader
+1b     `Intensity`   histogram equalisation or CLAHE (optional)  per image, loader
 2      `Channels`    stored 1 or 3 channels -> ``in_chans``      per image, loader
 3      `View`        a test-time view (flip, 4% shifts)          per image, loader
 4      `Scale`       uint8 -> floats in [0, 1]                   per batch, device
@@ -21,7 +22,8 @@ Every path is built from these step objects, never from its own copy of the arit
   to OpenVINO's ``PrePostProcessor``; a batch step without an OpenVINO form makes the
   engine run the batch steps in torch and feed floats);
 * ONNX export: :class:`InputGraph` runs 2-5 inside the exported graph (its input is the
-  uint8 image already resized, step 1 being the deployment's, as the model card says);
+  uint8 image already resized and intensity-standardised: steps 1 and 1b are the
+  deployment's, as the model card says, and :func:`skcxr.images.decode_image` is them);
 * Grad-CAM: the loader runs 1-3, the explained model 4-5, and :meth:`Resize.invert` maps a
   heatmap back onto the image as it was given.
 
@@ -44,6 +46,11 @@ RESIZE_MODES = ("stretch", "pad", "crop")
 #: The largest ``image_size`` side: a batch of 32 RGB float images of 4096^2 is 6 GiB already.
 MAX_IMAGE_SIZE = 4096
 NORMALIZATIONS = ("backbone", "imagenet", "centered", "unit")
+#: Intensity standardisations at decode time (after the resize, per image).
+INTENSITIES = ("none", "equalize", "clahe")
+#: CLAHE's parameters (scikit-image's ``equalize_adapthist``): contrast clip limit and
+#: tiles of 1/8 of the image side (its defaults), 256 histogram bins.
+CLAHE_CLIP_LIMIT = 0.01
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -183,6 +190,50 @@ class Resize(Step):
 
 
 @dataclass(frozen=True)
+class Intensity(Step):
+    """Intensity standardisation of one decoded, resized image: ``"equalize"``
+    (global histogram equalisation) or ``"clahe"`` (contrast-limited adaptive histogram
+    equalisation, Zuiderveld 1994), each channel on its own, by scikit-image
+    (``skimage.exposure.equalize_hist`` / ``equalize_adapthist``). 8-bit images stay uint8
+    (rounded), others float32 in [0, 1]. Per image only: there is no batch, graph or
+    OpenVINO form, so it runs where decoding runs and is cached with the decoded image."""
+
+    mode: str = "none"
+
+    def apply(self, t: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return t
+        if t.dim() != 3:
+            raise ValueError("Intensity applies to one (C, H, W) image at a time")
+        from skimage import exposure
+
+        a = t.numpy()
+        scale = 255.0 if a.dtype == np.uint8 else 1.0
+        out = np.empty(a.shape, dtype=np.float64)
+        for c in range(a.shape[0]):
+            x = a[c].astype(np.float64) / scale
+            if self.mode == "equalize":
+                out[c] = exposure.equalize_hist(x, nbins=256)
+            else:
+                out[c] = exposure.equalize_adapthist(x, clip_limit=CLAHE_CLIP_LIMIT, nbins=256)
+        if a.dtype == np.uint8:
+            return torch.from_numpy(np.rint(out * 255).clip(0, 255).astype(np.uint8))
+        return torch.from_numpy(out.astype(np.float32))
+
+    def describe(self) -> dict:
+        """How to apply it outside skcxr (the model card's recipe)."""
+        if self.mode == "none":
+            return {"method": "none"}
+        call = ("skimage.exposure.equalize_hist(x, nbins=256)" if self.mode == "equalize" else
+                f"skimage.exposure.equalize_adapthist(x, clip_limit={CLAHE_CLIP_LIMIT}, "
+                "nbins=256)")
+        return {"method": self.mode, "call": call,
+                "recipe": "after the resize, on each channel of the image on its own: "
+                          "x = channel / 255 (8-bit) as float64; y = " + call +
+                          "; 8-bit images: round(y * 255) as uint8"}
+
+
+@dataclass(frozen=True)
 class Channels(Step):
     """Stored channels (1 grey, 3 RGB) -> ``in_chans``: grey is repeated; RGB becomes the
     channel mean (chest X-rays stored as RGB are grey), rounded where the image is uint8."""
@@ -284,6 +335,7 @@ class Preprocessing:
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     view: str = "none"  # a test-time augmentation view (VIEWS), applied after channels
+    intensity: str = "none"  # INTENSITIES: after the resize, cached with the decoded image
 
     @property
     def geometry(self) -> Resize:
@@ -291,10 +343,15 @@ class Preprocessing:
         return Resize(tuple(self.size), self.resize, self.interpolation, self.crop_pct)
 
     @property
+    def decode_steps(self) -> tuple[Step, ...]:
+        """What :meth:`decode` runs after decoding: the resize, then the intensity step."""
+        return (self.geometry, Intensity(self.intensity))
+
+    @property
     def steps(self) -> tuple[Step, ...]:
-        """Every step in order: :attr:`geometry`, then :attr:`image_steps`, then
+        """Every step in order: :attr:`decode_steps`, then :attr:`image_steps`, then
         :attr:`batch_steps`."""
-        return (self.geometry, *self.image_steps, *self.batch_steps)
+        return (*self.decode_steps, *self.image_steps, *self.batch_steps)
 
     @property
     def image_steps(self) -> tuple[Step, ...]:
@@ -310,15 +367,21 @@ class Preprocessing:
         return self if view == self.view else dataclasses.replace(self, view=view)
 
     def decode(self, source, i: int) -> torch.Tensor:
-        """Image ``i`` of a :class:`skcxr.images.ImageSource` decoded and resized, channels as
-        stored: what the decoded-image cache keeps."""
-        return self.geometry.apply(to_tensor(source.read(i)))
+        """Image ``i`` of a :class:`skcxr.images.ImageSource` decoded, resized and
+        intensity-standardised, channels as stored: what the decoded-image cache keeps."""
+        return self.after_read(to_tensor(source.read(i)))
+
+    def after_read(self, t: torch.Tensor) -> torch.Tensor:
+        """The decode steps (resize, intensity) on one decoded ``(C, H, W)`` image."""
+        for step in self.decode_steps:
+            t = step.apply(t)
+        return t
 
     def decode_description(self) -> dict:
         """Everything :meth:`decode` depends on besides the pixels (a cache namespace)."""
         g = self.geometry
         return {"size": g.size, "resize": g.mode, "interpolation": g.interpolation,
-                "crop_pct": g.crop_pct}
+                "crop_pct": g.crop_pct, "intensity": self.intensity}
 
     def after_decode(self, t: torch.Tensor) -> torch.Tensor:
         """The per-image steps after the resize on one decoded image, contiguous."""
@@ -332,7 +395,7 @@ class Preprocessing:
 
     def transform(self, t: torch.Tensor) -> torch.Tensor:
         """Every per-image step on one ``(C, H, W)`` image tensor."""
-        return self.after_decode(self.geometry.apply(t))
+        return self.after_decode(self.after_read(t))
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """The batch steps: scale a batch to [0, 1] floats and normalise with mean/std."""
@@ -414,6 +477,18 @@ def _mean_std(value):
     return VALID
 
 
+def _intensity(value):
+    if not isinstance(value, str) or value not in INTENSITIES:
+        return INVALID
+    if value != "none":
+        try:
+            import skimage.exposure  # noqa: F401
+        except ImportError:
+            return invalid("it needs scikit-image: pip install scikit-image (or the "
+                           "'intensity' extra: pip install 'skcxr[intensity]')")
+    return VALID
+
+
 #: The preprocessing parameters' allowed values (both estimators, :func:`make_preprocessing`).
 PREPROCESSING_CONSTRAINTS = {
     "image_size": [NONE, Interval("int", 8, MAX_IMAGE_SIZE),
@@ -421,6 +496,7 @@ PREPROCESSING_CONSTRAINTS = {
     "in_chans": [Options(1, 3)],
     "resize": [Options(*RESIZE_MODES)],
     "normalize": [Options(*NORMALIZATIONS), Check(_mean_std, "a (mean, std) pair")],
+    "intensity": [Check(_intensity, f"one of {INTENSITIES}")],
 }
 
 
@@ -431,6 +507,7 @@ def make_preprocessing(
     in_chans: int = 3,
     resize: str = "stretch",
     normalize="backbone",
+    intensity: str = "none",
 ) -> Preprocessing:
     """Build :class:`Preprocessing` from a backbone's :class:`DataConfig` plus user overrides.
 
@@ -438,7 +515,8 @@ def make_preprocessing(
     constraint table.
     """
     validate({"image_size": image_size, "in_chans": in_chans, "resize": resize,
-              "normalize": normalize}, PREPROCESSING_CONSTRAINTS, "make_preprocessing")
+              "normalize": normalize, "intensity": intensity}, PREPROCESSING_CONSTRAINTS,
+             "make_preprocessing")
     if image_size is None:
         size = data_config.image_size
     elif isinstance(image_size, (tuple, list)):
@@ -459,4 +537,5 @@ def make_preprocessing(
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
     return Preprocessing(size=tuple(size), in_chans=int(in_chans), resize=resize,
                          interpolation=data_config.interpolation,
-                         crop_pct=data_config.crop_pct, mean=mean, std=std)
+                         crop_pct=data_config.crop_pct, mean=mean, std=std,
+                         intensity=intensity)

@@ -400,6 +400,11 @@ class _ForkSafeLock:
 #: Held while a fit draws from torch's global RNG (see the module docstring).
 RNG_LOCK = _ForkSafeLock()
 
+#: Held while a torch module is traced for OpenVINO: torch.jit's tracer checks its trace by
+#: running the module again, and two traces at once in one process (a fit converting its
+#: chain beside another fit's conversion) failed that check.
+TRACE_LOCK = _ForkSafeLock()
+
 #: The GPU this process leased: ``{"index": i, "file": open lock file}`` once leased.
 GPU_LEASE: dict = {}
 GPU_LEASE_LOCK = _ForkSafeLock()
@@ -410,6 +415,7 @@ def _after_fork_in_child() -> None:
         store._after_fork()
     NAMESPACE_LOCKS._after_fork()
     RNG_LOCK._after_fork()
+    TRACE_LOCK._after_fork()
     GPU_LEASE_LOCK._after_fork()
     # OpenVINO's compiled models and their thread pools belong to the parent: the child
     # compiles its own (destroying the parent's would hang: they are only forgotten)

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -174,6 +176,34 @@ def training_datasets(net, source: ImageSource, rows, prep: Preprocessing,
         namespace = None
     train_ds, valid_ds = datasets
     return train_ds, (valid_ds if len(rows.valid) else None), namespace
+
+
+@contextlib.contextmanager
+def prefix_engine(net, prep: Preprocessing, weights: dict, execution: Execution,
+                  options: CallOptions):
+    """While training from pixels (pixel augmentation), let the execution's engine compute
+    the frozen prefix of each batch when it is faster than torch's eager forward.
+
+    The prefix is a fixed function of the pixels (eval mode, frozen weights), so OpenVINO
+    can run it compiled, as it does for cached prefixes; only the trainable suffix and the
+    head need autograd. Measured on 2 cores (lite0, c=16, bf16): the prefix is ~60% of an
+    augmented epoch in torch (99 img/s), ~3x faster compiled. Outputs agree with torch's
+    to bf16 rounding (fp32: to float rounding). Removed on leaving, so the fitted module
+    holds no engine.
+    """
+    use = execution.engine == "openvino" and net.prefix_is_fixed
+    if use:
+        part = prefix_part(net, prep, weights)
+        quiet = dataclasses.replace(options, verbose=0)
+        # converted and compiled here, before the training loop (which holds the RNG lock
+        # and whose network is mid-epoch), for the 8-bit batches a loader yields
+        part.run_batch(torch.zeros((1, prep.in_chans, *prep.size), dtype=torch.uint8),
+                       execution, quiet)
+        net.prefix_engine = lambda x: part.run_batch(x, execution, quiet)
+    try:
+        yield use
+    finally:
+        net.prefix_engine = None
 
 
 # --------------------------------------------------------------------------- the net

@@ -80,6 +80,27 @@ def _compiled():
     return cache_info()["compiled"]["entries"]
 
 
+def test_augmented_fit_runs_its_frozen_prefix_compiled_and_matches_torch(sample, tiny_clf):
+    """Pixel augmentation: the prefix sees new pixels every epoch, and OpenVINO computes
+    it per batch; the same draws, the same training, to float rounding (fp32)."""
+    import pickle
+
+    from skcxr import PretrainedCNNClassifier
+
+    idx = np.r_[0:20, 100:120]
+    X, y = sample.data[idx], sample.target[idx]
+    params = {**tiny_clf, "n_trainable_layers": 2, "augment": "standard", "cache": False}
+    clear_cache()
+    ov = PretrainedCNNClassifier(**{**params, "engine": "openvino"}).fit(X, y)
+    assert _compiled() >= 1 and ov.prefix_namespace_ is None
+    assert ov.module_.prefix_engine is None  # nothing of the engine stays in the model
+    pickle.dumps(ov)
+    torch_ = PretrainedCNNClassifier(**params).fit(X, y)
+    np.testing.assert_allclose(ov.history_["train_loss"], torch_.history_["train_loss"],
+                               rtol=1e-4)
+    np.testing.assert_allclose(ov.predict_proba(X), torch_.predict_proba(X), atol=1e-4)
+
+
 def test_many_images_predict_through_the_whole_network_compiled_once(sample, tiny_clf):
     """From whole_network_min_images images on (a setting), a fitted classifier's whole
     network runs in OpenVINO: compiled once per fitted model, cached logits, agreeing with torch."""

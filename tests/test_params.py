@@ -19,6 +19,7 @@ SHARED_BAD = {
     "in_chans": [2, True, 3.0],
     "resize": ["squash", None],
     "normalize": ["zscore", (0.5, 0), ([0.5], [-1.0]), 0.5],
+    "intensity": ["clahe2", None, 1],
     "batch_size": [0, 2.5, True, "32"],
     "device": ["tpu", 3, "cuda:x", "cpu:"],
     "precision": ["int4", None],

@@ -156,3 +156,71 @@ def test_a_step_without_an_openvino_form_runs_in_torch_there():
     prep = make_preprocessing(CONFIG)
     assert openvino_form(prep.batch_steps)
     assert not openvino_form((*prep.batch_steps, Standardise()))
+
+
+@pytest.mark.parametrize("mode", ["equalize", "clahe"])
+def test_intensity_is_scikit_images_on_the_resized_image(mode):
+    """What the decode step computes is the model card's recipe, applied by hand."""
+    from skimage import exposure
+
+    X = _images(1, shape=(70, 50))
+    X[:, :, :25] //= 3  # a dark half: something to equalise
+    prep = make_preprocessing(CONFIG, intensity=mode)
+    plain = make_preprocessing(CONFIG)
+    source = check_images(X)
+    for i in range(len(X)):
+        resized = plain.decode(source, i)[0].numpy().astype(np.float64) / 255
+        y = (exposure.equalize_hist(resized, nbins=256) if mode == "equalize" else
+             exposure.equalize_adapthist(resized, clip_limit=0.01, nbins=256))
+        np.testing.assert_array_equal(prep.decode(source, i)[0].numpy(),
+                                      np.rint(y * 255).astype(np.uint8))
+    assert prep.decode_description() != plain.decode_description()  # decoded cache apart
+    assert repr(prep) != repr(plain)  # so the frozen-output namespaces differ too
+
+
+def test_intensity_agrees_across_torch_openvino_onnx_and_gradcam(data, tiny_fe, tiny_clf,
+                                                                 tmp_path):
+    from skimage import exposure
+
+    from skcxr import FeatureExtractorTransformer, PretrainedCNNClassifier
+    from skcxr.explain import gradcam
+
+    X, y = data
+    # torch and OpenVINO: the same standardised pixels reach both engines
+    fe = {**tiny_fe, "intensity": "clahe"}
+    torch_f = FeatureExtractorTransformer(**fe).fit(X).transform(X)
+    plain_f = FeatureExtractorTransformer(**tiny_fe).fit(X).transform(X)
+    scale = np.abs(plain_f).max()
+    assert np.abs(torch_f - plain_f).max() > 0.1 * scale
+    if importlib.util.find_spec("openvino") is not None:
+        ov_f = FeatureExtractorTransformer(**{**fe, "engine": "openvino"}).fit(X).transform(X)
+        np.testing.assert_allclose(ov_f, torch_f, atol=1e-3 * scale)
+    # ONNX: the card's recipe by hand before the file equals predict_proba
+    ort = pytest.importorskip("onnxruntime")
+    from skcxr.export import TOLERANCE, to_onnx
+
+    clf = PretrainedCNNClassifier(**tiny_clf, intensity="clahe", n_trainable_layers=2,
+                                  tta="flip").fit(X, y)
+    card = to_onnx(clf, tmp_path / "clahe.onnx")
+    assert card["input"]["intensity_before"]["method"] == "clahe"
+    plain = PretrainedCNNClassifier(**{**tiny_clf}).set_params(intensity="none")
+    plain.__dict__.update({k: v for k, v in clf.__dict__.items() if k.endswith("_")})
+    import dataclasses
+    plain.preprocessing_ = dataclasses.replace(clf.preprocessing_, intensity="none")
+    source = check_images(X)
+    resized = np.stack([plain.preprocessing_.decode(source, i)[0].numpy()
+                        for i in range(len(X))])
+    by_hand = np.stack([np.rint(exposure.equalize_adapthist(r / 255.0, clip_limit=0.01,
+                                                            nbins=256) * 255).astype(np.uint8)
+                        for r in resized])
+    session = ort.InferenceSession(str(tmp_path / "clahe.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": by_hand[..., None]})[0]
+    assert np.abs(got - clf.predict_proba(X)).max() <= TOLERANCE
+    # Grad-CAM: the model with CLAHE on the files = the same network without it on the
+    # standardised pixels (the intensity step runs where decoding runs)
+    tta_free = dict(tta=None)
+    plain.set_params(**tta_free)
+    clf.set_params(**tta_free)
+    np.testing.assert_allclose(gradcam(clf, X[:4], aligned="input"),
+                               gradcam(plain, by_hand[:4], aligned="input"), atol=1e-5)
