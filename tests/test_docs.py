@@ -223,7 +223,7 @@ def test_read_record_needs_every_key():
 
 PUBLIC_MODULES = ["skcxr", "skcxr.protocol", "skcxr.calibration", "skcxr.images",
                   "skcxr.backbones", "skcxr.cache", "skcxr.datasets", "skcxr.explain",
-                  "skcxr.export", "skcxr.plotting"]
+                  "skcxr.export", "skcxr.plotting", "skcxr.evaluation", "skcxr.adaptation"]
 
 
 def test_the_public_surface_is_deliberate():
