@@ -596,7 +596,9 @@ def test_unseeded_random_weights_differ_between_fits(sample_paths):
 def _fe(memory, **kw):
     return FeatureExtractorTransformer(**{**{k: v for k, v in TINY.items()
                                              if k not in ("max_epochs", "batch_size")},
-                                          "image_size": 32, "memory": str(memory), **kw})
+                                          "image_size": 32,
+                                          "memory": None if memory is None else str(memory),
+                                          **kw})
 
 
 def _entries(memory):
