@@ -89,24 +89,20 @@ def _ratio(a, b):
         return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
 
 
-def _sensitivity(y, score, pred):
-    tp, tn, fp, fn = _counts(y, pred)
-    return _ratio(tp, tp + fn)
+def _rate(numerator: str, denominator: tuple):
+    """A metric ``count / sum(counts)`` over the confusion counts (tp, tn, fp, fn)."""
+    names = ("tp", "tn", "fp", "fn")
+
+    def metric(y, score, pred):
+        counts = dict(zip(names, _counts(y, pred)))
+        return _ratio(counts[numerator], sum(counts[c] for c in denominator))
+    return metric
 
 
-def _specificity(y, score, pred):
-    tp, tn, fp, fn = _counts(y, pred)
-    return _ratio(tn, tn + fp)
-
-
-def _ppv(y, score, pred):
-    tp, tn, fp, fn = _counts(y, pred)
-    return _ratio(tp, tp + fp)
-
-
-def _npv(y, score, pred):
-    tp, tn, fp, fn = _counts(y, pred)
-    return _ratio(tn, tn + fn)
+_sensitivity = _rate("tp", ("tp", "fn"))
+_specificity = _rate("tn", ("tn", "fp"))
+_ppv = _rate("tp", ("tp", "fp"))
+_npv = _rate("tn", ("tn", "fn"))
 
 
 def _accuracy(y, score, pred):
@@ -360,11 +356,10 @@ def external_validation(estimator, X, y, X_external, y_external, *, cv=5, groups
     score = np.full(n, np.nan)
     pred = np.empty(n, dtype=y.dtype)
     fold = np.full(n, -1)
-    take = _take
     for k, (train, test) in enumerate(splitter.split(X, y, groups)):
         params = {key: _rows(v, train) for key, v in fit_params.items()}
-        model = clone(estimator).fit(take(X, train), y[train], **params)
-        Xt = take(X, test)
+        model = clone(estimator).fit(_take(X, train), y[train], **params)
+        Xt = _take(X, test)
         score[test] = _positive_score(model, Xt)
         pred[test] = model.predict(Xt)
         fold[test] = k
