@@ -1,12 +1,15 @@
-"""Figures for skcxr results (matplotlib): training history, c x s grids, Grad-CAM overlays,
-reliability diagrams.
+"""Figures for skcxr results (matplotlib), as scikit-learn's Display objects.
 
-Confusion matrices and ROC curves are scikit-learn's own displays
-(:class:`sklearn.metrics.ConfusionMatrixDisplay`, :class:`sklearn.metrics.RocCurveDisplay`);
-they work unchanged with skcxr estimators.
+Each figure is a Display: built by ``from_estimator`` (a fitted model and data) or
+``from_predictions`` (or ``from_history``, ``from_cv_results``, ``from_heatmaps``), drawn by
+``plot(ax=...)``, which keeps its artists (``ax_``, ``figure_``, ``line_`` ...) and returns
+the display: ROC and precision-recall curves with bootstrap bands
+(:class:`RocCurveCIDisplay`, :class:`PrecisionRecallCIDisplay`), reliability diagrams,
+top losses with Grad-CAM, training history, the c x s grid heatmap and Grad-CAM grids.
+The ``plot_*`` functions are shortcuts to the displays (no second drawing code).
 
-Every function draws into ``ax`` (or a new figure) and returns what it drew on, so figures
-compose and save the usual way (``ax.figure.savefig(...)``).
+Confusion matrices are scikit-learn's own :class:`sklearn.metrics.ConfusionMatrixDisplay`;
+it works unchanged with skcxr estimators.
 """
 
 from __future__ import annotations
@@ -14,6 +17,13 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "GradCAMDisplay",
+    "GridHeatmapDisplay",
+    "HistoryDisplay",
+    "PrecisionRecallCIDisplay",
+    "ReliabilityDisplay",
+    "RocCurveCIDisplay",
+    "TopLossesDisplay",
     "plot_reliability",
     "plot_gradcam",
     "plot_grid_heatmap",
@@ -29,8 +39,48 @@ def _plt():
     return plt
 
 
+class HistoryDisplay:
+    """Training history: loss and metrics per epoch, the unfreeze point and best epoch marked.
+
+    Build it with :meth:`from_estimator` (a fitted classifier) or :meth:`from_history`
+    (its ``history_`` DataFrame), then :meth:`plot`. Attributes after ``plot``: ``ax_``
+    (the loss axis; the metric axis is ``ax_.right_ax`` when drawn), ``figure_``.
+    """
+
+    def __init__(self, history, best_epoch=None):
+        import pandas as pd
+
+        if not isinstance(history, pd.DataFrame) or "epoch" not in history:
+            raise ValueError("history must be a fitted PretrainedCNNClassifier or its "
+                             "history_ DataFrame (with an 'epoch' column).")
+        self.history = history
+        self.best_epoch = best_epoch
+
+    @classmethod
+    def from_estimator(cls, estimator):
+        """From a fitted :class:`~skcxr.PretrainedCNNClassifier` (its ``history_``)."""
+        if not hasattr(estimator, "history_"):
+            raise ValueError("history must be a fitted PretrainedCNNClassifier or its "
+                             "history_ DataFrame (with an 'epoch' column).")
+        return cls(estimator.history_, getattr(estimator, "best_epoch_", None))
+
+    @classmethod
+    def from_history(cls, history, *, best_epoch=None):
+        """From a ``history_`` DataFrame."""
+        return cls(history, best_epoch)
+
+    def plot(self, *, metrics=("valid_auc", "valid_acc"), ax=None):
+        """Draw; see :func:`plot_history` for the layout. Returns ``self``."""
+        self.ax_ = _draw_history(self.history, self.best_epoch, metrics, ax)
+        self.figure_ = self.ax_.figure
+        return self
+
+
 def plot_history(history, *, metrics=("valid_auc", "valid_acc"), ax=None):
     """Loss and metrics per epoch of a fitted classifier, the unfreeze point and best epoch marked.
+
+    A shortcut for ``HistoryDisplay.from_estimator(clf).plot(...).ax_`` (or
+    ``from_history``).
 
     Parameters
     ----------
@@ -50,16 +100,13 @@ def plot_history(history, *, metrics=("valid_auc", "valid_acc"), ax=None):
     so that it never covers a curve (``fig.tight_layout()`` or ``layout="tight"`` keeps it
     inside the saved figure; a figure made here has a tight layout already).
     """
-    import pandas as pd
+    display = (HistoryDisplay.from_estimator(history) if hasattr(history, "history_")
+               else HistoryDisplay.from_history(history))
+    return display.plot(metrics=metrics, ax=ax).ax_
 
+
+def _draw_history(history, best, metrics, ax):
     plt = _plt()
-    best = None
-    if hasattr(history, "history_"):
-        best = getattr(history, "best_epoch_", None)
-        history = history.history_
-    if not isinstance(history, pd.DataFrame) or "epoch" not in history:
-        raise ValueError("history must be a fitted PretrainedCNNClassifier or its history_ "
-                         "DataFrame (with an 'epoch' column).")
     if ax is None:  # a tight layout keeps the legend below the axes inside the figure
         _, ax = plt.subplots(figsize=(6, 4), layout="tight")
     epochs = history["epoch"].to_numpy()
@@ -122,6 +169,41 @@ def _xaxis_depth_points() -> float:
             + rc["axes.labelpad"] + 1.2 * size("axes.labelsize") + 2.0)
 
 
+class GridHeatmapDisplay:
+    """A rows x cols heatmap of a grid search's scores, relative to a baseline.
+
+    :meth:`from_estimator` (a fitted ``GridSearchCV``) or :meth:`from_cv_results`, then
+    :meth:`plot`; the parameters are :func:`plot_grid_heatmap`'s. Attributes: ``table``
+    (the values drawn, rows x cols), after ``plot`` ``ax_``, ``figure_``, ``image_``.
+    """
+
+    def __init__(self, table, label, *, baseline=None, relative="difference"):
+        self.table, self.label = table, label
+        self.baseline, self.relative = baseline, relative
+
+    @classmethod
+    def from_cv_results(cls, cv_results, *, rows="n_trainable_layers", cols="train_size",
+                        score="mean_test_score", baseline=None, relative="difference"):
+        """From ``cv_results_`` (dict or DataFrame)."""
+        table, label = _grid_table(cv_results, rows, cols, score, baseline, relative)
+        return cls(table, label, baseline=baseline, relative=relative)
+
+    @classmethod
+    def from_estimator(cls, search, **kwargs):
+        """From a fitted search (its ``cv_results_``); keywords as :meth:`from_cv_results`."""
+        if not hasattr(search, "cv_results_"):
+            raise ValueError("from_estimator needs a fitted GridSearchCV (with cv_results_).")
+        return cls.from_cv_results(search.cv_results_, **kwargs)
+
+    def plot(self, *, ax=None, cmap="RdBu", fmt=None):
+        """Draw the heatmap with its values and colour bar. Returns ``self``."""
+        self.ax_ = _draw_grid(self.table, self.label, self.baseline, self.relative, ax,
+                              cmap, fmt)
+        self.figure_ = self.ax_.figure
+        self.image_ = self.ax_.images[0]
+        return self
+
+
 def plot_grid_heatmap(cv_results, *, rows="n_trainable_layers", cols="train_size",
                       score="mean_test_score", baseline=None, relative="difference",
                       ax=None, cmap="RdBu", fmt=None):
@@ -157,9 +239,15 @@ def plot_grid_heatmap(cv_results, *, rows="n_trainable_layers", cols="train_size
     ax : matplotlib Axes
     table : DataFrame of the values drawn (rows x cols)
     """
+    display = GridHeatmapDisplay.from_cv_results(
+        cv_results, rows=rows, cols=cols, score=score, baseline=baseline, relative=relative)
+    display.plot(ax=ax, cmap=cmap, fmt=fmt)
+    return display.ax_, display.table
+
+
+def _grid_table(cv_results, rows, cols, score, baseline, relative):
     import pandas as pd
 
-    plt = _plt()
     df = pd.DataFrame(cv_results)
     missing = [k for k in (f"param_{rows}", f"param_{cols}", score) if k not in df]
     if missing:
@@ -178,6 +266,12 @@ def plot_grid_heatmap(cv_results, *, rows="n_trainable_layers", cols="train_size
              .groupby([rows, cols], sort=False)["value"].mean().unstack(cols))
     table = table.reindex(sorted(table.index, key=_sort_key), axis=0)
     table = table.reindex(sorted(table.columns, key=_sort_key), axis=1)
+    return table, label
+
+
+def _draw_grid(table, label, baseline, relative, ax, cmap, fmt):
+    plt = _plt()
+    rows, cols = table.index.name, table.columns.name
     if ax is None:  # room for the axis labels and the colour bar's label
         _, ax = plt.subplots(figsize=(2.6 + 0.9 * table.shape[1], 1.4 + 0.5 * table.shape[0]),
                              layout="tight")
@@ -202,7 +296,9 @@ def plot_grid_heatmap(cv_results, *, rows="n_trainable_layers", cols="train_size
         if np.isfinite(v):
             ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, bbox=box)
     ax.figure.colorbar(im, ax=ax, label=label)
-    return ax, table
+    return ax
+
+
 
 
 def _sort_key(v):
@@ -212,7 +308,7 @@ def _sort_key(v):
         return (1, 0.0, str(v))
 
 
-def plot_gradcam(images, heatmaps, *, titles=None, alpha=0.45, cmap="jet", axes=None):
+def _draw_gradcam(images, heatmaps, *, titles=None, alpha=0.45, cmap="jet", axes=None):
     """Grad-CAM grid: for each image, the heatmap (top row) and its overlay (bottom row).
 
     Parameters
@@ -269,7 +365,7 @@ def plot_gradcam(images, heatmaps, *, titles=None, alpha=0.45, cmap="jet", axes=
     return axes
 
 
-def plot_reliability(y_true, proba, *, n_bins=10, name=None, ax=None):
+def _draw_reliability(y_true, proba, *, n_bins=10, name=None, ax=None):
     """Reliability diagram with the expected calibration error in the legend.
 
     scikit-learn's :class:`sklearn.calibration.CalibrationDisplay` draws it; this picks the
@@ -311,4 +407,347 @@ def plot_reliability(y_true, proba, *, n_bins=10, name=None, ax=None):
         _, ax = plt.subplots(figsize=(4.5, 4.5), layout="tight")
     label = f"{name or 'model'} (ECE {ece:.3f})"
     CalibrationDisplay.from_predictions(events, probs, n_bins=n_bins, name=label, ax=ax)
-    return ax
+    return ax, ece
+
+
+class GradCAMDisplay:
+    """Grad-CAM grid: for each image, the heatmap (top row) and its overlay (bottom row).
+
+    :meth:`from_estimator` computes the heatmaps (:func:`skcxr.explain.gradcam`);
+    :meth:`from_heatmaps` draws given ones. After :meth:`plot`: ``axes_`` (2 x n),
+    ``figure_``.
+    """
+
+    def __init__(self, images, heatmaps, titles=None):
+        self.images, self.heatmaps, self.titles = images, heatmaps, titles
+
+    @classmethod
+    def from_estimator(cls, estimator, X, *, target=None, titles=None, **gradcam_kwargs):
+        """Heatmaps of a fitted model on images ``X`` (paths or arrays)."""
+        from .explain import gradcam
+
+        maps = gradcam(estimator, X, target=target, aligned="image", **gradcam_kwargs)
+        return cls(X, list(maps), titles)
+
+    @classmethod
+    def from_heatmaps(cls, images, heatmaps, *, titles=None):
+        """From images and :func:`~skcxr.explain.gradcam`'s ``aligned="image"`` output."""
+        return cls(images, heatmaps, titles)
+
+    def plot(self, *, alpha=0.45, cmap="jet", axes=None):
+        """Draw (``alpha``: opacity of the heatmap in the overlay). Returns ``self``."""
+        self.axes_ = _draw_gradcam(self.images, self.heatmaps, titles=self.titles,
+                                   alpha=alpha, cmap=cmap, axes=axes)
+        self.figure_ = self.axes_.flat[0].figure
+        return self
+
+
+def plot_gradcam(images, heatmaps, *, titles=None, alpha=0.45, cmap="jet", axes=None):
+    """Grad-CAM grid: for each image, the heatmap (top row) and its overlay (bottom row).
+
+    A shortcut for ``GradCAMDisplay.from_heatmaps(images, heatmaps).plot(...).axes_``.
+
+    Parameters
+    ----------
+    images : array (n, H, W) or (n, H, W, 3), or list of such arrays, or paths
+        The images as given to :func:`skcxr.explain.gradcam` (paths are read with
+        :func:`skcxr.images.read_image`).
+    heatmaps : output of :func:`skcxr.explain.gradcam` with ``aligned="image"``
+    titles : list of str, optional
+    alpha : float, default=0.45
+        Opacity of the heatmap in the overlay.
+    axes : array of 2 x n matplotlib Axes, optional
+
+    Returns
+    -------
+    axes : ndarray of matplotlib Axes, shape (2, n)
+    """
+    return GradCAMDisplay.from_heatmaps(images, heatmaps, titles=titles).plot(
+        alpha=alpha, cmap=cmap, axes=axes).axes_
+
+
+class ReliabilityDisplay:
+    """Reliability diagram with the expected calibration error in the legend.
+
+    scikit-learn's :class:`sklearn.calibration.CalibrationDisplay` draws it; this picks the
+    events it plots: the positive class for binary ``proba`` (``(n,)`` or ``(n, 2)``), the
+    predicted class's confidence against being right for multiclass ``(n, k)``, and every
+    label's probability pooled for multi-label (``y_true`` a 0/1 ``(n, L)`` matrix).
+    After :meth:`plot`: ``ax_``, ``figure_``, ``ece_``.
+    """
+
+    def __init__(self, y_true, proba, name=None):
+        self.y_true, self.proba, self.name = y_true, proba, name
+
+    @classmethod
+    def from_estimator(cls, estimator, X, y, *, name=None):
+        """From a fitted classifier's ``predict_proba`` on ``X`` (labels coded as its
+        ``classes_``)."""
+        proba = np.asarray(estimator.predict_proba(X))
+        y = np.asarray(y)
+        if y.ndim == 1 and hasattr(estimator, "classes_"):
+            y = np.searchsorted(np.asarray(estimator.classes_), y)
+        return cls(y, proba, name or type(estimator).__name__)
+
+    @classmethod
+    def from_predictions(cls, y_true, proba, *, name=None):
+        """From labels ``0..k-1`` (or a 0/1 label matrix) and ``predict_proba`` output."""
+        return cls(y_true, proba, name)
+
+    def plot(self, *, n_bins=10, ax=None):
+        """Draw. Returns ``self``."""
+        self.ax_, self.ece_ = _draw_reliability(self.y_true, self.proba, n_bins=n_bins,
+                                                name=self.name, ax=ax)
+        self.figure_ = self.ax_.figure
+        return self
+
+
+def plot_reliability(y_true, proba, *, n_bins=10, name=None, ax=None):
+    """Reliability diagram with the expected calibration error in the legend.
+
+    A shortcut for ``ReliabilityDisplay.from_predictions(y_true, proba).plot(...).ax_``.
+
+    Parameters
+    ----------
+    y_true : array-like
+        Labels ``0..k-1`` (as ``predict_proba``'s columns), or the multi-label 0/1 matrix.
+    proba : array-like
+        ``predict_proba`` output.
+    n_bins : int, default=10
+    name : str, optional
+        Legend label (the ECE is appended).
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    ax : matplotlib Axes
+    """
+    return ReliabilityDisplay.from_predictions(y_true, proba, name=name).plot(
+        n_bins=n_bins, ax=ax).ax_
+
+
+# ------------------------------------------------------------------ curves with a CI band
+
+class _CurveCIDisplay:
+    """A curve of one binary event with a pointwise bootstrap band (ROC or PR)."""
+
+    _x_label = _y_label = _metric = ""
+
+    def __init__(self, x, y, y_low, y_high, value, value_low, value_high, name=None,
+                 confidence=0.95):
+        self.x, self.y, self.y_low, self.y_high = x, y, y_low, y_high
+        self.value, self.value_low, self.value_high = value, value_low, value_high
+        self.name, self.confidence = name, confidence
+
+    @classmethod
+    def from_predictions(cls, y_true, y_score, *, pos_label=None, groups=None, name=None,
+                         n_resamples: int = 200, confidence: float = 0.95, random_state=0):
+        """From labels and positive-class scores (``predict_proba[:, 1]``, or a
+        ``(n, 2)`` array). ``groups``: resample patients."""
+        from .evaluation import bootstrap_indices, bootstrap_metrics
+
+        y = np.asarray(y_true)
+        score = np.asarray(y_score, dtype=np.float64)
+        if score.ndim == 2:
+            score = score[:, -1]
+        classes = np.unique(y)
+        if pos_label is None:
+            pos_label = classes[-1]
+        if len(classes) != 2 or pos_label not in classes:
+            raise ValueError(f"y_true has the classes {classes.tolist()}; these curves are "
+                             "for one binary event (pass pos_label= and one class's scores).")
+        y01 = (y == pos_label).astype(np.int64)
+        grid = np.linspace(0, 1, 101)
+        curve = cls._curve(y01, score, grid)
+        resamples = bootstrap_indices(y01, groups=groups, n_resamples=n_resamples,
+                                      random_state=random_state)
+        curves = np.array([cls._curve(y01[r], score[r], grid) for r in resamples])
+        alpha = (1 - confidence) / 2
+        low, high = np.nanquantile(curves, [alpha, 1 - alpha], axis=0)
+        table = bootstrap_metrics(y01, score, metrics=(cls._metric,), groups=groups,
+                                  classes=[0, 1], n_resamples=n_resamples,
+                                  confidence=confidence, random_state=random_state)
+        row = table.loc[cls._metric]
+        return cls(grid, curve, low, high, row.estimate, row.ci_low, row.ci_high, name,
+                   confidence)
+
+    @classmethod
+    def from_estimator(cls, estimator, X, y, *, pos_label=None, groups=None, name=None,
+                       **kwargs):
+        """From a fitted binary classifier's ``predict_proba`` on ``X``."""
+        proba = np.asarray(estimator.predict_proba(X))
+        classes = np.asarray(getattr(estimator, "classes_", [0, 1]))
+        if proba.ndim != 2 or proba.shape[1] != 2:
+            raise ValueError("from_estimator draws a binary classifier's curve; for "
+                             "multiclass or multi-label models pass one class's (label's) "
+                             "scores to from_predictions.")
+        column = 1 if pos_label is None else list(classes).index(pos_label)
+        return cls.from_predictions(np.asarray(y) == classes[column], proba[:, column],
+                                    pos_label=True, groups=groups,
+                                    name=name or type(estimator).__name__, **kwargs)
+
+    def plot(self, *, ax=None, color=None):
+        """Draw the curve, its band and (ROC) the chance line. Returns ``self``."""
+        plt = _plt()
+        if ax is None:
+            _, ax = plt.subplots(figsize=(4.5, 4.5), layout="tight")
+        pct = f"{self.confidence:.0%}"
+        label = (f"{self.name or 'model'} ({self._metric.replace('_', ' ').upper()} "
+                 f"{self.value:.3f} [{self.value_low:.3f}, {self.value_high:.3f}])")
+        (self.line_,) = ax.plot(self.x, self.y, color=color, label=label)
+        self.band_ = ax.fill_between(self.x, self.y_low, self.y_high, alpha=0.25,
+                                     color=self.line_.get_color(),
+                                     label=f"{pct} bootstrap band", linewidth=0)
+        self._decorate(ax)
+        ax.set_xlabel(self._x_label)
+        ax.set_ylabel(self._y_label)
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.01)
+        ax.set_aspect("equal")
+        ax.legend(loc="lower right" if self._metric == "roc_auc" else "lower left",
+                  fontsize=7)
+        self.ax_, self.figure_ = ax, ax.figure
+        return self
+
+
+class RocCurveCIDisplay(_CurveCIDisplay):
+    """ROC curve with a pointwise bootstrap confidence band and the AUC's interval.
+
+    The band is the percentile interval of the true positive rate at each false positive
+    rate over stratified (patient-grouped, with ``groups``) bootstrap resamples; the AUC's
+    interval is :func:`skcxr.evaluation.bootstrap_metrics`'s. Attributes: ``x`` (FPR grid),
+    ``y`` (TPR), ``y_low``, ``y_high``, ``value`` (AUC), ``value_low``, ``value_high``;
+    after :meth:`plot`: ``line_``, ``band_``, ``ax_``, ``figure_``.
+    """
+
+    _x_label, _y_label, _metric = "false positive rate", "true positive rate", "roc_auc"
+
+    @staticmethod
+    def _curve(y01, score, grid):
+        from sklearn.metrics import roc_curve
+
+        if y01.min() == y01.max():
+            return np.full(len(grid), np.nan)
+        fpr, tpr, _ = roc_curve(y01, score)
+        return np.interp(grid, fpr, tpr)
+
+    def _decorate(self, ax):
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="chance")
+
+
+class PrecisionRecallCIDisplay(_CurveCIDisplay):
+    """Precision-recall curve with a pointwise bootstrap band and the PR AUC's interval.
+
+    As :class:`RocCurveCIDisplay`, with precision (interpolated: the best precision at
+    that recall or higher) on a recall grid; the prevalence is drawn as the no-skill line.
+    """
+
+    _x_label, _y_label, _metric = "recall (sensitivity)", "precision (PPV)", "pr_auc"
+
+    @staticmethod
+    def _curve(y01, score, grid):
+        from sklearn.metrics import precision_recall_curve
+
+        if y01.min() == y01.max():
+            return np.full(len(grid), np.nan)
+        precision, recall, _ = precision_recall_curve(y01, score)
+        order = np.argsort(recall)
+        recall, precision = recall[order], np.maximum.accumulate(precision[order][::-1])[::-1]
+        return np.interp(grid, recall, precision)
+
+    @classmethod
+    def from_predictions(cls, y_true, y_score, **kwargs):
+        out = super().from_predictions(y_true, y_score, **kwargs)
+        y = np.asarray(y_true)
+        pos = kwargs.get("pos_label")
+        out.prevalence = float(np.mean(y == (np.unique(y)[-1] if pos is None else pos)))
+        return out
+
+    from_predictions.__doc__ = _CurveCIDisplay.from_predictions.__doc__
+
+    def _decorate(self, ax):
+        prevalence = getattr(self, "prevalence", None)
+        if prevalence is not None:
+            ax.axhline(prevalence, ls="--", color="grey", lw=0.8,
+                       label=f"no skill ({prevalence:.2f})")
+
+
+class TopLossesDisplay:
+    """The images a model gets most wrong, with file name, labels, probability and Grad-CAM.
+
+    :meth:`from_estimator` (computes the Grad-CAM overlays when ``gradcam=True`` and the
+    model is one :func:`skcxr.explain.gradcam` explains) or :meth:`from_predictions`
+    (images only). Built on :class:`skcxr.interpretation.ErrorAnalysis`. Attributes:
+    ``table`` (its ``top_losses``), ``heatmaps`` (or None); after :meth:`plot`:
+    ``axes_``, ``figure_``.
+    """
+
+    def __init__(self, table, images, heatmaps=None):
+        self.table, self.images, self.heatmaps = table, images, heatmaps
+
+    @classmethod
+    def from_predictions(cls, y_true, y_proba, X, *, k: int = 9, classes=None, groups=None,
+                         y_pred=None):
+        """From predictions and the image paths (or array) they were made on."""
+        from .interpretation import ErrorAnalysis
+
+        errors = ErrorAnalysis.from_predictions(y_true, y_proba, y_pred, classes=classes,
+                                                X=X, groups=groups)
+        return cls._from_errors(errors, X, k, None)
+
+    @classmethod
+    def from_estimator(cls, estimator, X, y, *, k: int = 9, groups=None, gradcam=True):
+        """From a fitted classifier on ``X, y`` (Grad-CAM of the true class)."""
+        from .interpretation import ErrorAnalysis
+
+        errors = ErrorAnalysis.from_estimator(estimator, X, y, groups=groups)
+        return cls._from_errors(errors, X, k, estimator if gradcam else None)
+
+    @classmethod
+    def _from_errors(cls, errors, X, k, estimator):
+        from sklearn.utils import _safe_indexing
+
+        from .images import check_images
+
+        table = errors.top_losses(k)
+        source = check_images(_safe_indexing(X, table["row"].to_numpy()))
+        images = [source.read(i) for i in range(len(source))]
+        heatmaps = None
+        if estimator is not None:
+            from .explain import gradcam
+
+            heatmaps = gradcam(estimator, source.data, target=list(table["true"]),
+                               aligned="image")
+            heatmaps = list(heatmaps)
+        return cls(table, images, heatmaps)
+
+    def plot(self, *, ncols: int = 3, alpha=0.4, cmap="jet", axes=None):
+        """A grid of the images (overlaid with Grad-CAM when there are heatmaps), each
+        titled with its file name, true/predicted label and probabilities. Returns
+        ``self``."""
+        import os
+
+        plt = _plt()
+        n = len(self.images)
+        nrows = max(1, -(-n // ncols))
+        if axes is None:
+            _, axes = plt.subplots(nrows, ncols, figsize=(2.5 * ncols, 2.9 * nrows),
+                                   squeeze=False, layout="constrained")
+        axes = np.asarray(axes).reshape(-1)
+        for a in axes:
+            a.set_axis_off()
+        for j, (img, row) in enumerate(zip(self.images, self.table.itertuples())):
+            img = np.asarray(img)
+            if img.dtype.kind in "ui":
+                img = img / float(np.iinfo(img.dtype).max)
+            if img.ndim == 3 and img.shape[-1] == 1:
+                img = img[..., 0]
+            axes[j].imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+            if self.heatmaps is not None:
+                axes[j].imshow(self.heatmaps[j], cmap=cmap, vmin=0, vmax=1, alpha=alpha)
+            name = os.path.basename(str(row.path))
+            patient = "" if row.patient is None else f" ({row.patient})"
+            axes[j].set_title(f"{name}{patient}\ntrue {row.true}, predicted {row.predicted}\n"
+                              f"p(true) {row.p_true:.2f}, loss {row.loss:.2f}", fontsize=7)
+        self.axes_, self.figure_ = axes, axes[0].figure
+        return self

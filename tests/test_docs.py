@@ -223,7 +223,8 @@ def test_read_record_needs_every_key():
 
 PUBLIC_MODULES = ["skcxr", "skcxr.protocol", "skcxr.calibration", "skcxr.images",
                   "skcxr.backbones", "skcxr.cache", "skcxr.datasets", "skcxr.explain",
-                  "skcxr.export", "skcxr.plotting", "skcxr.evaluation", "skcxr.adaptation"]
+                  "skcxr.export", "skcxr.plotting", "skcxr.evaluation", "skcxr.adaptation",
+                  "skcxr.interpretation", "skcxr.report", "skcxr.datacheck"]
 
 
 def test_the_public_surface_is_deliberate():
