@@ -229,6 +229,8 @@ def write_report(path, estimator, X, y, *, y_proba=None, y_pred=None, groups=Non
                                                           np.unique(y)))
     kw = dict(groups=groups, n_resamples=n_resamples, random_state=random_state)
     metrics = evaluate_predictions(y, y_proba, y_pred, classes=classes, labels=labels, **kw)
+    metrics.attrs["decision"] = ("given with the predictions" if given
+                                 else "the estimator's predict")
     card = model_card(estimator, scores=scores)
     task = metrics.attrs["task"]
     source_note = ("out-of-fold predictions given to the report" if given
