@@ -309,23 +309,7 @@ def _sort_key(v):
 
 
 def _draw_gradcam(images, heatmaps, *, titles=None, alpha=0.45, cmap="jet", axes=None):
-    """Grad-CAM grid: for each image, the heatmap (top row) and its overlay (bottom row).
-
-    Parameters
-    ----------
-    images : array (n, H, W) or (n, H, W, 3), or list of such arrays, or paths
-        The images as given to :func:`skcxr.explain.gradcam` (paths are read with
-        :func:`skcxr.images.read_image`).
-    heatmaps : output of :func:`skcxr.explain.gradcam` with ``aligned="image"``
-    titles : list of str, optional
-    alpha : float, default=0.45
-        Opacity of the heatmap in the overlay.
-    axes : array of 2 x n matplotlib Axes, optional
-
-    Returns
-    -------
-    axes : ndarray of matplotlib Axes, shape (2, n)
-    """
+    """Draw :class:`GradCAMDisplay` (parameters: :func:`plot_gradcam`)."""
     from .images import read_image
 
     plt = _plt()
@@ -366,28 +350,7 @@ def _draw_gradcam(images, heatmaps, *, titles=None, alpha=0.45, cmap="jet", axes
 
 
 def _draw_reliability(y_true, proba, *, n_bins=10, name=None, ax=None):
-    """Reliability diagram with the expected calibration error in the legend.
-
-    scikit-learn's :class:`sklearn.calibration.CalibrationDisplay` draws it; this picks the
-    events it plots: the positive class for binary ``proba`` (``(n,)`` or ``(n, 2)``), the
-    predicted class's confidence against being right for multiclass ``(n, k)``, and every
-    label's probability pooled for multi-label (``y_true`` a 0/1 ``(n, L)`` matrix).
-
-    Parameters
-    ----------
-    y_true : array-like
-        Labels ``0..k-1`` (as ``predict_proba``'s columns), or the multi-label 0/1 matrix.
-    proba : array-like
-        ``predict_proba`` output.
-    n_bins : int, default=10
-    name : str, optional
-        Legend label (the ECE is appended).
-    ax : matplotlib Axes, optional
-
-    Returns
-    -------
-    ax : matplotlib Axes
-    """
+    """Draw :class:`ReliabilityDisplay`; returns the axes and the ECE."""
     from sklearn.calibration import CalibrationDisplay
 
     from .calibration import expected_calibration_error
