@@ -62,10 +62,13 @@ def gradcam(estimator, X, *, target=None, layer=None, method: str = "gradcam",
 
     Parameters
     ----------
-    estimator : fitted PretrainedCNNClassifier or Pipeline
+    estimator : fitted PretrainedCNNClassifier, Pipeline or soft VotingClassifier
         A fine-tuned classifier (alone, or after imbalanced-learn samplers), or
         ``make_pipeline(FeatureExtractorTransformer(), [affine scalers], linear
-        classifier)``: what :func:`skcxr.export.to_onnx` accepts, with class scores.
+        classifier)``: what :func:`skcxr.export.to_onnx` accepts, with class scores. A
+        fitted ``VotingClassifier(voting="soft")`` of such models: the weighted mean of its
+        members' heatmaps, each explaining the same class (``aligned="image"`` only, since
+        members may differ in input size).
     X : paths, (n, 1) column of paths, or array of images
         As for ``fit``.
     target : None, class label, or array-like of labels, default=None
@@ -93,6 +96,9 @@ def gradcam(estimator, X, *, target=None, layer=None, method: str = "gradcam",
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}.")
     cam_cls = _import_cam(method)
+    if _is_soft_vote(estimator):
+        return _ensemble_gradcam(estimator, X, target=target, layer=layer, method=method,
+                                 batch_size=batch_size, aligned=aligned)
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     net = as_network(estimator)  # a TypeError naming what is accepted, for anything else
@@ -147,3 +153,42 @@ def _categories(net, target, n: int):
     except KeyError as exc:
         raise ValueError(f"target {exc.args[0]!r} is not one of the classes "
                          f"{list(lookup)}.") from None
+
+
+def _is_soft_vote(estimator) -> bool:
+    from sklearn.ensemble import VotingClassifier
+
+    return isinstance(estimator, VotingClassifier) and hasattr(estimator, "estimators_")
+
+
+def _ensemble_gradcam(ensemble, X, *, target, layer, method, batch_size, aligned):
+    """The weighted mean of a soft-voting ensemble's members' heatmaps of one class each.
+
+    The members are fitted on the ensemble's encoded labels (``ensemble.le_``); the class
+    explained is ``target`` (a label of the ensemble), or the ensemble's prediction.
+    """
+    if ensemble.voting != "soft":
+        raise TypeError("gradcam explains a VotingClassifier with voting='soft' (the mean of "
+                        "its members' probabilities); a hard vote has no class score.")
+    if aligned != "image":
+        raise ValueError("an ensemble's members may differ in input size: use "
+                         "aligned='image' (heatmaps on the images as given).")
+    source = check_images(X)
+    n = len(source)
+    labels = ensemble.predict(source.data) if target is None else np.broadcast_to(
+        np.asarray(target, dtype=object), (n,))
+    known = set(np.asarray(ensemble.classes_).tolist())
+    unknown = [t for t in set(np.asarray(labels, dtype=object).tolist()) if t not in known]
+    if unknown:
+        raise ValueError(f"target {unknown[0]!r} is not one of the classes {sorted(known)}.")
+    codes = ensemble.le_.transform(np.asarray(labels).tolist())
+    weights = (np.ones(len(ensemble.estimators_)) if ensemble.weights is None
+               else np.asarray(ensemble.weights, dtype=float))
+    total = None
+    for w, member in zip(weights, ensemble.estimators_):
+        maps = gradcam(member, source.data, target=codes, layer=layer, method=method,
+                       batch_size=batch_size, aligned="image")
+        maps = [np.asarray(m, dtype=np.float32) * w for m in maps]
+        total = maps if total is None else [a + b for a, b in zip(total, maps)]
+    out = [(m / weights.sum()).clip(0, 1) for m in total]
+    return np.stack(out) if len({m.shape for m in out}) == 1 else out

@@ -82,6 +82,12 @@ def model_card(estimator, *, scores: dict | None = None) -> dict:
     card = {"estimator": _describe_steps(estimator), "scores": _jsonable(scores or {}),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": _versions()}
+    members = getattr(estimator, "named_estimators_", None)
+    if part is None and members is not None:  # an ensemble (VotingClassifier): each member
+        card["members"] = {name: {k: v for k, v in model_card(m).items()
+                                  if k not in ("created", "versions", "scores")}
+                           for name, m in members.items()}
+        return card
     if part is None:
         return card
     card["skcxr_step"] = type(part).__name__
@@ -320,9 +326,19 @@ def _card_html(card: dict) -> str:
         rows.append((key.replace("_", " "), str(value)))
     for key, value in (card.get("scores") or {}).items():
         rows.append((key, f"{value:.4f}" if isinstance(value, float) else str(value)))
+    for name, member in (card.get("members") or {}).items():
+        train = member.get("training") or {}
+        params = member.get("params") or {}
+        what = [str(member.get("estimator")), f"backbone {member.get('backbone')}"]
+        what += [f"{k} {params[k]}" for k in ("image_size", "n_trainable_layers", "intensity",
+                                               "augment") if params.get(k) is not None]
+        if train:
+            what.append(f"{train['n_train_samples']} training rows, kept epoch "
+                        f"{train['best_epoch']} of {train['epochs_run']}")
+        rows.append((f"member {name}", ", ".join(what)))
     out = _table(pd.DataFrame(rows, columns=["field", "value"]))
-    extra = {k: card[k] for k in ("params", "calibration", "thresholds", "versions")
-             if k in card}
+    extra = {k: card[k] for k in ("params", "calibration", "thresholds", "members",
+                                  "versions") if k in card}
     return out + f"<details><summary>parameters and versions</summary><pre>" \
         f"{html.escape(json.dumps(extra, indent=1, default=str))}</pre></details>"
 
@@ -353,8 +369,17 @@ def _errors_html(estimator, X, y, proba, pred, classes, labels, groups, k, gradc
                                          if display.heatmaps is not None else "")))
     if note:
         out.append(f'<p class="note">{html.escape(note)}</p>')
-    out.append(_table(display.table.drop(columns=["row"])))
+    shown = display.table.drop(columns=["row"])
+    if "path" in shown:
+        shown = shown.assign(path=shown["path"].map(_short_path))
+    out.append(_table(shown))
     return "".join(out)
+
+
+def _short_path(path) -> str:
+    """The last three parts of a path (split/class/file): what identifies an image to a
+    reader, without the machine's folders."""
+    return "/".join(str(path).replace("\\", "/").split("/")[-3:])
 
 
 def _check_html(check) -> str:
@@ -365,7 +390,7 @@ def _check_html(check) -> str:
                 "label_j"]
         shown = d[cols].head(30).copy()
         for c in ("path_i", "path_j"):
-            shown[c] = shown[c].map(lambda p: "/".join(str(p).split("/")[-3:]))
+            shown[c] = shown[c].map(_short_path)
         out.append(f"<p>Duplicate pairs (first 30 of {len(d)}):</p>" + _table(shown))
     if len(check.patient_leaks):
         out.append(f"<p>Patients in more than one split (first 30 of "

@@ -79,3 +79,33 @@ def test_gradcam_for_a_feature_pipeline(data):
                          StandardScaler(), LogisticRegression(max_iter=500)).fit(X, y)
     maps = gradcam(pipe, X[:3])
     assert maps.shape == (3, 160, 160) and maps.max() > 0.9
+
+
+def test_gradcam_of_a_soft_voting_ensemble_is_the_mean_of_its_members(data, tiny_clf):
+    """Members on their own input sizes, fitted on the ensemble's encoded labels: the
+    ensemble's heatmap of a class is the weighted mean of the members' heatmaps of it."""
+    from sklearn.ensemble import VotingClassifier
+
+    X, y = data
+    names = np.array(["NORMAL", "PNEUMONIA"])[y]
+    params = {**tiny_clf, "n_trainable_layers": 2, "freeze_epochs": 1, "max_epochs": 3}
+    a = PretrainedCNNClassifier(**params)
+    b = PretrainedCNNClassifier(**{**params, "image_size": 64})
+    ensemble = VotingClassifier([("a", a), ("b", b)], voting="soft",
+                                weights=[1, 3]).fit(X, names)
+    maps = gradcam(ensemble, X[:3], target="PNEUMONIA")
+    ma, mb = (gradcam(m, X[:3], target=1) for m in ensemble.estimators_)
+    assert maps.shape == (3, 160, 160)
+    np.testing.assert_allclose(maps, (ma + 3 * mb) / 4, atol=1e-6)
+    assert ma.max() > 0.9 and mb.max() > 0.9  # neither member's map is empty
+    assert not np.allclose(ma, mb)  # the members differ: the mean is not one of them
+    # no target: each image's ensemble prediction
+    predicted = ensemble.predict(X[:3])
+    np.testing.assert_allclose(gradcam(ensemble, X[:3]),
+                               gradcam(ensemble, X[:3], target=predicted), atol=1e-6)
+    with pytest.raises(ValueError, match="not one of the classes"):
+        gradcam(ensemble, X[:1], target="COVID")
+    with pytest.raises(ValueError, match="aligned='image'"):
+        gradcam(ensemble, X[:1], aligned="input")
+    with pytest.raises(TypeError, match="voting='soft'"):
+        gradcam(VotingClassifier([("a", a)], voting="hard").fit(X, names), X[:1])

@@ -234,6 +234,26 @@ def test_model_card_of_a_pipeline(data, tiny_fe):
     assert card["backbone"] == "test_efficientnet" and card["scores"] == {"cv_auc": 0.9}
 
 
+def test_model_card_and_report_of_a_soft_voting_ensemble(fitted, data, tiny_clf, tmp_path):
+    """An ensemble's card lists its members; its top losses get the members' mean Grad-CAM."""
+    from sklearn.ensemble import VotingClassifier
+
+    X, y = data
+    other = PretrainedCNNClassifier(**{**tiny_clf, "n_trainable_layers": 4})
+    ensemble = VotingClassifier([("c2", fitted), ("c4", other)], voting="soft").fit(X, y)
+    card = model_card(ensemble)
+    assert card["estimator"] == "VotingClassifier" and set(card["members"]) == {"c2", "c4"}
+    for name, c in (("c2", 2), ("c4", 4)):
+        member = card["members"][name]
+        assert member["backbone"] == "test_efficientnet"
+        assert member["params"]["n_trainable_layers"] == c
+        assert member["training"]["n_train_samples"] == len(X) - 6  # 10% inner validation
+    page = write_report(tmp_path / "e.html", ensemble, X, y, n_resamples=20, top_k=2
+                        ).read_text()
+    assert "member c4" in page and "Grad-CAM of the true class" in page
+    assert "Grad-CAM not drawn" not in page
+
+
 def test_cli_report_on_an_image_folder(tmp_path):
     out = tmp_path / "cli.html"
     sample = Path(__file__).resolve().parents[1] / "skcxr" / "data" / "kermany_sample"

@@ -10,9 +10,10 @@ examples/output/<name>/, with the tables, the figures and ``run.json``):
 Pages are made for ``examples/study_*.py`` and ``examples/kermany_best.py`` only. For each, it
 checks ``run.json`` (a full run, not ``--quick``, of the script as it is now: the sha256 of
 its source and of examples/_common.py must match), copies the printed tables (``*.md``) to
-docs/studies/results/<name>/ and the figures (``*.png``, byte for byte, as the example saved
-them) to docs/_static/studies/<name>/, and writes docs/studies/<name>.md: the docstring
-(reStructuredText, rendered), the tables, the figures and the command lines. Each page
+docs/studies/results/<name>/, the figures (``*.png``, byte for byte, as the example saved
+them) and the reports (``*.html``) to docs/_static/studies/<name>/, and writes
+docs/studies/<name>.md: the docstring (reStructuredText, rendered), the tables, the figures,
+links to the reports and the command lines. Each page
 records the run it shows, in its front matter (``skcxr_source_sha256`` and friends, read by
 tests/test_docs.py, which fails once the script changes) and visibly under its title. The
 pages are committed; the docs build needs no example run.
@@ -289,6 +290,15 @@ def page(script: Path, folder: Path, run: dict, layout: Layout) -> str:
     for f in figures:  # as the example saved them: no re-encoding, no colour reduction
         shutil.copyfile(f, fig_dir / f.name)
         lines += [f"![{f.stem}](../_static/studies/{name}/{f.name})", ""]
+    reports = sorted(folder.glob("*.html"))
+    if reports:  # self-contained HTML reports (skcxr.report.write_report), as written
+        lines += ["### Reports", "", "Each is one self-contained HTML file (figures embedded, "
+                  "no script; opens offline and prints):", ""]
+    for f in reports:
+        shutil.copyfile(f, fig_dir / f.name)
+        lines += [f"- [{f.stem.replace('_', ' ')}](../_static/studies/{name}/{f.name})"]
+    if reports:
+        lines += [""]
     return "\n".join(lines)
 
 
