@@ -82,8 +82,10 @@ Where the study's protocol is flawed, and the careful variant
 The point the numbers make: per-label accuracy relative to the majority classifier is about 0
 everywhere in the grid (under +0.01: the models, thresholded at 0.5, predict the majority
 value of almost every label), while ROC AUC shows that the same models do rank images above
-chance, more so with more layers trained and more images (macro AUC from ~0.54 to ~0.61 on
-these 64x64 thumbnails; Effusion best). Accuracy cannot see that; AUC can. The majority
+chance, more so with more layers trained and more images (macro AUC from about 0.53 to 0.61
+on these 64x64 thumbnails; the per-label table shows which findings rank best, and the
+report's intervals how little 1000 images can tell apart). Accuracy cannot see that; AUC
+can. The majority
 classifier's subset accuracy swings with s because "No Finding" (49.9% of images) comes out
 as the majority value in some subsamples and not in others.
 

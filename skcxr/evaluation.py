@@ -554,7 +554,9 @@ def subgroup_metrics(y_true, y_proba, y_pred=None, *, subgroups, classes=None, l
         A subgroup with fewer rows is too small to read: its estimate is given, its interval
         is not, and ``readable`` is False with the reason in ``note``.
     min_class_count : int, default=5
-        Likewise when a target has fewer positive or negative rows in the subgroup.
+        Likewise, row by row, when a target (a class one-vs-rest, a label) has fewer
+        positive or negative rows in the subgroup; an ``"overall"`` row when any class
+        has fewer.
     bins : dict, optional
         Column -> bin edges for numeric columns (``{"age": [0, 40, 60, 120]}``: bands
         ``[0, 40)``, ...). A numeric column not named here with more than 10 distinct values
@@ -588,22 +590,28 @@ def subgroup_metrics(y_true, y_proba, y_pred=None, *, subgroups, classes=None, l
             sub_y = y[rows]
             counts = _class_counts(sub_y, classes)
             small = len(rows) < min_count
-            rare = counts.min() < min_class_count if len(counts) else True
             table = evaluate_predictions(
                 sub_y, proba[rows], None if pred is None else pred[rows], classes=classes,
                 labels=labels, groups=None if groups is None else groups[rows],
-                metrics=metrics, n_resamples=0 if (small or rare) else n_resamples,
+                metrics=metrics, n_resamples=0 if small else n_resamples,
                 confidence=confidence, random_state=random_state)
-            note = ""
+            # each row's rarer side: a class (label) row's positives or the rest; an
+            # "overall" row depends on every class
+            n_pos = table["n_positive"].to_numpy(dtype=float)
+            least = np.where(table["target"].to_numpy() == "overall",
+                             counts.min() if len(counts) else 0,
+                             np.minimum(n_pos, table["n"].to_numpy() - n_pos))
+            rare = np.zeros(len(table), bool) if small else ~(least >= min_class_count)
+            table.loc[rare, ["ci_low", "ci_high"]] = np.nan
             if small:
-                note = f"n={len(rows)} < min_count={min_count}"
-            elif rare:
-                note = (f"a class has {int(counts.min())} < min_class_count="
-                        f"{min_class_count} rows")
+                notes = [f"n={len(rows)} < min_count={min_count}"] * len(table)
+            else:
+                notes = [f"a class has {int(k)} < min_class_count={min_class_count} rows"
+                         if r else "" for k, r in zip(np.nan_to_num(least), rare)]
             table.insert(0, "subgroup", str(value))
             table.insert(0, "variable", str(column))
-            table["readable"] = not (small or rare)
-            table["note"] = note
+            table["readable"] = ~rare & (not small)  # bool per row
+            table["note"] = notes
             out.append(table)
     return pd.concat(out, ignore_index=True)
 
@@ -619,8 +627,12 @@ def _bands(column: pd.Series, edges) -> pd.Series:
     values = column.reset_index(drop=True)
     if edges is not None:
         return pd.cut(values, edges, right=False).astype(str).where(values.notna(), "missing")
-    if pd.api.types.is_numeric_dtype(values) and values.nunique() > 10:
-        cut = pd.qcut(values, 4, duplicates="drop")
+    if pd.api.types.is_numeric_dtype(values) and values.nunique() > 10:  # quartiles
+        q = np.unique(np.nanquantile(values.to_numpy(dtype=float), [0, .25, .5, .75, 1]))
+        edges = np.r_[q[:-1], np.nextafter(q[-1], np.inf)]
+        names = [f"[{a:g}, {b:g})" for a, b in zip(q[:-2], q[1:-1])] + [
+            f"[{q[-2]:g}, {q[-1]:g}]"]
+        cut = pd.cut(values, edges, right=False, labels=names)
         return cut.astype(str).where(values.notna(), "missing")
     return values.astype(object).where(values.notna(), "missing").astype(str)
 

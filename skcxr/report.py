@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,9 +32,12 @@ _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:60rem;margin:0 auto;
 padding:1rem;color:#222;line-height:1.4}
 h1{font-size:1.6rem}h2{font-size:1.25rem;border-bottom:1px solid #ccc;margin-top:2rem}
+h3{font-size:1rem;margin-bottom:.2rem}
+td.num{overflow-wrap:normal}
 table{border-collapse:collapse;font-size:.8rem;margin:.5rem 0;max-width:100%;
 display:block;overflow-x:auto}
-td,th{border:1px solid #ddd;padding:.15rem .4rem;text-align:right;overflow-wrap:anywhere}
+td,th{border:1px solid #ddd;padding:.15rem .4rem;text-align:right;overflow-wrap:anywhere;
+white-space:pre-line}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 tr.unreadable td{color:#999}
 figure{margin:1rem 0;break-inside:avoid}figure img{max-width:100%;height:auto}
@@ -140,10 +144,19 @@ def _table(frame: pd.DataFrame, *, floatfmt="{:.3f}", classes=None) -> str:
     rows = []
     for k, (_, r) in enumerate(shown.iterrows()):
         cls = f' class="{classes[k]}"' if classes is not None and classes[k] else ""
-        rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r)
-                    + "</tr>")
+        rows.append(f"<tr{cls}>" + "".join(_cell(v) for v in r) + "</tr>")
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _cell(value) -> str:
+    """A table cell; numbers and intervals never break inside a number."""
+    text = str(value)
+    num = ' class="num"' if text and _NUMERIC.fullmatch(text) else ""
+    return f"<td{num}>{html.escape(text)}</td>"
+
+
+_NUMERIC = re.compile(r"[-+0-9.eE\[\], \nnaif]+")
 
 
 def _with_ci(table: pd.DataFrame) -> pd.DataFrame:
@@ -155,6 +168,58 @@ def _with_ci(table: pd.DataFrame) -> pd.DataFrame:
     out["n"] = table["n"].astype(int)
     out["n positive"] = table["n_positive"].map(lambda v: "" if pd.isna(v) else int(v))
     return out
+
+
+#: the wide metrics tables of a report with many targets: threshold-free, then decisions
+_WIDE_GROUPS = (("Ranking and calibration", ("roc_auc", "pr_auc", "ece")),
+                ("At the decision rule", ("sensitivity", "specificity", "ppv", "npv",
+                                          "balanced_accuracy", "f1")))
+
+
+def _subgroup_view(sub: pd.DataFrame):
+    """Subgroup rows as one row per (variable, subgroup, target), a column per metric
+    (estimate over its interval), and whether each row is readable."""
+    keys = ["variable", "subgroup", "target"]
+    cells = sub.assign(cell=[
+        f"{e:.3f}" + ("" if pd.isna(lo) else f"\n[{lo:.3f}, {hi:.3f}]")
+        for e, lo, hi in zip(sub.estimate, sub.ci_low, sub.ci_high)])
+    order = list(dict.fromkeys(map(tuple, sub[keys].to_numpy())))
+    wide = cells.pivot(index=keys, columns="metric", values="cell")
+    wide = wide.reindex(index=pd.MultiIndex.from_tuples(order, names=keys),
+                        columns=list(dict.fromkeys(sub.metric)))
+    meta = cells.groupby(keys, sort=False).agg(
+        n=("n", "first"), n_positive=("n_positive", "first"), readable=("readable", "all"),
+        note=("note", "first")).reindex(wide.index)
+    view = wide.join(meta[["n", "n_positive", "note"]]).reset_index()
+    view["n_positive"] = view["n_positive"].map(lambda v: "" if pd.isna(v) else int(v))
+    return view.rename(columns={"n_positive": "n positive"}), meta["readable"].tolist()
+
+
+def _metrics_html(table: pd.DataFrame) -> str:
+    """The metrics: one row per (target, metric) for one or two targets; with more, one row
+    per target and a column per metric (estimate over its interval), in two tables that fit
+    a printed page."""
+    targets = [t for t in dict.fromkeys(table.target) if t != "overall"]
+    if len(targets) <= 2:
+        return _table(_with_ci(table))
+    per_target = table[table.target != "overall"]
+    cells = per_target.assign(cell=[
+        f"{e:.3f}" + ("" if pd.isna(lo) else f"\n[{lo:.3f}, {hi:.3f}]")
+        for e, lo, hi in zip(per_target.estimate, per_target.ci_low, per_target.ci_high)])
+    wide = cells.pivot(index="target", columns="metric", values="cell").reindex(targets)
+    counts = per_target.groupby("target", sort=False)[["n", "n_positive"]].first()
+    counts = counts.reindex(targets).astype(int).rename(columns={"n_positive": "n positive"})
+    out = ['<p class="note">One row per target: each metric\'s estimate over its 95% '
+           "interval.</p>"]
+    for title, names in _WIDE_GROUPS:
+        shown = [m for m in names if m in wide.columns]
+        if shown:
+            frame = wide[shown].join(counts) if title.startswith("Ranking") else wide[shown]
+            out.append(f"<h3>{title}</h3>" + _table(frame.reset_index()))
+    overall = table[table.target == "overall"]
+    if len(overall):
+        out.append("<h3>Overall</h3>" + _table(_with_ci(overall)))
+    return "".join(out)
 
 
 def write_report(path, estimator, X, y, *, y_proba=None, y_pred=None, groups=None,
@@ -250,7 +315,7 @@ def write_report(path, estimator, X, y, *, y_proba=None, y_pred=None, groups=Non
                  f"{' of patients' if groups is not None else ''}.</p>")
 
     parts.append("<h2>Model card</h2>" + _card_html(card))
-    parts.append("<h2>Metrics</h2>" + _table(_with_ci(metrics)))
+    parts.append("<h2>Metrics</h2>" + _metrics_html(metrics))
 
     parts.append("<h2>Figures</h2>")
     if task == "binary":
@@ -281,13 +346,11 @@ def write_report(path, estimator, X, y, *, y_proba=None, y_pred=None, groups=Non
         sub = subgroup_metrics(y, y_proba, y_pred, subgroups=metadata, classes=classes,
                                labels=labels, **kw)
         shown = sub[sub.target != "overall"] if task != "multilabel" else sub
-        view = pd.concat([shown[["variable", "subgroup"]].reset_index(drop=True),
-                          _with_ci(shown).reset_index(drop=True),
-                          shown[["note"]].reset_index(drop=True)], axis=1)
-        parts.append("<h2>Subgroups</h2><p class=\"note\">Grey rows are too small to read "
-                     "(the note says why): their estimate is shown, no interval.</p>"
-                     + _table(view, classes=["" if r else "unreadable"
-                                             for r in shown.readable]))
+        view, readable = _subgroup_view(shown)
+        parts.append("<h2>Subgroups</h2><p class=\"note\">One row per subgroup and target. "
+                     "Grey rows are too small to read (the note says why): their estimate "
+                     "is shown, no interval.</p>"
+                     + _table(view, classes=["" if r else "unreadable" for r in readable]))
 
     parts.append("<h2>Errors</h2>" + _errors_html(
         estimator, X, y, y_proba, y_pred, classes, labels, groups, top_k,

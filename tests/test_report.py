@@ -116,6 +116,27 @@ def test_subgroups_on_nih_metadata(shared_data):
         assert np.isnan(auc.loc[("age", band), "ci_low"]) == (not readable)
 
 
+def test_subgroup_readability_is_per_label(shared_data):
+    """A multi-label subgroup row is unreadable only where its own label is rare there."""
+    nih = load_nih_csv(shared_data / "nih1000" / "labels.csv")
+    names = list(nih.target_names)
+    Y = nih.target
+    rng = np.random.default_rng(0)
+    proba = np.clip(0.3 * Y + 0.7 * rng.random(Y.shape), 0, 1)
+    sub = subgroup_metrics(Y, proba, subgroups=nih.frame[["sex"]], labels=names,
+                           min_class_count=5, n_resamples=30)
+    for sex in ("F", "M"):
+        rows = (nih.frame.sex == sex).to_numpy()
+        for j, name in enumerate(names):
+            pos = int(Y[rows, j].sum())
+            least = min(pos, int(rows.sum()) - pos)
+            got = sub[(sub.subgroup == sex) & (sub.target == name)]
+            assert (got.n_positive == pos).all()
+            assert (got.readable == (least >= 5)).all(), (sex, name, least)
+            assert got.ci_low.isna().all() == (least < 5)
+    assert sub.readable.any() and not sub.readable.all()  # both kinds occur on nih1000
+
+
 def test_error_analysis_names_files_and_patients(data):
     X, y = data
     rng = np.random.default_rng(0)
