@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._curves import PrecisionRecallCIDisplay, RocCurveCIDisplay
+
 __all__ = [
     "GradCAMDisplay",
     "GridHeatmapDisplay",
@@ -490,150 +492,6 @@ def plot_reliability(y_true, proba, *, n_bins=10, name=None, ax=None):
 
 
 # ------------------------------------------------------------------ curves with a CI band
-
-class _CurveCIDisplay:
-    """A curve of one binary event with a pointwise bootstrap band (ROC or PR)."""
-
-    _x_label = _y_label = _metric = ""
-
-    def __init__(self, x, y, y_low, y_high, value, value_low, value_high, name=None,
-                 confidence=0.95):
-        self.x, self.y, self.y_low, self.y_high = x, y, y_low, y_high
-        self.value, self.value_low, self.value_high = value, value_low, value_high
-        self.name, self.confidence = name, confidence
-
-    @classmethod
-    def from_predictions(cls, y_true, y_score, *, pos_label=None, groups=None, name=None,
-                         n_resamples: int = 200, confidence: float = 0.95, random_state=0):
-        """From labels and positive-class scores (``predict_proba[:, 1]``, or a
-        ``(n, 2)`` array). ``groups``: resample patients."""
-        from .evaluation import bootstrap_indices, bootstrap_metrics
-
-        y = np.asarray(y_true)
-        score = np.asarray(y_score, dtype=np.float64)
-        if score.ndim == 2:
-            score = score[:, -1]
-        classes = np.unique(y)
-        if pos_label is None:
-            pos_label = classes[-1]
-        if len(classes) != 2 or pos_label not in classes:
-            raise ValueError(f"y_true has the classes {classes.tolist()}; these curves are "
-                             "for one binary event (pass pos_label= and one class's scores).")
-        y01 = (y == pos_label).astype(np.int64)
-        grid = np.linspace(0, 1, 101)
-        curve = cls._curve(y01, score, grid)
-        resamples = bootstrap_indices(y01, groups=groups, n_resamples=n_resamples,
-                                      random_state=random_state)
-        curves = np.array([cls._curve(y01[r], score[r], grid) for r in resamples])
-        alpha = (1 - confidence) / 2
-        low, high = np.nanquantile(curves, [alpha, 1 - alpha], axis=0)
-        table = bootstrap_metrics(y01, score, metrics=(cls._metric,), groups=groups,
-                                  classes=[0, 1], n_resamples=n_resamples,
-                                  confidence=confidence, random_state=random_state)
-        row = table.loc[cls._metric]
-        return cls(grid, curve, low, high, row.estimate, row.ci_low, row.ci_high, name,
-                   confidence)
-
-    @classmethod
-    def from_estimator(cls, estimator, X, y, *, pos_label=None, groups=None, name=None,
-                       **kwargs):
-        """From a fitted binary classifier's ``predict_proba`` on ``X``."""
-        proba = np.asarray(estimator.predict_proba(X))
-        classes = np.asarray(getattr(estimator, "classes_", [0, 1]))
-        if proba.ndim != 2 or proba.shape[1] != 2:
-            raise ValueError("from_estimator draws a binary classifier's curve; for "
-                             "multiclass or multi-label models pass one class's (label's) "
-                             "scores to from_predictions.")
-        column = 1 if pos_label is None else list(classes).index(pos_label)
-        return cls.from_predictions(np.asarray(y) == classes[column], proba[:, column],
-                                    pos_label=True, groups=groups,
-                                    name=name or type(estimator).__name__, **kwargs)
-
-    def plot(self, *, ax=None, color=None):
-        """Draw the curve, its band and (ROC) the chance line. Returns ``self``."""
-        plt = _plt()
-        if ax is None:
-            _, ax = plt.subplots(figsize=(4.5, 4.5), layout="tight")
-        pct = f"{self.confidence:.0%}"
-        label = (f"{self.name or 'model'} ({self._metric.replace('_', ' ').upper()} "
-                 f"{self.value:.3f} [{self.value_low:.3f}, {self.value_high:.3f}])")
-        (self.line_,) = ax.plot(self.x, self.y, color=color, label=label)
-        self.band_ = ax.fill_between(self.x, self.y_low, self.y_high, alpha=0.25,
-                                     color=self.line_.get_color(),
-                                     label=f"{pct} bootstrap band", linewidth=0)
-        self._decorate(ax)
-        ax.set_xlabel(self._x_label)
-        ax.set_ylabel(self._y_label)
-        ax.set_xlim(-0.01, 1.01)
-        ax.set_ylim(-0.01, 1.01)
-        ax.set_aspect("equal")
-        ax.legend(loc="lower right" if self._metric == "roc_auc" else "lower left",
-                  fontsize=7)
-        self.ax_, self.figure_ = ax, ax.figure
-        return self
-
-
-class RocCurveCIDisplay(_CurveCIDisplay):
-    """ROC curve with a pointwise bootstrap confidence band and the AUC's interval.
-
-    The band is the percentile interval of the true positive rate at each false positive
-    rate over stratified (patient-grouped, with ``groups``) bootstrap resamples; the AUC's
-    interval is :func:`skcxr.evaluation.bootstrap_metrics`'s. Attributes: ``x`` (FPR grid),
-    ``y`` (TPR), ``y_low``, ``y_high``, ``value`` (AUC), ``value_low``, ``value_high``;
-    after :meth:`plot`: ``line_``, ``band_``, ``ax_``, ``figure_``.
-    """
-
-    _x_label, _y_label, _metric = "false positive rate", "true positive rate", "roc_auc"
-
-    @staticmethod
-    def _curve(y01, score, grid):
-        from sklearn.metrics import roc_curve
-
-        if y01.min() == y01.max():
-            return np.full(len(grid), np.nan)
-        fpr, tpr, _ = roc_curve(y01, score)
-        return np.interp(grid, fpr, tpr)
-
-    def _decorate(self, ax):
-        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="chance")
-
-
-class PrecisionRecallCIDisplay(_CurveCIDisplay):
-    """Precision-recall curve with a pointwise bootstrap band and the PR AUC's interval.
-
-    As :class:`RocCurveCIDisplay`, with precision (interpolated: the best precision at
-    that recall or higher) on a recall grid; the prevalence is drawn as the no-skill line.
-    """
-
-    _x_label, _y_label, _metric = "recall (sensitivity)", "precision (PPV)", "pr_auc"
-
-    @staticmethod
-    def _curve(y01, score, grid):
-        from sklearn.metrics import precision_recall_curve
-
-        if y01.min() == y01.max():
-            return np.full(len(grid), np.nan)
-        precision, recall, _ = precision_recall_curve(y01, score)
-        order = np.argsort(recall)
-        recall, precision = recall[order], np.maximum.accumulate(precision[order][::-1])[::-1]
-        return np.interp(grid, recall, precision)
-
-    @classmethod
-    def from_predictions(cls, y_true, y_score, **kwargs):
-        out = super().from_predictions(y_true, y_score, **kwargs)
-        y = np.asarray(y_true)
-        pos = kwargs.get("pos_label")
-        out.prevalence = float(np.mean(y == (np.unique(y)[-1] if pos is None else pos)))
-        return out
-
-    from_predictions.__doc__ = _CurveCIDisplay.from_predictions.__doc__
-
-    def _decorate(self, ax):
-        prevalence = getattr(self, "prevalence", None)
-        if prevalence is not None:
-            ax.axhline(prevalence, ls="--", color="grey", lw=0.8,
-                       label=f"no skill ({prevalence:.2f})")
-
 
 class TopLossesDisplay:
     """The images a model gets most wrong, with file name, labels, probability and Grad-CAM.
