@@ -8,11 +8,13 @@ checked, in that order, before any image is decoded), the runtime and call optio
 ``predict``/``transform``, loading the backbone with its preprocessing, the input tags, and
 persistence.
 
-Persistence policy: a fitted estimator pickles with its modules on the CPU and the skcxr
-version that wrote it; it loads in the same minor version (``0.1.x`` -> ``0.1.y``), and in
-any other one loading stops with an error that says which version wrote it. Nothing inside
-is kept compatible across minor versions (the package is pre-1.0): refit, or load with the
-version that wrote it (``pip install "skcxr==X.Y.*"``).
+Persistence policy: a fitted estimator saves its state as arrays and plain types
+(:mod:`skcxr._persistence`: networks as a recipe and their weights), with the skcxr version
+that wrote it, the same for pickle, joblib and ``skops.io``; it loads in the same minor
+version (``0.1.x`` -> ``0.1.y``), and in any other one loading stops with an error that says
+which version wrote it. Nothing inside is kept compatible across minor versions (the
+package is pre-1.0): refit, or load with the version that wrote it
+(``pip install "skcxr==X.Y.*"``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sklearn.base import BaseEstimator
 from . import _runtime
 from ._disk import resolve_location
 from ._params import SHARED_HEAD, SHARED_TAIL, validate_params
+from ._persistence import loaded_state, saved_state
 from ._preprocessing import make_preprocessing
 from ._runtime import CallOptions, Execution
 from ._version import __version__
@@ -93,7 +96,7 @@ class CXREstimator(BaseEstimator):
         return tags
 
     def __getstate__(self):
-        state = _runtime.cpu_state(super().__getstate__())
+        state = saved_state(super().__getstate__())
         state["_skcxr_version"] = __version__
         return state
 
@@ -106,4 +109,4 @@ class CXREstimator(BaseEstimator):
                 f"{__version__}, and a model loads in the skcxr minor version that wrote it "
                 f"({'.'.join(_minor(written)) + '.*' if written else 'this one'}) only. "
                 "Refit it with this version, or load it with the one that wrote it.")
-        super().__setstate__(state)
+        super().__setstate__(loaded_state(state))

@@ -303,18 +303,3 @@ def release(device: torch.device) -> None:
     """Return cached accelerator memory to the driver (between fits of a grid search)."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def cpu_state(state: dict) -> dict:
-    """A copy of an estimator's ``__dict__`` whose torch modules all live on the CPU.
-
-    Used by ``__getstate__`` so that a model fitted on a GPU pickles into something a
-    CPU-only machine can load (skorch #70, #1096).
-    """
-    state = state.copy()
-    for key, value in state.items():
-        if isinstance(value, torch.nn.Module) and any(
-            t.device.type != "cpu" for t in value.state_dict().values()
-        ):
-            state[key] = copy.deepcopy(value).to("cpu")
-    return state
