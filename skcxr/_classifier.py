@@ -147,6 +147,16 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
         are computed once per image and cached, so epochs cost what un-augmented ones do
         (after a first pass of six prefix computations per image). The cheap way to
         augment a deep ``n_trainable_layers`` on a CPU.
+    callbacks : list or None, default=None
+        skorch callbacks (instances, or ``(name, callback)`` pairs) run after skcxr's own
+        in every epoch of ``fit``: e.g. ``skorch.callbacks.MlflowLogger(
+        terminate_after_train=False)`` logs each epoch's losses and validation metrics to
+        the active MLflow run, ``skorch.callbacks.TensorBoard(writer)`` to TensorBoard.
+        ``skorch.callbacks.EpochScoring("f1", lower_is_better=False)`` adds a column to
+        ``history_`` (the net predicts probabilities and classes, as skorch's classifier
+        does). Each ``fit`` runs a copy, so the objects given are never changed and every
+        fit of a grid search (``clone``) starts from the same ones. Names must be unique
+        and not skcxr's own (``"early_stopping"``, ``"lr_scheduler"``, ...).
     %(batch_size)s
     %(cache)s
     %(memory)s
@@ -255,6 +265,7 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
         patience=3,
         min_delta=1e-3,
         augment=None,
+        callbacks=None,
         batch_size=32,
         cache=True,
         memory=None,
@@ -295,6 +306,7 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
         self.patience = patience
         self.min_delta = min_delta
         self.augment = augment
+        self.callbacks = callbacks
         self.batch_size = batch_size
         self.cache = cache
         self.memory = memory

@@ -24,7 +24,12 @@ from ._disk import MEMORY_CONSTRAINT
 from ._layers import BATCHNORM_POLICIES
 from ._preprocessing import PREPROCESSING_CONSTRAINTS, TTA_CONSTRAINT
 from ._runtime import RUNTIME_CONSTRAINTS
-from ._training import OPTIMIZER_CLASSES, SCHEDULER_CLASSES
+from ._training import (
+    OPTIMIZER_CLASSES,
+    RESERVED_CALLBACK_NAMES,
+    SCHEDULER_CLASSES,
+    is_callback_list,
+)
 from ._validation import (
     BOOL,
     CALLABLE,
@@ -102,6 +107,10 @@ CLASSIFIER_CONSTRAINTS = {
     "patience": [Interval("int", 1)],
     "min_delta": [Interval("real", 0)],
     "augment": [NONE, Options(*AUGMENT_PRESETS), CALLABLE],
+    "callbacks": [NONE, Check(lambda v: VALID if is_callback_list(v) else INVALID,
+                              "a list of skorch callbacks or (name, callback) pairs with "
+                              "unique names, none of "
+                              + ", ".join(map(repr, RESERVED_CALLBACK_NAMES)))],
 }
 
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 from dataclasses import dataclass, fields
 
@@ -60,6 +61,7 @@ class TrainingConfig:
     min_delta: float
     num_workers: int
     verbose: int
+    callbacks: list | None
 
     @classmethod
     def from_params(cls, params: dict) -> TrainingConfig:
@@ -250,6 +252,21 @@ class WeightedNet(NeuralNet):
         self.__dict__.pop("_training_mode", None)  # a new module has its own mode
         return super().initialize_module()
 
+    # skorch's NeuralNet predicts the module's raw output (logits); as a classifier net does,
+    # predict probabilities and class indices, so a user's EpochScoring (``callbacks``) with
+    # a predict-based scorer ("accuracy", "f1", "balanced_accuracy") or a callable works
+    def predict_proba(self, X):
+        logits = torch.as_tensor(super().predict_proba(X))
+        if isinstance(self.criterion_, nn.BCEWithLogitsLoss):  # multi-label
+            return torch.sigmoid(logits).numpy()
+        return torch.softmax(logits, dim=1).numpy()
+
+    def predict(self, X):
+        proba = self.predict_proba(X)
+        if isinstance(self.criterion_, nn.BCEWithLogitsLoss):
+            return (proba >= 0.5).astype(np.int64)
+        return proba.argmax(axis=1)
+
     def get_all_learnable_params(self):
         module = self.module_
         planned = set(module.planned_layers)
@@ -314,6 +331,34 @@ def train(net: WeightedNet, train_ds) -> None:
         raise KeyboardInterrupt from None
 
 
+#: callback names skcxr's nets use (skorch's defaults and skcxr's own): a user's callback
+#: may not take one (skorch would refuse the duplicate only once the fit has begun)
+RESERVED_CALLBACK_NAMES = ("epoch_timer", "train_loss", "valid_loss", "print_log", "unfreeze",
+                           "record", "finite_loss", "early_stopping", "lr_scheduler",
+                           "progress_bar")
+
+
+def _named_callbacks(value) -> list[tuple[str, Callback]]:
+    """The ``callbacks`` parameter as ``(name, callback)`` pairs; unnamed ones are called
+    ``user_{k}_{Type}``."""
+    return [item if isinstance(item, tuple) else (f"user_{k}_{type(item).__name__}", item)
+            for k, item in enumerate(value or ())]
+
+
+def is_callback_list(value) -> bool:
+    """Whether ``value`` is a list of skorch callbacks or ``(name, callback)`` pairs with
+    unique names none of which is in :data:`RESERVED_CALLBACK_NAMES` (the ``callbacks``
+    parameter)."""
+    def one(item):
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            item = item[1]
+        return isinstance(item, Callback)
+    if not (isinstance(value, (list, tuple)) and all(one(v) for v in value)):
+        return False
+    names = [name for name, _ in _named_callbacks(value)]
+    return len(set(names)) == len(names) and not set(names) & set(RESERVED_CALLBACK_NAMES)
+
+
 def make_net(module, train_ds, valid_ds, *, task: str, pos_weight, device: torch.device,
              config: TrainingConfig) -> WeightedNet:
     """A skorch net that trains ``module`` as the classifier's parameters (``config``) say.
@@ -342,6 +387,8 @@ def make_net(module, train_ds, valid_ds, *, task: str, pos_weight, device: torch
                                                       **kwargs)))
     if verbose > 1:
         callbacks.append(("progress_bar", ProgressBar()))
+    # the user's, as copies: the objects given are never changed
+    callbacks += [(name, copy.deepcopy(cb)) for name, cb in _named_callbacks(c.callbacks)]
     opt_kwargs = {**OPTIMIZER_DEFAULTS.get(optimizer, {}), **(c.optimizer_kwargs or {})}
     if c.finetune_lr is not None:
         opt_kwargs["param_groups"] = [("backbone.*", {"lr": float(c.finetune_lr)})]

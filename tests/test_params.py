@@ -58,6 +58,7 @@ BAD = {
         "patience": [0],
         "min_delta": [-1, math.nan],
         "augment": ["mixup", 3],
+        "callbacks": ["mlflow", [print], (object(),)],
     },
 }
 CASES = [(est, name, value) for est, table in BAD.items()

@@ -150,3 +150,28 @@ def test_a_tampered_state_is_refused(fitted):
         obj.__setstate__({**state, "module_": module})
     with pytest.raises(SavedStateError, match="format"):
         obj.__setstate__({**state, "module_": {**state["module_"], "format": 99}})
+
+
+# MLflow's SQLite store uses a SQLAlchemy loader that SQLAlchemy 2.1 deprecates (not ours)
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
+def test_mlflow_sklearn_flavor_in_the_skops_format(fitted, data, tmp_path, monkeypatch):
+    """MLflow's sklearn flavor with skops: log, load, and pyfunc predict on a DataFrame of
+    image paths, against a local SQLite store (no server)."""
+    mlflow = pytest.importorskip("mlflow")
+    import pandas as pd
+
+    X, _ = data
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # MLflow's own gate
+    monkeypatch.chdir(tmp_path)  # the artifact store (./mlruns) stays in the test folder
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run():
+            info = mlflow.sklearn.log_model(fitted, name="model", serialization_format="skops",
+                                            skops_trusted_types=[CLASSIFIER])
+        loaded = mlflow.sklearn.load_model(info.model_uri)
+        np.testing.assert_array_equal(loaded.predict_proba(X), fitted.predict_proba(X))
+        served = mlflow.pyfunc.load_model(info.model_uri)
+        np.testing.assert_array_equal(served.predict(pd.DataFrame({"path": X})),
+                                      fitted.predict(X))
+    finally:
+        mlflow.set_tracking_uri(None)
