@@ -23,10 +23,10 @@ from ._params import (
     fill_doc,
 )
 from ._preprocessing import tta_views
+from ._resume import FitCheckpoints
 from ._training import (
     TrainingConfig,
     history_frame,
-    kept_epoch,
     make_net,
     prefix_engine,
     train,
@@ -354,6 +354,13 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
         fingerprint = data_fingerprint(source, y)  # before training: reads every file
         backbone, prep = self._load(seed)
         weights = weights_identity(backbone.provenance)
+        # with memory=: resumes an interrupted fit, skips a finished one (skcxr._resume)
+        checkpoints = FitCheckpoints.of(options.location,
+                                        {**self.get_params(deep=False),
+                                         "execution": (execution.device.type,
+                                                       execution.precision, execution.engine)},
+                                        image_keys=source.keys(), rows=rows, weights=weights,
+                                        seed=seed)
         rng = _runtime.RandomStream(seed)  # the fit's own draws, whatever runs beside it
         with rng.drawing():
             module = build_network(backbone, prep, self.n_trainable_layers,
@@ -374,8 +381,9 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
                   else contextlib.nullcontext())
         with engine, rng.drawing():  # the engine compiles outside the RNG lock
             net = make_net(module, train_ds, valid_ds, task=rows.task, pos_weight=rows.pos_weight,
-                           device=execution.device, config=TrainingConfig.from_params(params))
-            train(net, train_ds)
+                           device=execution.device, config=TrainingConfig.from_params(params),
+                           checkpoints=checkpoints)
+            kept = train(net, train_ds, checkpoints)
         module = net.module_.to("cpu").eval()  # keep the weights, drop optimizer and callbacks
         temperature, thresholds = None, None
         if self.calibration is not None or self.threshold is not None:
@@ -385,7 +393,7 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
         _runtime.release(execution.device)
         self._set_fitted({
             "classes_": rows.classes, "target_type_": rows.task, "module_": module,
-            "history_": history_frame(net), "best_epoch_": kept_epoch(net),
+            "history_": history_frame(net), "best_epoch_": kept,
             "trained_layers_": module.unfrozen_layers,
             "n_trainable_params_": int(sum(p.numel() for p in module.parameters()
                                            if p.requires_grad)),

@@ -277,7 +277,12 @@ memory : str, path, joblib.Memory or None, default=None
     A directory for an on-disk copy of the cache (with ``cache=True``), shared by joblib
     worker processes (``GridSearchCV(n_jobs=...)``), Dask workers that can all reach it
     and later sessions: each image's entry is computed once across all of them (see
-    ``docs/scaling.md``). Compiled OpenVINO models are cached there too.""",
+    ``docs/scaling.md``). Compiled OpenVINO models are cached there too. The classifier
+    also keeps each fit's training state there (after an epoch, at most every 10 s) and
+    its result: a fit interrupted
+    (Ctrl-C, a killed process) resumes from its last completed epoch when run again with
+    the same parameters and data, and a finished fit (a grid search run again) is not
+    trained again (see ``docs/persistence.md``).""",
     "random_state": """\
 random_state : int, RandomState instance or None, default=None
     Seeds everything random: ``weights=None`` initialisation and, for the classifier,

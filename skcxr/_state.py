@@ -317,7 +317,14 @@ _DEFAULTS = {
     # entries a process claims at a time in a shared memory= directory (minutes of work at
     # most, so that workers asking for the same entries split them)
     "claim_chunk": 64,
+    # seconds of training after which a classifier fit with memory= saves its state at the
+    # end of an epoch (skcxr._resume): a save costs tens of milliseconds, as long as a whole
+    # epoch of a head on cached prefix outputs, so fast fits are not slowed; a long fit
+    # loses at most this and one epoch. 0: every epoch
+    "checkpoint_interval": 10,
 }
+#: the least value of a setting (1 where not listed)
+_MINIMUM = {"checkpoint_interval": 0}
 _global_config = dict(_DEFAULTS)
 _thread_config = threading.local()
 
@@ -338,8 +345,9 @@ def _check_settings(settings: dict, caller: str) -> None:
         if name not in _DEFAULTS:
             raise TypeError(f"{caller}() got an unknown setting {name!r}; the settings are "
                             f"{sorted(_DEFAULTS)}.")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{caller}(): {name} must be an int >= 1; got {value!r}.")
+        least = _MINIMUM.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{caller}(): {name} must be an int >= {least}; got {value!r}.")
 
 
 def set_config(**settings) -> None:
@@ -356,6 +364,9 @@ def set_config(**settings) -> None:
         killed process can lose at most.
     claim_chunk : int >= 1, default=64
         Entries a process claims at a time in a shared ``memory=`` directory.
+    checkpoint_interval : int >= 0, default=10
+        Seconds of training after which a classifier fit with ``memory=`` saves its state
+        at the end of an epoch, to resume from if it is interrupted (0: every epoch).
     """
     _check_settings(settings, "set_config")
     _config().update(settings)

@@ -25,6 +25,7 @@ from torch import nn
 from ._augment import RandomView
 from ._frozen import prefix_from_cache, prefix_part
 from ._preprocessing import Preprocessing
+from ._resume import EpochCheckpoint, FitCheckpoints
 from ._runtime import CallOptions, Execution
 from .cache import DecodedImages
 from .images import ImageDataset, ImageSource, collate_images
@@ -230,6 +231,8 @@ class WeightedNet(NeuralNet):
         # KeyboardInterrupt, so a Ctrl-C would return a half-trained net that fit then keeps:
         # let early stopping's own stop through, smuggle a real interrupt past partial_fit
         # (see :func:`train`)
+        if epochs is None:  # a resumed fit (EpochCheckpoint) runs the epochs it has left
+            epochs = self.max_epochs - len(self.history)
         try:
             return super().fit_loop(X, y, epochs=epochs, **fit_params)
         except KeyboardInterrupt as exc:
@@ -323,19 +326,36 @@ class _Interrupted(Exception):
     """A KeyboardInterrupt on its way through skorch (which would swallow the original)."""
 
 
-def train(net: WeightedNet, train_ds) -> None:
-    """``net.fit(train_ds)``; an interrupt (Ctrl-C) stops it and propagates as itself."""
+def train(net: WeightedNet, train_ds, checkpoints: FitCheckpoints | None = None) -> int:
+    """``net.fit(train_ds)``; an interrupt (Ctrl-C) stops it and propagates as itself.
+
+    With ``checkpoints`` (the ``memory=`` directory): a fit that finished before is not
+    trained again (the net gets its network and history), one that was interrupted resumes
+    from its last completed epoch (:class:`skcxr._resume.EpochCheckpoint`, which
+    :func:`make_net` adds), and a finished one is recorded.
+
+    Returns the epoch whose weights the net ends with (:func:`kept_epoch`).
+    """
+    done = checkpoints.finished() if checkpoints is not None else None
+    if done is not None:
+        net.initialize()
+        checkpoints.restore_finished(net, done)
+        return int(done["kept_epoch"])
     try:
         net.fit(train_ds, y=None)
     except _Interrupted:
         raise KeyboardInterrupt from None
+    kept = kept_epoch(net)
+    if checkpoints is not None:
+        checkpoints.save_finished(net, kept)
+    return kept
 
 
 #: callback names skcxr's nets use (skorch's defaults and skcxr's own): a user's callback
 #: may not take one (skorch would refuse the duplicate only once the fit has begun)
 RESERVED_CALLBACK_NAMES = ("epoch_timer", "train_loss", "valid_loss", "print_log", "unfreeze",
                            "record", "finite_loss", "early_stopping", "lr_scheduler",
-                           "progress_bar")
+                           "progress_bar", "checkpoint")
 
 
 def _named_callbacks(value) -> list[tuple[str, Callback]]:
@@ -360,13 +380,14 @@ def is_callback_list(value) -> bool:
 
 
 def make_net(module, train_ds, valid_ds, *, task: str, pos_weight, device: torch.device,
-             config: TrainingConfig) -> WeightedNet:
+             config: TrainingConfig, checkpoints: FitCheckpoints | None = None) -> WeightedNet:
     """A skorch net that trains ``module`` as the classifier's parameters (``config``) say.
 
     Callbacks: :class:`Unfreeze` (the backbone layers join after ``freeze_epochs``),
     :class:`EpochRecord` (validation metrics, learning rates), EarlyStopping on the inner
     validation loss with best-weights restore, the LR scheduler, a progress bar at
-    ``verbose > 1``.
+    ``verbose > 1``, :class:`skcxr._resume.EpochCheckpoint` with ``checkpoints``, then
+    copies of the user's ``callbacks``.
     """
     c = config
     max_epochs, batch_size, verbose = int(c.max_epochs), int(c.batch_size), int(c.verbose)
@@ -387,6 +408,8 @@ def make_net(module, train_ds, valid_ds, *, task: str, pos_weight, device: torch
                                                       **kwargs)))
     if verbose > 1:
         callbacks.append(("progress_bar", ProgressBar()))
+    if checkpoints is not None:  # after the callbacks whose state it saves and restores
+        callbacks.append(("checkpoint", EpochCheckpoint(checkpoints)))
     # the user's, as copies: the objects given are never changed
     callbacks += [(name, copy.deepcopy(cb)) for name, cb in _named_callbacks(c.callbacks)]
     opt_kwargs = {**OPTIMIZER_DEFAULTS.get(optimizer, {}), **(c.optimizer_kwargs or {})}

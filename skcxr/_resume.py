@@ -1,0 +1,232 @@
+"""Resumable fits: a classifier's training state after its epochs (one that ends 10 s or
+more after the last save: the ``checkpoint_interval`` setting), on disk beside the caches
+(``memory=``), so a fit that was interrupted (Ctrl-C, SIGTERM, a killed process, a
+crash) goes on from its last completed epoch when run again with the same parameters and
+data, and a fit that finished (a candidate of a grid search run again) is not trained again.
+
+One file per fit, ``<memory>/skcxr-fits/<key>.entry``, where the key digests everything the
+training depends on (:func:`fit_key`): the parameters that change what is trained, the
+images in order (their content hashes), the fit's rows, labels and weights, the backbone's
+weights identity, the seed, and the skcxr and torch versions. The file is the cache's
+self-verifying entry (:func:`skcxr._disk.encode_entry`: magic, version, the key as
+namespace, BLAKE2b checksum), written atomically, its payload read with
+``torch.load(weights_only=True)`` (tensors and plain types only: loading runs no code). A
+file that does not verify (another key, truncated, tampered) is ignored and replaced; a
+payload from another layout is ignored too.
+
+What a checkpoint holds (skorch's ``Checkpoint`` saves module, optimizer and history; a fit
+resumes exactly only with the rest too): the trainable tensors of the network (head, the
+planned backbone layers, every buffer; the frozen weights come from the backbone's weights,
+which the key pins), whether the backbone was unfrozen, the optimizer's state, the history,
+early stopping's counters and best weights, the LR scheduler's state, and torch's RNG state
+at the end of the epoch (shuffling, dropout and augmentation draw from it). At fp32 on the
+CPU a resumed fit ends with the weights of the uninterrupted one, bit for bit
+(``tests/test_resume.py`` kills a fit with SIGKILL mid-epoch and compares). A user's own
+``callbacks`` start afresh on resume (a logger logs the remaining epochs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+import torch
+from skorch.callbacks import Callback, EarlyStopping, LRScheduler
+from skorch.history import History
+
+from ._disk import decode_entry, encode_entry, location_writable, write_atomic, write_failed
+from ._state import get_config
+from ._version import __version__
+
+#: bumped whenever what a checkpoint holds changes: older files are ignored
+LAYOUT = 1
+
+#: parameters that change nothing a fit trains: left out of the key
+_NOT_IN_KEY = ("verbose", "memory", "callbacks")
+
+
+def fit_key(params: dict, *, image_keys: list[str], rows, weights: dict, seed: int) -> str | None:
+    """The digest that names a fit's checkpoint, or None when a parameter cannot be digested
+    (a lambda as ``augment``: such fits are not checkpointed)."""
+    try:
+        digest = joblib.hash({k: v for k, v in params.items() if k not in _NOT_IN_KEY})
+    except Exception:  # an object pickle cannot take: no stable identity, no checkpoints
+        return None
+    h = hashlib.sha256()
+    for part in (LAYOUT, digest, __version__, torch.__version__, seed,
+                 json.dumps(weights, sort_keys=True, default=str), rows.task):
+        h.update(f"{part}\n".encode())
+    h.update("\n".join(image_keys).encode())
+    for a in (rows.y, rows.train, rows.valid, rows.weights, rows.classes, rows.pos_weight):
+        a = np.asarray(a if a is not None else [])
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes() if a.dtype != object else repr(a).encode())
+    return h.hexdigest()[:32]
+
+
+class FitCheckpoints:
+    """The checkpoint file of one fit (under ``<root>/skcxr-fits/``)."""
+
+    def __init__(self, root: Path, key: str):
+        self.root = Path(root)
+        self.key = key
+        self.path = self.root / "skcxr-fits" / f"{key}.entry"
+
+    @classmethod
+    def of(cls, location, params, **key_parts) -> FitCheckpoints | None:
+        """The checkpoints of a fit under the ``memory=`` directory, or None without one (or
+        when the fit has no key)."""
+        if location is None:
+            return None
+        key = fit_key(params, **key_parts)
+        return None if key is None else cls(location, key)
+
+    def load(self) -> dict | None:
+        """The saved state, or None when there is none or it does not verify."""
+        try:
+            blob = self.path.read_bytes()
+        except OSError:
+            return None
+        payload = decode_entry(blob, self.key, dtype=np.dtype(np.uint8))
+        if payload is None:
+            return None
+        try:
+            state = torch.load(io.BytesIO(payload.tobytes()), map_location="cpu",
+                               weights_only=True)
+        except Exception:  # not a payload this layout wrote: ignored, replaced
+            return None
+        if not isinstance(state, dict) or state.get("layout") != LAYOUT \
+                or state.get("key") != self.key:
+            return None
+        return state
+
+    def save(self, state: dict) -> None:
+        """Write ``state`` atomically; a failed write is warned once and ends the writing,
+        not the fit (as the cache's)."""
+        if not location_writable(self.root):
+            return
+        buffer = io.BytesIO()
+        torch.save({**state, "layout": LAYOUT, "key": self.key}, buffer)
+        payload = np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, encode_entry(self.key, payload))
+        except OSError as exc:
+            write_failed(self.root, exc)
+
+    # ------------------------------------------------------------------ network state
+
+    @staticmethod
+    def trainable_state(module) -> dict:
+        """The tensors a fit can change: the head, the planned backbone layers, every
+        buffer (copies)."""
+        planned = tuple(f"backbone.{name}." for name in module.planned_layers)
+        buffers = {name for name, _ in module.named_buffers()}
+        return {k: v.detach().clone() for k, v in module.state_dict().items()
+                if k.startswith("head.") or k.startswith(planned) or k in buffers}
+
+    def finished(self) -> dict | None:
+        state = self.load()
+        return state if state is not None and state.get("finished") else None
+
+    def save_finished(self, net, kept_epoch: int) -> None:
+        """The trained network and its history: a rerun of this fit trains nothing."""
+        self.save({"finished": True, "module": self.trainable_state(net.module_),
+                   "unfrozen": bool(net.module_.backbone_unfrozen),
+                   "history": _history_json(net), "kept_epoch": int(kept_epoch)})
+
+    @staticmethod
+    def restore_finished(net, state: dict) -> None:
+        """Give an initialised ``net`` the finished fit's network and history."""
+        _restore_module(net.module_, state)
+        net.history = History(json.loads(state["history"]))
+
+
+def _history_json(net) -> str:
+    return json.dumps(net.history.to_list(),
+                      default=lambda o: o.item() if hasattr(o, "item") else str(o))
+
+
+def _restore_module(module, state: dict) -> None:
+    if state["unfrozen"] and not module.backbone_unfrozen:
+        module.unfreeze()
+    missing = set(state["module"]) - set(module.state_dict())
+    if missing:  # the key pins the architecture: a mismatch is a bug, never loaded blindly
+        raise RuntimeError(f"A fit checkpoint does not fit its network ({sorted(missing)[:3]}).")
+    module.load_state_dict(state["module"], strict=False)
+
+
+class EpochCheckpoint(Callback):
+    """After an epoch that ends ``checkpoint_interval`` seconds (a setting, default 10) or
+    more after the last save,
+    save the fit's training state; at the start of training, restore
+    the last one saved (placed after skcxr's other callbacks, whose state it restores)."""
+
+    def __init__(self, checkpoints: FitCheckpoints):
+        self.checkpoints = checkpoints
+
+    def on_train_begin(self, net, **kwargs):
+        self.resumed_epochs_ = 0
+        self.last_save_ = time.monotonic()
+        self.interval_ = get_config()["checkpoint_interval"]
+        state = self.checkpoints.load()
+        if state is None or state.get("finished"):
+            return
+        _restore_module(net.module_, state)
+        net.optimizer_.load_state_dict(state["optimizer"])
+        net.history = History(json.loads(state["history"]))
+        stopper = next((cb for _, cb in net.callbacks_ if isinstance(cb, EarlyStopping)), None)
+        if stopper is not None and state.get("early_stopping") is not None:
+            saved = state["early_stopping"]
+            stopper.misses_ = int(saved["misses"])
+            stopper.dynamic_threshold_ = float(saved["threshold"])
+            stopper.best_epoch_ = int(saved["best_epoch"])
+            if saved["best"] is not None:
+                best = net.module_.state_dict()
+                best = {k: v.clone() for k, v in best.items()}
+                best.update(saved["best"])
+                stopper.best_model_weights_ = best
+        scheduler = next((cb for _, cb in net.callbacks_ if isinstance(cb, LRScheduler)), None)
+        if scheduler is not None and state.get("lr_scheduler") is not None:
+            scheduler.lr_scheduler_.load_state_dict(state["lr_scheduler"]["state"])
+            scheduler.batch_idx_ = int(state["lr_scheduler"]["batch_idx"])
+        torch.set_rng_state(state["rng"])  # the fit's own stream (RandomStream.drawing)
+        cuda = state.get("cuda_rng") or []
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            for d, rng in enumerate(cuda):
+                torch.cuda.set_rng_state(rng, d)
+        self.resumed_epochs_ = len(net.history)
+
+    def on_epoch_end(self, net, **kwargs):
+        if time.monotonic() - self.last_save_ < self.interval_:
+            return
+        module = net.module_
+        trainable = self.checkpoints.trainable_state(module)
+        stopper = next((cb for _, cb in net.callbacks_ if isinstance(cb, EarlyStopping)), None)
+        scheduler = next((cb for _, cb in net.callbacks_ if isinstance(cb, LRScheduler)), None)
+        early = None
+        if stopper is not None:
+            best = stopper.best_model_weights_
+            early = {"misses": stopper.misses_, "threshold": float(stopper.dynamic_threshold_),
+                     "best_epoch": int(stopper.best_epoch_),
+                     "best": None if best is None else {k: best[k] for k in trainable}}
+        self.checkpoints.save({
+            "finished": False,
+            "module": trainable,
+            "unfrozen": bool(module.backbone_unfrozen),
+            "optimizer": net.optimizer_.state_dict(),
+            "history": _history_json(net),
+            "early_stopping": early,
+            "lr_scheduler": None if scheduler is None else {
+                "state": scheduler.lr_scheduler_.state_dict(),
+                "batch_idx": int(scheduler.batch_idx_)},
+            "rng": torch.get_rng_state(),
+            "cuda_rng": ([torch.cuda.get_rng_state(d) for d in range(torch.cuda.device_count())]
+                         if torch.cuda.is_available() else []),
+        })
+        self.last_save_ = time.monotonic()
