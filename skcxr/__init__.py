@@ -11,7 +11,13 @@ from ._features import FeatureExtractorTransformer  # noqa: E402
 from ._state import config_context, get_config, set_config  # noqa: E402
 from ._version import __version__  # noqa: E402
 from .backbones import WeightsUnavailableError, list_offline_backbones, load_backbone  # noqa: E402
-from .datasets import kermany_patient_ids, load_image_folder, load_nih_csv, load_sample_cxr  # noqa: E402
+from .datasets import (  # noqa: E402
+    kermany_patient_ids,
+    load_chexpert_csv,
+    load_image_folder,
+    load_nih_csv,
+    load_sample_cxr,
+)
 from .images import ImageReadError  # noqa: E402
 
 __all__ = [
@@ -24,6 +30,7 @@ __all__ = [
     "get_config",
     "list_offline_backbones",
     "load_backbone",
+    "load_chexpert_csv",
     "load_image_folder",
     "load_nih_csv",
     "load_sample_cxr",

@@ -212,6 +212,18 @@ def prefix_engine(net, prep: Preprocessing, weights: dict, execution: Execution,
 # --------------------------------------------------------------------------- the net
 
 
+def masked_label_loss(criterion, logits, y, w=1.0):
+    """Multi-label loss over the observed labels only: ``sum(w_i * l_ij) / n_observed``
+    over the labels that are not NaN (with every label observed: the mean over rows and
+    labels). A missing label adds nothing to the loss and gets no gradient; a batch
+    without an observed label has loss 0."""
+    observed = ~torch.isnan(y)
+    per_label = criterion(logits, torch.where(observed, y, torch.zeros_like(y)))
+    w = torch.as_tensor(w, dtype=per_label.dtype, device=per_label.device)
+    weighted = torch.where(observed, per_label * (w[:, None] if w.ndim else w), 0.0)
+    return weighted.sum() / observed.sum().clamp(min=1)
+
+
 class WeightedNet(NeuralNet):
     """skorch NeuralNet whose loss is the sample-weighted mean of a per-sample criterion.
 
@@ -220,11 +232,11 @@ class WeightedNet(NeuralNet):
     """
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
-        per_sample = self.criterion_(y_pred, y_true.to(y_pred.device))
-        if per_sample.ndim > 1:  # multi-label: mean over labels
-            per_sample = per_sample.mean(dim=tuple(range(1, per_sample.ndim)))
-        w = X["sample_weight"].to(per_sample.device) if isinstance(X, dict) else 1.0
-        return (per_sample * w).mean()
+        y_true = y_true.to(y_pred.device)
+        w = X["sample_weight"].to(y_pred.device) if isinstance(X, dict) else 1.0
+        if y_true.ndim > 1:  # multi-label: a missing label (NaN) is left out
+            return masked_label_loss(self.criterion_, y_pred, y_true, w)
+        return (self.criterion_(y_pred, y_true) * w).mean()
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         # skorch stops early by raising KeyboardInterrupt, and its partial_fit swallows every
@@ -517,12 +529,15 @@ def _scores(task: str, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, fl
     from sklearn.metrics import roc_auc_score
 
     y = y.numpy()
-    if task == "multilabel":
+    if task == "multilabel":  # over the observed labels (NaN: missing)
         proba = torch.sigmoid(logits).numpy()
-        acc = float(((proba >= 0.5) == (y >= 0.5)).mean())
-        cols = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
-        auc = float(roc_auc_score(y[:, cols], proba[:, cols], average="macro")) if cols else np.nan
-        return acc, auc
+        observed = ~np.isnan(y)
+        acc = float(((proba >= 0.5) == (y >= 0.5))[observed].mean()) if observed.any() \
+            else np.nan
+        aucs = [roc_auc_score(y[observed[:, j], j], proba[observed[:, j], j])
+                for j in range(y.shape[1])
+                if 0 < np.nansum(y[:, j]) < observed[:, j].sum()]
+        return acc, float(np.mean(aucs)) if aucs else np.nan
     proba = torch.softmax(logits, dim=1).numpy()
     acc = float((proba.argmax(1) == y).mean())
     present = np.unique(y)

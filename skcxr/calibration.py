@@ -83,8 +83,10 @@ def apply_temperature(logits: np.ndarray, temperature: float | None) -> np.ndarr
 
 def _nll(logits, y, task) -> float:
     p = np.clip(probabilities(logits, task), 1e-12, 1 - 1e-12)
-    if task == "multilabel":
-        return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+    if task == "multilabel":  # over the observed labels (NaN: missing)
+        observed = ~np.isnan(y)
+        y0 = np.where(observed, y, 0.0)
+        return float(-(y0 * np.log(p) + (1 - y0) * np.log(1 - p))[observed].mean())
     return float(-np.log(p[np.arange(len(y)), y]).mean())
 
 
@@ -133,7 +135,8 @@ def _best_threshold(score: np.ndarray, positive: np.ndarray, objective) -> float
 
 def fit_thresholds(proba: np.ndarray, y: np.ndarray, task: str, objective) -> np.ndarray:
     """Decision thresholds for ``objective``: ``[t]`` on the positive class's probability for
-    binary targets, one per label for multi-label ones.
+    binary targets, one per label for multi-label ones (on the rows where that label is
+    observed: NaN is a missing label).
 
     Multiclass targets have no such thresholds (argmax decides): a ValueError says so.
     """
@@ -141,8 +144,10 @@ def fit_thresholds(proba: np.ndarray, y: np.ndarray, task: str, objective) -> np
     if task == "binary":
         score = proba[:, 1] if proba.ndim == 2 else proba
         return np.array([_best_threshold(score, y == 1, objective)])
-    if task == "multilabel":
-        return np.array([_best_threshold(proba[:, j], y[:, j] > 0.5, objective)
+    if task == "multilabel":  # each label on the rows where it is observed (not NaN)
+        y = y.astype(np.float64)
+        return np.array([_best_threshold(proba[~np.isnan(y[:, j]), j],
+                                         y[~np.isnan(y[:, j]), j] > 0.5, objective)
                          for j in range(y.shape[1])])
     raise ValueError("threshold= applies to binary and multi-label targets; a multiclass "
                      "prediction is the most probable class. Use threshold=None.")
@@ -155,11 +160,12 @@ def expected_calibration_error(y_true, proba, n_bins: int = 15) -> float:
     ``proba``: ``(n,)`` positive-class probabilities with 0/1 ``y_true``, ``(n, k)`` class
     probabilities with labels ``0..k-1`` (confidence of the predicted class), or a
     multi-label ``(n, L)`` matrix with a 0/1 ``(n, L)`` ``y_true`` (every label's
-    probability as a binary prediction, pooled).
+    probability as a binary prediction, pooled; a missing label, NaN, left out).
     """
     y, p = np.asarray(y_true), np.asarray(proba, dtype=np.float64)
-    if p.ndim == 2 and y.ndim == 2:  # multi-label: pooled binary events
-        y, p = y.ravel(), p.ravel()
+    if p.ndim == 2 and y.ndim == 2:  # multi-label: pooled binary events, observed ones
+        y, p = y.ravel().astype(np.float64), p.ravel()
+        y, p = y[~np.isnan(y)], p[~np.isnan(y)]
     if p.ndim == 1:
         correct, conf = (y == 1).astype(float), p
     else:

@@ -12,7 +12,9 @@ from sklearn.utils import Bunch
 from .images import SUPPORTED_EXTENSIONS
 
 __all__ = [
+    "CHEXPERT_METADATA",
     "kermany_patient_ids",
+    "load_chexpert_csv",
     "load_image_folder",
     "load_nih_csv",
     "load_sample_cxr",
@@ -220,3 +222,96 @@ def load_nih_csv(csv_path, *, root=None, label_column="finding_labels", sep="|",
     return Bunch(data=data, target=target, target_names=np.array(names, dtype=object),
                  groups=groups, frame=frame, filenames=data,
                  DESCR=f"Multi-label chest X-rays from {os.fspath(csv_path)}.")
+
+
+#: The columns of a CheXpert-format CSV that describe the image, not a finding.
+CHEXPERT_METADATA = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
+
+
+def load_chexpert_csv(csv_path, *, root=None, labels=None, uncertain="ignore", blank="nan"):
+    """Load a CheXpert-format label file (CheXpert, MIMIC-CXR-JPG's CheXpert labels) as a
+    multi-label problem with missing and uncertain labels.
+
+    Each finding column holds 1 (positive), 0 (negative), -1 (uncertain) or nothing (not
+    mentioned in the report). ``PretrainedCNNClassifier`` leaves a missing label (NaN) out
+    of the loss, the class weights, the inner split's stratification, calibration,
+    thresholds and every metric, so what -1 and a blank become is the choice made here.
+
+    Parameters
+    ----------
+    csv_path : str or path
+        CSV with a ``Path`` column, the :data:`CHEXPERT_METADATA` columns it has, and one
+        column per finding.
+    root : str or path, default=None
+        Directory the paths are relative to. Default: the CSV's directory, or its parent
+        when the paths start with the CSV directory's name (CheXpert's
+        ``CheXpert-v1.0-small/train.csv`` lists ``CheXpert-v1.0-small/train/...``).
+    labels : sequence of str, default=None
+        The finding columns to load, in this order; default every column that is not
+        metadata.
+    uncertain : {"ignore", "zeros", "ones"} or dict, default="ignore"
+        What an uncertain label (-1) becomes: NaN, left out (CheXpert's U-Ignore), 0
+        (U-Zeros) or 1 (U-Ones); a dict gives a policy per finding (others: "ignore"), as
+        the CheXpert paper chose per finding.
+    blank : {"nan", "zeros"}, default="nan"
+        What a blank (not mentioned) becomes: NaN, left out, or 0, the reading of the
+        CheXpert labeller (a finding not mentioned is absent).
+
+    Returns
+    -------
+    data : Bunch
+        ``data`` (paths), ``target`` (``(n, n_labels)`` float32 matrix of 0, 1 and NaN),
+        ``target_names``, ``groups`` (patient ids from the ``patientNNNNN`` path component,
+        else None), ``frame`` (the CSV, plus ``sex``, ``age``, ``view`` (AP/PA) and
+        ``frontal_lateral`` columns for :func:`skcxr.evaluation.subgroup_metrics`),
+        ``DESCR``.
+    """
+    import pandas as pd
+
+    from .protocol import UNCERTAIN_POLICIES, resolve_uncertain
+
+    csv_path = Path(csv_path)
+    frame = pd.read_csv(csv_path)
+    if "Path" not in frame:
+        raise ValueError(f"{csv_path} has no 'Path' column; columns: {list(frame.columns)}. "
+                         "Is it a CheXpert-format label file?")
+    findings = [c for c in frame.columns if c not in CHEXPERT_METADATA]
+    names = list(findings if labels is None else labels)
+    unknown = [n for n in names if n not in findings]
+    if unknown or not names:
+        raise ValueError(f"labels {unknown or names} are not finding columns of {csv_path}; "
+                         f"its findings are {findings}.")
+    policies = uncertain if isinstance(uncertain, dict) else dict.fromkeys(names, uncertain)
+    bad = {k: v for k, v in policies.items() if k not in names or v not in UNCERTAIN_POLICIES}
+    if bad:
+        raise ValueError(f"uncertain={uncertain!r}: use one of {sorted(UNCERTAIN_POLICIES)}, or "
+                         f"a dict of finding -> policy over the findings {names}; got {bad}.")
+    if blank not in ("nan", "zeros"):
+        raise ValueError(f"blank must be 'nan' or 'zeros'; got {blank!r}.")
+    values = frame[names].apply(pd.to_numeric, errors="coerce")
+    odd = frame[names].notna() & (values.isna() | ~values.isin([-1, 0, 1]))
+    if odd.to_numpy().any():
+        row, col = np.argwhere(odd.to_numpy())[0]
+        raise ValueError(f"{csv_path}: {names[col]!r} holds {frame[names[col]].iloc[row]} in "
+                         f"data row {row + 2}; finding columns hold 1, 0, -1 or nothing.")
+    target = np.column_stack([
+        resolve_uncertain(values[[n]].to_numpy(np.float32), policies.get(n, "ignore"))[:, 0]
+        for n in names]).astype(np.float32)
+    if blank == "zeros":
+        target[values.isna().to_numpy()] = 0.0
+    paths = frame["Path"].astype(str)
+    if root is None:
+        first = Path(paths.iloc[0]).parts[0] if len(paths) else ""
+        root = csv_path.parent.parent if first == csv_path.parent.name else csv_path.parent
+    data = np.array([os.fspath(Path(root) / p) for p in paths], dtype=object)
+    patient = paths.str.extract(r"(patient\d+)", expand=False)
+    groups = patient.to_numpy(dtype=object) if patient.notna().all() else None
+    frame = frame.copy()
+    for new, old in (("sex", "Sex"), ("age", "Age"), ("view", "AP/PA"),
+                     ("frontal_lateral", "Frontal/Lateral")):
+        if old in frame:
+            frame[new] = frame[old]
+    return Bunch(data=data, target=target, target_names=np.array(names, dtype=object),
+                 groups=groups, frame=frame, filenames=data,
+                 DESCR=f"CheXpert-format multi-label chest X-rays from {os.fspath(csv_path)} "
+                       f"(uncertain: {uncertain!r}, blank: {blank!r}).")

@@ -175,7 +175,8 @@ def evaluate_predictions(y_true, y_proba, y_pred=None, *, classes=None, labels=N
     Parameters
     ----------
     y_true : array-like of shape (n,) or (n, n_labels)
-        Labels, or a multi-label 0/1 indicator matrix.
+        Labels, or a multi-label 0/1 indicator matrix; a missing label (NaN) leaves its row
+        out of that label's metrics (``n`` counts the rows where it is observed).
     y_proba : array-like of shape (n,), (n, n_classes) or (n, n_labels)
         ``predict_proba`` output (a binary ``(n,)`` is the positive class's).
     y_pred : array-like, optional
@@ -226,10 +227,13 @@ def evaluate_predictions(y_true, y_proba, y_pred=None, *, classes=None, labels=N
         if len(names) != y.shape[1]:
             raise ValueError(f"labels has {len(names)} names for {y.shape[1]} label columns.")
         pred, decision = _decisions(task, proba, y_pred, None)
+        y = y.astype(np.float64)
         y01 = (y > 0.5).astype(np.int64)
-        for j, name in enumerate(names):
-            rows += _one_target(y01[:, j], proba[:, j], pred[:, j], metrics, groups,
-                                n_resamples, alpha, seed + j, str(name))[0]
+        for j, name in enumerate(names):  # each label on its observed rows (NaN: missing)
+            obs = ~np.isnan(y[:, j])
+            rows += _one_target(y01[obs, j], proba[obs, j], pred[obs, j], metrics,
+                                None if groups is None else groups[obs], n_resamples, alpha,
+                                seed + j, str(name))[0]
     else:
         classes = np.unique(y) if classes is None else np.asarray(classes)
         if not np.isin(y, classes).all():
@@ -421,9 +425,10 @@ def subgroup_metrics(y_true, y_proba, y_pred=None, *, subgroups, classes=None, l
 
 
 def _class_counts(y, classes) -> np.ndarray:
-    if y.ndim == 2:  # per label: the rarer of positives and negatives
+    if y.ndim == 2:  # per label: the rarer of positives and negatives (observed ones)
+        y = y.astype(np.float64)
         pos = (y > 0.5).sum(0)
-        return np.minimum(pos, len(y) - pos)
+        return np.minimum(pos, (~np.isnan(y)).sum(0) - pos)
     return np.array([(y == c).sum() for c in classes])
 
 

@@ -100,7 +100,9 @@ class ErrorAnalysis:
                             ).astype(np.int64)
             p = np.clip(proba, _EPS, 1 - _EPS)
             t = (y > 0.5)
-            self.losses_ = -(t * np.log(p) + (~t) * np.log(1 - p))
+            # a missing label (NaN) has no loss: NaN, never among the worst
+            self.losses_ = np.where(np.isnan(y.astype(np.float64)), np.nan,
+                                    -(t * np.log(p) + (~t) * np.log(1 - p)))
             return
         if proba.ndim == 1:
             proba = np.c_[1 - proba, proba]
@@ -186,7 +188,8 @@ class ErrorAnalysis:
         _check_k(k)
         parts = []
         for j, name in enumerate(self.labels_):
-            rows = np.argsort(-self.losses_[:, j], kind="stable")[:k]
+            rows = np.argsort(-self.losses_[:, j], kind="stable")  # NaN (missing) last
+            rows = rows[~np.isnan(self.losses_[rows, j])][:k]
             parts.append(pd.DataFrame({
                 "label": name, "row": rows, "path": self.paths_[rows],
                 "patient": self.groups_[rows], "true": self.y_true_[rows, j],

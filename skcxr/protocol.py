@@ -37,7 +37,9 @@ from ._validation import INVALID, NONE, VALID, Check, Fraction, Interval, Option
 
 __all__ = [
     "FitRows",
+    "UNCERTAIN_POLICIES",
     "fit_rows",
+    "resolve_uncertain",
     "stratified_take",
 ]
 
@@ -77,7 +79,8 @@ class FitRows:
     task : {"binary", "multiclass", "multilabel"}
     y : ndarray
         Encoded targets of every row ``fit`` received: codes ``0..k-1``, or the float32 0/1
-        indicator matrix.
+        indicator matrix, where NaN is a missing label (left out of the loss, the class
+        weights, the inner split's stratification, calibration, thresholds and scores).
     train, valid : ndarray of int
         Row indices that train and that form the inner validation split (sorted; disjoint;
         together the ``train_size`` subsample; with ``groups``, no group on both sides).
@@ -120,7 +123,8 @@ def fit_rows(y, n: int | None = None, *, sample_weight=None, train_size=None,
     Parameters
     ----------
     y : array-like of shape (n,) or (n, n_labels)
-        Class labels, or a 0/1 indicator matrix (multi-label).
+        Class labels, or a 0/1 indicator matrix (multi-label), which may have missing
+        labels (NaN); uncertain ones (-1) must be resolved first (:func:`resolve_uncertain`).
     n : int, optional
         The number of images (checked against ``len(y)``).
     sample_weight, train_size, validation_fraction, class_weight, sampler :
@@ -167,9 +171,14 @@ def encode_targets(y, n: int):
     y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
     if len(y) != n:
         raise ValueError(f"X and y have different lengths: {n} images but {len(y)} targets.")
+    if y.ndim == 2 and y.shape[1] > 1 and y.dtype.kind in "iuf":
+        partial = _partial_indicator(y)
+        if partial is not None:
+            return partial
     if y.dtype.kind == "f" and np.isnan(y).any():
         rows = int(np.isnan(y.reshape(len(y), -1)).any(axis=1).sum())
-        raise ValueError(f"y contains NaN in {rows} row(s); drop those rows first.")
+        raise ValueError(f"y contains NaN in {rows} row(s); drop those rows first (missing "
+                         "labels are allowed in a multi-label 0/1 matrix only).")
     if y.dtype == object and pd.isna(y).any():
         raise ValueError("y contains missing values (None/NaN); drop those rows first.")
     if y.dtype == object:
@@ -199,6 +208,62 @@ def encode_targets(y, n: int):
     if len(classes) < 2:
         raise ValueError(f"y has a single class ({classes[0]!r}); a classifier needs at least 2.")
     return classes, y_enc.astype(np.int64), ("binary" if len(classes) == 2 else "multiclass")
+
+
+#: What an uncertain label (-1, as CheXpert and MIMIC-CXR ship them) becomes: left out of
+#: the loss and every score (CheXpert's U-Ignore), a negative (U-Zeros), a positive (U-Ones)
+UNCERTAIN_POLICIES = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}
+
+
+def resolve_uncertain(y, policy: str):
+    """A multi-label matrix with its uncertain labels (-1) resolved by ``policy``.
+
+    Parameters
+    ----------
+    y : array-like or DataFrame of shape (n, n_labels)
+        1 (positive), 0 (negative), -1 (uncertain) and NaN (missing: not mentioned).
+    policy : {"ignore", "zeros", "ones"}
+        What -1 becomes: NaN, left out of the loss, class weights, the inner split,
+        calibration, thresholds and every metric (CheXpert's U-Ignore); 0 (U-Zeros); 1
+        (U-Ones).
+
+    Returns
+    -------
+    ndarray or DataFrame (as given) of float32, with values 0, 1 and NaN
+    """
+    if policy not in UNCERTAIN_POLICIES:
+        raise ValueError(f"policy must be one of {sorted(UNCERTAIN_POLICIES)}; got {policy!r}.")
+    frame = y if isinstance(y, pd.DataFrame) else None
+    values = np.asarray(y.to_numpy() if frame is not None else y, dtype=np.float32).copy()
+    bad = ~np.isnan(values) & ~np.isin(values, (-1.0, 0.0, 1.0))
+    if bad.any():
+        raise ValueError(f"y holds values other than 1, 0, -1 and NaN (e.g. "
+                         f"{values[bad][:3].tolist()}).")
+    values[values == -1] = UNCERTAIN_POLICIES[policy]
+    if frame is not None:
+        return pd.DataFrame(values, index=frame.index, columns=frame.columns)
+    return values
+
+
+def _partial_indicator(y: np.ndarray):
+    """``(classes, y, "multilabel")`` for a 0/1 matrix with missing (NaN) labels, None for
+    a matrix without any (the usual checks decide), an error for uncertain (-1) labels."""
+    yf = y.astype(np.float32)
+    missing = np.isnan(yf)
+    if (yf == -1).any() and np.isin(yf[~missing], (-1.0, 0.0, 1.0)).all():
+        raise ValueError(
+            f"y holds {int((yf == -1).sum())} uncertain label(s) (-1). Choose what they "
+            "mean: skcxr.protocol.resolve_uncertain(y, 'ignore' | 'zeros' | 'ones') "
+            "(CheXpert's U-Ignore, U-Zeros, U-Ones), or load_chexpert_csv(..., "
+            "uncertain=...).")
+    if not missing.any() or not np.isin(yf[~missing], (0.0, 1.0)).all():
+        return None
+    empty = np.flatnonzero(np.nansum(yf, axis=0) == 0)
+    if len(empty):
+        raise ValueError(
+            f"Multi-label y has label column(s) {empty.tolist()} with no observed positive "
+            "example; drop those columns (nothing can be learned from them).")
+    return np.arange(y.shape[1]), yf, "multilabel"
 
 
 def check_sample_weight(sample_weight, n: int) -> np.ndarray:
@@ -283,7 +348,7 @@ def stratified_take(idx, n_first: int, y, groups, seed: int, param: str):
     """
     idx = np.asarray(idx)
     yy = y[idx]
-    counts = (yy.astype(np.float64) if yy.ndim == 2
+    counts = (np.nan_to_num(yy.astype(np.float64)) if yy.ndim == 2  # a missing label: 0
               else np.eye(int(y.max()) + 1)[yy])  # per row: one-hot class or label positives
     units = (np.arange(len(idx)) if groups is None
              else np.unique(groups[idx], return_inverse=True)[1])
@@ -332,7 +397,8 @@ RARE_POSITIVES = 5
 def rare_labels(y, train, valid) -> dict:
     """Multi-label: ``{"training": [...], "validation": [...]}``, the label columns with fewer
     than :data:`RARE_POSITIVES` positive rows on that side."""
-    return {name: np.flatnonzero(y[rows].sum(0) < RARE_POSITIVES).tolist() if len(rows) else []
+    return {name: np.flatnonzero(np.nansum(y[rows], axis=0) < RARE_POSITIVES).tolist()
+            if len(rows) else []
             for name, rows in (("training", train), ("validation", valid))}
 
 
@@ -385,9 +451,10 @@ def class_weights(class_weight, y_train, task: str, classes, label_names=None):
     if cw is None:
         return None
     if task == "multilabel":
-        pos = y_train.sum(0)
+        pos = np.nansum(y_train, axis=0)  # missing labels count on neither side
         if cw == "balanced":
-            return ((len(y_train) - pos) / np.maximum(pos, 1)).astype(np.float32)
+            observed = (~np.isnan(y_train)).sum(0)
+            return ((observed - pos) / np.maximum(pos, 1)).astype(np.float32)
         n_labels = y_train.shape[1]
         index = {}
         for key in cw:
