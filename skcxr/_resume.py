@@ -30,17 +30,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import time
 from pathlib import Path
 
 import joblib
 import numpy as np
 import torch
-from skorch.callbacks import Callback, EarlyStopping, LRScheduler
-from skorch.history import History
 
 from ._disk import decode_entry, encode_entry, location_writable, write_atomic, write_failed
-from ._state import get_config
 from ._version import __version__
 
 #: bumped whenever what a checkpoint holds changes: older files are ignored
@@ -70,7 +66,9 @@ def fit_key(params: dict, *, image_keys: list[str], rows, weights: dict, seed: i
 
 
 class FitCheckpoints:
-    """The checkpoint file of one fit (under ``<root>/skcxr-fits/``)."""
+    """The checkpoint file of one fit (under ``<root>/skcxr-fits/``). The skorch callback
+    that fills it each epoch is :class:`skcxr._training.EpochCheckpoint` (the one module
+    that imports skorch)."""
 
     def __init__(self, root: Path, key: str):
         self.root = Path(root)
@@ -134,99 +132,25 @@ class FitCheckpoints:
         state = self.load()
         return state if state is not None and state.get("finished") else None
 
-    def save_finished(self, net, kept_epoch: int) -> None:
+    def save_finished(self, module, history: list, kept_epoch: int) -> None:
         """The trained network and its history: a rerun of this fit trains nothing."""
-        self.save({"finished": True, "module": self.trainable_state(net.module_),
-                   "unfrozen": bool(net.module_.backbone_unfrozen),
-                   "history": _history_json(net), "kept_epoch": int(kept_epoch)})
-
-    @staticmethod
-    def restore_finished(net, state: dict) -> None:
-        """Give an initialised ``net`` the finished fit's network and history."""
-        _restore_module(net.module_, state)
-        net.history = History(json.loads(state["history"]))
+        self.save({"finished": True, "module": self.trainable_state(module),
+                   "unfrozen": bool(module.backbone_unfrozen),
+                   "history": history_json(history), "kept_epoch": int(kept_epoch)})
 
 
-def _history_json(net) -> str:
-    return json.dumps(net.history.to_list(),
+
+def history_json(history: list) -> str:
+    """A skorch history (a list of dicts) as JSON: numpy scalars as Python numbers."""
+    return json.dumps(list(history),
                       default=lambda o: o.item() if hasattr(o, "item") else str(o))
 
 
-def _restore_module(module, state: dict) -> None:
+def restore_module(module, state: dict) -> None:
+    """Give ``module`` the trainable tensors and unfreeze state of a checkpoint."""
     if state["unfrozen"] and not module.backbone_unfrozen:
         module.unfreeze()
     missing = set(state["module"]) - set(module.state_dict())
     if missing:  # the key pins the architecture: a mismatch is a bug, never loaded blindly
         raise RuntimeError(f"A fit checkpoint does not fit its network ({sorted(missing)[:3]}).")
     module.load_state_dict(state["module"], strict=False)
-
-
-class EpochCheckpoint(Callback):
-    """After an epoch that ends ``checkpoint_interval`` seconds (a setting, default 10) or
-    more after the last save,
-    save the fit's training state; at the start of training, restore
-    the last one saved (placed after skcxr's other callbacks, whose state it restores)."""
-
-    def __init__(self, checkpoints: FitCheckpoints):
-        self.checkpoints = checkpoints
-
-    def on_train_begin(self, net, **kwargs):
-        self.resumed_epochs_ = 0
-        self.last_save_ = time.monotonic()
-        self.interval_ = get_config()["checkpoint_interval"]
-        state = self.checkpoints.load()
-        if state is None or state.get("finished"):
-            return
-        _restore_module(net.module_, state)
-        net.optimizer_.load_state_dict(state["optimizer"])
-        net.history = History(json.loads(state["history"]))
-        stopper = next((cb for _, cb in net.callbacks_ if isinstance(cb, EarlyStopping)), None)
-        if stopper is not None and state.get("early_stopping") is not None:
-            saved = state["early_stopping"]
-            stopper.misses_ = int(saved["misses"])
-            stopper.dynamic_threshold_ = float(saved["threshold"])
-            stopper.best_epoch_ = int(saved["best_epoch"])
-            if saved["best"] is not None:
-                best = net.module_.state_dict()
-                best = {k: v.clone() for k, v in best.items()}
-                best.update(saved["best"])
-                stopper.best_model_weights_ = best
-        scheduler = next((cb for _, cb in net.callbacks_ if isinstance(cb, LRScheduler)), None)
-        if scheduler is not None and state.get("lr_scheduler") is not None:
-            scheduler.lr_scheduler_.load_state_dict(state["lr_scheduler"]["state"])
-            scheduler.batch_idx_ = int(state["lr_scheduler"]["batch_idx"])
-        torch.set_rng_state(state["rng"])  # the fit's own stream (RandomStream.drawing)
-        cuda = state.get("cuda_rng") or []
-        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-            for d, rng in enumerate(cuda):
-                torch.cuda.set_rng_state(rng, d)
-        self.resumed_epochs_ = len(net.history)
-
-    def on_epoch_end(self, net, **kwargs):
-        if time.monotonic() - self.last_save_ < self.interval_:
-            return
-        module = net.module_
-        trainable = self.checkpoints.trainable_state(module)
-        stopper = next((cb for _, cb in net.callbacks_ if isinstance(cb, EarlyStopping)), None)
-        scheduler = next((cb for _, cb in net.callbacks_ if isinstance(cb, LRScheduler)), None)
-        early = None
-        if stopper is not None:
-            best = stopper.best_model_weights_
-            early = {"misses": stopper.misses_, "threshold": float(stopper.dynamic_threshold_),
-                     "best_epoch": int(stopper.best_epoch_),
-                     "best": None if best is None else {k: best[k] for k in trainable}}
-        self.checkpoints.save({
-            "finished": False,
-            "module": trainable,
-            "unfrozen": bool(module.backbone_unfrozen),
-            "optimizer": net.optimizer_.state_dict(),
-            "history": _history_json(net),
-            "early_stopping": early,
-            "lr_scheduler": None if scheduler is None else {
-                "state": scheduler.lr_scheduler_.state_dict(),
-                "batch_idx": int(scheduler.batch_idx_)},
-            "rng": torch.get_rng_state(),
-            "cuda_rng": ([torch.cuda.get_rng_state(d) for d in range(torch.cuda.device_count())]
-                         if torch.cuda.is_available() else []),
-        })
-        self.last_save_ = time.monotonic()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
+import time
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -19,14 +21,16 @@ import torch
 from skorch import NeuralNet
 from skorch.callbacks import Callback, EarlyStopping, LRScheduler, ProgressBar
 from skorch.helper import predefined_split
+from skorch.history import History
 from skorch.utils import noop
 from torch import nn
 
 from ._augment import RandomView
 from ._frozen import prefix_from_cache, prefix_part
 from ._preprocessing import Preprocessing
-from ._resume import EpochCheckpoint, FitCheckpoints
+from ._resume import FitCheckpoints, history_json, restore_module
 from ._runtime import CallOptions, Execution
+from ._state import get_config
 from .cache import DecodedImages
 from .images import ImageDataset, ImageSource, collate_images
 
@@ -343,15 +347,16 @@ def train(net: WeightedNet, train_ds, checkpoints: FitCheckpoints | None = None)
 
     With ``checkpoints`` (the ``memory=`` directory): a fit that finished before is not
     trained again (the net gets its network and history), one that was interrupted resumes
-    from its last completed epoch (:class:`skcxr._resume.EpochCheckpoint`, which
-    :func:`make_net` adds), and a finished one is recorded.
+    from its last completed epoch (:class:`EpochCheckpoint`, which :func:`make_net`
+    adds), and a finished one is recorded.
 
     Returns the epoch whose weights the net ends with (:func:`kept_epoch`).
     """
     done = checkpoints.finished() if checkpoints is not None else None
     if done is not None:
         net.initialize()
-        checkpoints.restore_finished(net, done)
+        restore_module(net.module_, done)
+        net.history = History(json.loads(done["history"]))
         return int(done["kept_epoch"])
     try:
         net.fit(train_ds, y=None)
@@ -359,7 +364,7 @@ def train(net: WeightedNet, train_ds, checkpoints: FitCheckpoints | None = None)
         raise KeyboardInterrupt from None
     kept = kept_epoch(net)
     if checkpoints is not None:
-        checkpoints.save_finished(net, kept)
+        checkpoints.save_finished(net.module_, net.history, kept)
     return kept
 
 
@@ -398,7 +403,7 @@ def make_net(module, train_ds, valid_ds, *, task: str, pos_weight, device: torch
     Callbacks: :class:`Unfreeze` (the backbone layers join after ``freeze_epochs``),
     :class:`EpochRecord` (validation metrics, learning rates), EarlyStopping on the inner
     validation loss with best-weights restore, the LR scheduler, a progress bar at
-    ``verbose > 1``, :class:`skcxr._resume.EpochCheckpoint` with ``checkpoints``, then
+    ``verbose > 1``, :class:`EpochCheckpoint` with ``checkpoints``, then
     copies of the user's ``callbacks``.
     """
     c = config
@@ -548,3 +553,74 @@ def _scores(task: str, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, fl
     if len(present) < proba.shape[1]:
         return acc, np.nan
     return acc, float(roc_auc_score(y, proba, multi_class="ovr"))
+
+
+class EpochCheckpoint(Callback):
+    """After an epoch that ends ``checkpoint_interval`` seconds (a setting, default 10) or
+    more after the last save,
+    save the fit's training state; at the start of training, restore
+    the last one saved (placed after skcxr's other callbacks, whose state it restores)."""
+
+    def __init__(self, checkpoints: FitCheckpoints):
+        self.checkpoints = checkpoints
+
+    def on_train_begin(self, net, **kwargs):
+        self.resumed_epochs_ = 0
+        self.last_save_ = time.monotonic()
+        self.interval_ = get_config()["checkpoint_interval"]
+        state = self.checkpoints.load()
+        if state is None or state.get("finished"):
+            return
+        restore_module(net.module_, state)
+        net.optimizer_.load_state_dict(state["optimizer"])
+        net.history = History(json.loads(state["history"]))
+        stopper = next((cb for _, cb in net.callbacks_ if isinstance(cb, EarlyStopping)), None)
+        if stopper is not None and state.get("early_stopping") is not None:
+            saved = state["early_stopping"]
+            stopper.misses_ = int(saved["misses"])
+            stopper.dynamic_threshold_ = float(saved["threshold"])
+            stopper.best_epoch_ = int(saved["best_epoch"])
+            if saved["best"] is not None:
+                best = net.module_.state_dict()
+                best = {k: v.clone() for k, v in best.items()}
+                best.update(saved["best"])
+                stopper.best_model_weights_ = best
+        scheduler = next((cb for _, cb in net.callbacks_ if isinstance(cb, LRScheduler)), None)
+        if scheduler is not None and state.get("lr_scheduler") is not None:
+            scheduler.lr_scheduler_.load_state_dict(state["lr_scheduler"]["state"])
+            scheduler.batch_idx_ = int(state["lr_scheduler"]["batch_idx"])
+        torch.set_rng_state(state["rng"])  # the fit's own stream (RandomStream.drawing)
+        cuda = state.get("cuda_rng") or []
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            for d, rng in enumerate(cuda):
+                torch.cuda.set_rng_state(rng, d)
+        self.resumed_epochs_ = len(net.history)
+
+    def on_epoch_end(self, net, **kwargs):
+        if time.monotonic() - self.last_save_ < self.interval_:
+            return
+        module = net.module_
+        trainable = self.checkpoints.trainable_state(module)
+        stopper = next((cb for _, cb in net.callbacks_ if isinstance(cb, EarlyStopping)), None)
+        scheduler = next((cb for _, cb in net.callbacks_ if isinstance(cb, LRScheduler)), None)
+        early = None
+        if stopper is not None:
+            best = stopper.best_model_weights_
+            early = {"misses": stopper.misses_, "threshold": float(stopper.dynamic_threshold_),
+                     "best_epoch": int(stopper.best_epoch_),
+                     "best": None if best is None else {k: best[k] for k in trainable}}
+        self.checkpoints.save({
+            "finished": False,
+            "module": trainable,
+            "unfrozen": bool(module.backbone_unfrozen),
+            "optimizer": net.optimizer_.state_dict(),
+            "history": history_json(net.history),
+            "early_stopping": early,
+            "lr_scheduler": None if scheduler is None else {
+                "state": scheduler.lr_scheduler_.state_dict(),
+                "batch_idx": int(scheduler.batch_idx_)},
+            "rng": torch.get_rng_state(),
+            "cuda_rng": ([torch.cuda.get_rng_state(d) for d in range(torch.cuda.device_count())]
+                         if torch.cuda.is_available() else []),
+        })
+        self.last_save_ = time.monotonic()
