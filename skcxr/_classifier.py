@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from numbers import Integral, Real
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -14,6 +17,7 @@ from ._augment import make_augment
 from ._base import CXREstimator
 from ._fitted import classifier_network
 from ._inference import view_logits
+from ._lr_find import LRFinderDisplay, lr_grid
 from ._network import build_network
 from ._params import (
     CLASSIFIER_CONSTRAINTS,
@@ -27,6 +31,7 @@ from ._resume import FitCheckpoints
 from ._training import (
     TrainingConfig,
     history_frame,
+    lr_sweep,
     make_net,
     prefix_engine,
     train,
@@ -109,11 +114,18 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
     optimizer_kwargs : dict or None, default=None
         E.g. ``{"momentum": 0.9, "nesterov": True}`` for SGD (study 000; "sgd" defaults to
         momentum 0.9), ``{"weight_decay": 1e-4}``.
-    lr_scheduler : {None, "step", "cosine", "plateau"}, default=None
+    lr_scheduler : {None, "step", "cosine", "plateau", "onecycle", "cosine_warmup"}, \
+default=None
         StepLR (default every 10 epochs, gamma 0.1; study 003), cosine annealing over
-        ``max_epochs``, or ReduceLROnPlateau on the validation loss (default patience 1).
+        ``max_epochs``, ReduceLROnPlateau on the validation loss (default patience 1), or a
+        schedule over every batch of ``max_epochs``: "onecycle" (fastai's
+        ``fit_one_cycle``: from ``lr/25`` up to ``lr`` over the first quarter, then down to
+        ``lr/1e5``, both halves cosine), "cosine_warmup" (linear warm-up over the first 5%
+        of the steps, then cosine down to 0). With ``finetune_lr``, each parameter group
+        follows the schedule from its own rate.
     lr_scheduler_kwargs : dict or None, default=None
-        E.g. ``{"step_size": 10, "gamma": 0.1}``.
+        E.g. ``{"step_size": 10, "gamma": 0.1}``; "onecycle" takes ``pct_start``, ``div``,
+        ``div_final``, "cosine_warmup" ``warmup`` (a fraction of the steps).
     freeze_epochs : int, default=0
         Epochs that train the head alone before the backbone layers unfreeze (study 000's
         phase 1, study 003's saturation threshold).
@@ -328,7 +340,8 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
         X : array-like of paths, (n, 1) column of paths, or array of images
         y : array-like of shape (n_samples,) or (n_samples, n_labels)
             Class labels (binary, multiclass, strings) or a 0/1 indicator matrix
-            (multi-label).
+            (multi-label; NaN for a missing label, left out of the loss and every score:
+            see ``docs/protocol.md``).
         sample_weight : array-like of shape (n_samples,), default=None
             Per-row loss weights (multiplied with the class weights).
         groups : array-like of shape (n_samples,), default=None
@@ -343,6 +356,47 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
         -------
         self : PretrainedCNNClassifier
         """
+        t = self._setup_training(X, y, sample_weight, groups, fingerprint=True)
+        params, execution, options, rows, prep, weights, module, source = (
+            t.params, t.execution, t.options, t.rows, t.prep, t.weights, t.module, t.source)
+        # with memory=: resumes an interrupted fit, skips a finished one (skcxr._resume)
+        checkpoints = FitCheckpoints.of(options.location,
+                                        {**self.get_params(deep=False),
+                                         "execution": (execution.device.type,
+                                                       execution.precision, execution.engine)},
+                                        image_keys=source.keys(), rows=rows, weights=weights,
+                                        seed=t.seed)
+        with t.engine, t.rng.drawing():  # the engine compiles outside the RNG lock
+            net = make_net(module, t.train_ds, t.valid_ds, task=rows.task,
+                           pos_weight=rows.pos_weight, device=execution.device,
+                           config=TrainingConfig.from_params(params), checkpoints=checkpoints)
+            kept = train(net, t.train_ds, checkpoints)
+        module = net.module_.to("cpu").eval()  # keep the weights, drop optimizer and callbacks
+        temperature, thresholds = None, None
+        if self.calibration is not None or self.threshold is not None:
+            logits = view_logits(module, prep, weights, source.subset(rows.valid), execution,
+                                 options, tta_views(self.tta))
+            temperature, thresholds = _calibrate(logits, rows, self.calibration, self.threshold)
+        _runtime.release(execution.device)
+        self._set_fitted({
+            "classes_": rows.classes, "target_type_": rows.task, "module_": module,
+            "history_": history_frame(net), "best_epoch_": kept,
+            "trained_layers_": module.unfrozen_layers,
+            "n_trainable_params_": int(sum(p.numel() for p in module.parameters()
+                                           if p.requires_grad)),
+            "class_weight_": rows.class_weight, "n_train_samples_": len(rows.train),
+            "n_valid_samples_": len(rows.valid), "fit_rows_": rows,
+            "temperature_": temperature, "thresholds_": thresholds,
+            "provenance_": t.backbone.provenance, "data_fingerprint_": t.fingerprint,
+            "preprocessing_": prep, "device_": execution.device,
+            "precision_": execution.precision, "engine_": execution.engine,
+            "prefix_namespace_": t.namespace,
+        })
+        return self
+
+    def _setup_training(self, X, y, sample_weight, groups, *, fingerprint: bool):
+        """What ``fit`` and ``lr_find`` do before training: every check, the fit's rows, the
+        backbone, the network (in the fit's RandomStream) and the training datasets."""
         params, execution, source = self._begin_fit(X)
         options = self._options("frozen prefix", verbose=self.verbose > 1)
         seed = as_seed(self.random_state)
@@ -351,16 +405,10 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
                         class_weight=self.class_weight, groups=groups,
                         sampler=self.sampler, seed=seed)
         check_target_combinations(params, rows.task, len(rows.classes), type(self).__name__)
-        fingerprint = data_fingerprint(source, y)  # before training: reads every file
+        # before training: reads every file
+        digest = data_fingerprint(source, y) if fingerprint else None
         backbone, prep = self._load(seed)
         weights = weights_identity(backbone.provenance)
-        # with memory=: resumes an interrupted fit, skips a finished one (skcxr._resume)
-        checkpoints = FitCheckpoints.of(options.location,
-                                        {**self.get_params(deep=False),
-                                         "execution": (execution.device.type,
-                                                       execution.precision, execution.engine)},
-                                        image_keys=source.keys(), rows=rows, weights=weights,
-                                        seed=seed)
         rng = _runtime.RandomStream(seed)  # the fit's own draws, whatever runs beside it
         with rng.drawing():
             module = build_network(backbone, prep, self.n_trainable_layers,
@@ -379,33 +427,57 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
             module.to(memory_format=torch.channels_last)
         engine = (prefix_engine(module, prep, weights, execution, options) if namespace is None
                   else contextlib.nullcontext())
-        with engine, rng.drawing():  # the engine compiles outside the RNG lock
-            net = make_net(module, train_ds, valid_ds, task=rows.task, pos_weight=rows.pos_weight,
-                           device=execution.device, config=TrainingConfig.from_params(params),
-                           checkpoints=checkpoints)
-            kept = train(net, train_ds, checkpoints)
-        module = net.module_.to("cpu").eval()  # keep the weights, drop optimizer and callbacks
-        temperature, thresholds = None, None
-        if self.calibration is not None or self.threshold is not None:
-            logits = view_logits(module, prep, weights, source.subset(rows.valid), execution,
-                                 options, tta_views(self.tta))
-            temperature, thresholds = _calibrate(logits, rows, self.calibration, self.threshold)
-        _runtime.release(execution.device)
-        self._set_fitted({
-            "classes_": rows.classes, "target_type_": rows.task, "module_": module,
-            "history_": history_frame(net), "best_epoch_": kept,
-            "trained_layers_": module.unfrozen_layers,
-            "n_trainable_params_": int(sum(p.numel() for p in module.parameters()
-                                           if p.requires_grad)),
-            "class_weight_": rows.class_weight, "n_train_samples_": len(rows.train),
-            "n_valid_samples_": len(rows.valid), "fit_rows_": rows,
-            "temperature_": temperature, "thresholds_": thresholds,
-            "provenance_": backbone.provenance, "data_fingerprint_": fingerprint,
-            "preprocessing_": prep, "device_": execution.device,
-            "precision_": execution.precision, "engine_": execution.engine,
-            "prefix_namespace_": namespace,
-        })
-        return self
+        return SimpleNamespace(params=params, execution=execution, options=options, seed=seed,
+                               rows=rows, fingerprint=digest, backbone=backbone, prep=prep,
+                               weights=weights, rng=rng, module=module, source=source,
+                               train_ds=train_ds, valid_ds=valid_ds, namespace=namespace,
+                               engine=engine)
+
+    def lr_find(self, X, y, sample_weight=None, groups=None, *, start_lr=1e-7, end_lr=10.0,
+                num_it=100):
+        """Sweep the learning rate and suggest one (fastai's ``lr_find``, MONAI's
+        ``LearningRateFinder``).
+
+        One training step per rate, on a geometric grid from ``start_lr`` to ``end_lr``,
+        on the training rows a ``fit`` with these parameters would train on (never its
+        validation rows), from the cached frozen prefix where ``fit`` would use it; stopped
+        once the smoothed loss exceeds four times its minimum. The estimator is not changed
+        (nothing is fitted). With ``freeze_epochs > 0`` the sweep trains the head alone,
+        as ``lr`` does first; with ``finetune_lr`` the backbone's rate keeps its ratio.
+
+        Parameters
+        ----------
+        X, y, sample_weight, groups
+            As :meth:`fit`.
+        start_lr, end_lr : float, default=1e-7, 10.0
+            The first and last rate of the sweep.
+        num_it : int, default=100
+            Steps of the sweep (epochs of the training rows repeat as needed).
+
+        Returns
+        -------
+        skcxr.plotting.LRFinderDisplay
+            ``suggestion`` (the "valley" rate), ``suggestions``, ``lrs``, ``losses``;
+            ``.plot()`` draws the curve. Then ``clf.set_params(lr=finder.suggestion)``.
+        """
+        if not (isinstance(start_lr, Real) and isinstance(end_lr, Real)
+                and 0 < start_lr < end_lr and np.isfinite(end_lr)):
+            raise ValueError(f"lr_find needs 0 < start_lr < end_lr (finite); got start_lr="
+                             f"{start_lr!r}, end_lr={end_lr!r}.")
+        if isinstance(num_it, bool) or not isinstance(num_it, Integral) or num_it < 10:
+            raise ValueError(f"lr_find's num_it must be an int >= 10; got {num_it!r}.")
+        t = self._setup_training(X, y, sample_weight, groups, fingerprint=False)
+        config = dataclasses.replace(TrainingConfig.from_params(t.params), callbacks=None,
+                                     early_stopping=False, lr_scheduler=None,
+                                     lr_scheduler_kwargs=None, verbose=0)
+        lrs = lr_grid(start_lr, end_lr, num_it)
+        with t.engine, t.rng.drawing():
+            net = make_net(t.module, t.train_ds, None, task=t.rows.task,
+                           pos_weight=t.rows.pos_weight, device=t.execution.device,
+                           config=config)
+            losses = lr_sweep(net, t.train_ds, lrs, unfreeze=self.freeze_epochs == 0)
+        _runtime.release(t.execution.device)
+        return LRFinderDisplay.from_sweep(lrs, losses)
 
     def _as_network(self, copy: bool = True):
         """The fitted classifier as one network (:func:`skcxr._fitted.as_network`)."""

@@ -109,7 +109,7 @@ class FitCheckpoints:
         if not location_writable(self.root):
             return
         buffer = io.BytesIO()
-        torch.save({**state, "layout": LAYOUT, "key": self.key}, buffer)
+        torch.save(_plain({**state, "layout": LAYOUT, "key": self.key}), buffer)
         payload = np.frombuffer(buffer.getvalue(), dtype=np.uint8)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +138,16 @@ class FitCheckpoints:
                    "unfrozen": bool(module.backbone_unfrozen),
                    "history": history_json(history), "kept_epoch": int(kept_epoch)})
 
+
+
+def _plain(value):
+    """``value`` with numpy scalars as Python numbers (what ``weights_only`` loading reads:
+    a scheduler's state can hold numpy floats)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def history_json(history: list) -> str:

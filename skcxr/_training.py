@@ -40,11 +40,63 @@ OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
 OPTIMIZER_DEFAULTS = {"sgd": {"momentum": 0.9}}
 #: ``lr_scheduler`` -> torch scheduler, and the defaults skcxr adds to
 #: ``lr_scheduler_kwargs`` (``T_max`` of "cosine" is ``max_epochs``).
+class LRShape:
+    """A learning-rate schedule over a fit's batches, as the factor of each parameter
+    group's ``lr`` at step ``t`` (for ``LambdaLR``; an object, not a function, so the
+    scheduler's ``state_dict`` keeps it as data and a resumed fit continues it).
+
+    ``"onecycle"`` (fastai's ``fit_one_cycle``, Smith 2018): from ``1/div`` up to 1 over
+    the first ``pct_start`` of the steps, then down to ``1/div_final``, both halves cosine.
+    ``"cosine_warmup"``: linear from ``1/warmup_steps`` up to 1 over the first ``warmup``
+    of the steps, then cosine down to 0.
+    """
+
+    def __init__(self, kind: str, total_steps: int, *, pct_start: float = 0.25,
+                 div: float = 25.0, div_final: float = 1e5, warmup: float = 0.05):
+        self.kind, self.total_steps = kind, max(1, int(total_steps))
+        self.pct_start, self.div, self.div_final = float(pct_start), float(div), float(div_final)
+        self.warmup = float(warmup)
+
+    def __call__(self, step: int) -> float:
+        last = max(1, self.total_steps - 1)
+        if self.kind == "onecycle":
+            up = max(1, round(self.pct_start * last))
+            if step < up:
+                return _cosine(1 / self.div, 1.0, step / up)
+            return _cosine(1.0, 1 / self.div_final, min(1.0, (step - up) / max(1, last - up)))
+        warm = max(1, round(self.warmup * self.total_steps))
+        if step < warm:
+            return (step + 1) / warm
+        return _cosine(1.0, 0.0, min(1.0, (step - warm) / max(1, last - warm)))
+
+
+def _cosine(start: float, end: float, p: float) -> float:
+    return float(end + (start - end) * (1 + np.cos(np.pi * p)) / 2)
+
+
+def one_cycle(optimizer, total_steps, pct_start=0.25, div=25.0, div_final=1e5, last_epoch=-1):
+    """``lr_scheduler="onecycle"``: :class:`LRShape` ``"onecycle"``, stepped every batch."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRShape(
+        "onecycle", total_steps, pct_start=pct_start, div=div, div_final=div_final),
+        last_epoch=last_epoch)
+
+
+def cosine_warmup(optimizer, total_steps, warmup=0.05, last_epoch=-1):
+    """``lr_scheduler="cosine_warmup"``: :class:`LRShape` ``"cosine_warmup"``, stepped every
+    batch."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRShape("cosine_warmup", total_steps,
+                                                                warmup=warmup),
+                                             last_epoch=last_epoch)
+
+
 SCHEDULER_CLASSES = {"step": torch.optim.lr_scheduler.StepLR,
                      "cosine": torch.optim.lr_scheduler.CosineAnnealingLR,
-                     "plateau": torch.optim.lr_scheduler.ReduceLROnPlateau}
+                     "plateau": torch.optim.lr_scheduler.ReduceLROnPlateau,
+                     "onecycle": one_cycle, "cosine_warmup": cosine_warmup}
 SCHEDULER_DEFAULTS = {"step": {"step_size": 10, "gamma": 0.1}, "cosine": {},
-                      "plateau": {"patience": 1}}
+                      "plateau": {"patience": 1}, "onecycle": {}, "cosine_warmup": {}}
+#: schedules over batches (``total_steps``: ``max_epochs`` times the batches of an epoch)
+BATCH_SCHEDULERS = ("onecycle", "cosine_warmup")
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -396,6 +448,16 @@ def is_callback_list(value) -> bool:
     return len(set(names)) == len(names) and not set(names) & set(RESERVED_CALLBACK_NAMES)
 
 
+def drops_last(n: int, batch_size: int) -> bool:
+    """Whether an epoch drops its last batch: a last batch of one row breaks BatchNorm in
+    training mode."""
+    return n > batch_size and n % batch_size == 1
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    return n // batch_size if drops_last(n, batch_size) else -(-n // batch_size)
+
+
 def make_net(module, train_ds, valid_ds, *, task: str, pos_weight, device: torch.device,
              config: TrainingConfig, checkpoints: FitCheckpoints | None = None) -> WeightedNet:
     """A skorch net that trains ``module`` as the classifier's parameters (``config``) say.
@@ -418,6 +480,9 @@ def make_net(module, train_ds, valid_ds, *, task: str, pos_weight, device: torch
     if lr_scheduler is not None:
         kwargs = {**SCHEDULER_DEFAULTS[lr_scheduler],
                   **({"T_max": int(max_epochs)} if lr_scheduler == "cosine" else {}),
+                  **({"total_steps": int(max_epochs) * batches_per_epoch(len(train_ds),
+                                                                        batch_size),
+                      "step_every": "batch"} if lr_scheduler in BATCH_SCHEDULERS else {}),
                   **(c.lr_scheduler_kwargs or {})}
         if lr_scheduler == "plateau":
             kwargs.setdefault("monitor", "valid_loss")
@@ -448,13 +513,43 @@ def make_net(module, train_ds, valid_ds, *, task: str, pos_weight, device: torch
         callbacks=callbacks,
         device=str(device),
         iterator_train__shuffle=True,
-        # a last batch of one row breaks BatchNorm in training mode
-        iterator_train__drop_last=len(train_ds) > batch_size and len(train_ds) % batch_size == 1,
+        iterator_train__drop_last=drops_last(len(train_ds), batch_size),
         **{f"iterator_train__{k}": v for k, v in loader_kwargs.items()},
         **{f"iterator_valid__{k}": v for k, v in loader_kwargs.items()},
         **{f"optimizer__{k}": v for k, v in opt_kwargs.items()},
         verbose=verbose,
     )
+
+
+def lr_sweep(net: WeightedNet, train_ds, lrs, *, unfreeze: bool,
+             diverge: float = 4.0) -> list[float]:
+    """The learning-rate finder's sweep: one training step per rate of ``lrs`` on the
+    training batches (epoch after epoch as needed), each parameter group's rate scaled as
+    the head's (so ``finetune_lr`` keeps its ratio); stops once the smoothed loss exceeds
+    ``diverge`` times its minimum, or is not finite. ``unfreeze``: the backbone layers train
+    from the first step (``freeze_epochs=0``), else the head alone.
+
+    Returns the loss of each step taken.
+    """
+    from ._lr_find import smooth_losses
+
+    net.initialize()
+    if unfreeze and net.module_.planned_layers:
+        net.module_.unfreeze()
+    groups = net.optimizer_.param_groups
+    base = [float(g["lr"]) for g in groups]
+    losses: list[float] = []
+    while len(losses) < len(lrs):
+        for batch in net.get_iterator(train_ds, training=True):
+            factor = float(lrs[len(losses)]) / float(net.lr)
+            for group, lr in zip(groups, base):
+                group["lr"] = lr * factor
+            losses.append(net.train_step(batch)["loss"].item())
+            smoothed = smooth_losses(losses)
+            if (not np.isfinite(losses[-1]) or smoothed[-1] > diverge * smoothed.min()
+                    or len(losses) == len(lrs)):
+                return losses[:-1] if not np.isfinite(losses[-1]) else losses
+    return losses
 
 
 def history_frame(net: NeuralNet) -> pd.DataFrame:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import numpy as np
 
 from ._curves import PrecisionRecallCIDisplay, RocCurveCIDisplay
+from ._lr_find import LRFinderDisplay
 
 __all__ = [
     "GradCAMDisplay",
     "GridHeatmapDisplay",
     "HistoryDisplay",
+    "LRFinderDisplay",
     "PrecisionRecallCIDisplay",
     "ReliabilityDisplay",
     "RocCurveCIDisplay",

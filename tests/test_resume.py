@@ -179,3 +179,18 @@ def test_a_damaged_or_foreign_checkpoint_is_ignored(data, reference, tmp_path, s
     clf.fit(X, y)
     assert steps.n == 5 * STEPS_PER_EPOCH
     assert_same_fit(clf, reference)
+
+
+def test_a_batch_schedule_resumes_exactly(data, tmp_path, steps):
+    """One-cycle steps every batch: its position is restored with the rest."""
+    X, y = data
+    params = {**PARAMS, "lr_scheduler": "onecycle"}
+    reference = PretrainedCNNClassifier(**params).fit(X, y)
+    steps.n, steps.interrupt_at = 0, 2 * STEPS_PER_EPOCH + 3
+    clf = PretrainedCNNClassifier(**params, memory=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        clf.fit(X, y)
+    steps.n, steps.interrupt_at = 0, None
+    clf.fit(X, y)
+    assert steps.n == 3 * STEPS_PER_EPOCH
+    assert_same_fit(clf, reference)
