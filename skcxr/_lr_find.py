@@ -113,6 +113,10 @@ class LRFinderDisplay:
                     name == DEFAULT_SUGGESTION else "0.4", ms=7, ls="none",
                     label=f"{name}: {lr:.1e}")
         ax.axvline(self.suggestion, color="C3", lw=0.8, ls="--")
+        # the divergence at the end would flatten the descent: clip above the loss before it
+        lowest = int(np.argmin(self.losses))
+        top, bottom = self.losses[:lowest + 1].max(), self.losses.min()
+        ax.set_ylim(bottom - 0.1 * (top - bottom), top + 0.25 * (top - bottom) + 1e-9)
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel("training loss (smoothed)")
