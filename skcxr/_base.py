@@ -89,10 +89,21 @@ class CXREstimator(BaseEstimator):
         for name, value in fitted.items():
             setattr(self, name, value)
 
+    def __sklearn_is_fitted__(self) -> bool:
+        """Whether a ``fit`` has completed, what ``sklearn.utils.validation.check_is_fitted``
+        asks: every ``fit`` sets ``module_`` with the rest of its fitted state, together and
+        only once it has succeeded (:meth:`_set_fitted`)."""
+        return hasattr(self, "module_")
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        # X is images: paths (1-D, or an (n, 1) column: ``string``) or pixel arrays
+        # (n, H, W[, C]): ``three_d_array`` (as sklearn's PatchExtractor), never an
+        # (n, n_features) table. Pixels are non-negative (uint8/uint16, or floats in [0, 1]).
         tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
         tags.input_tags.string = True
+        tags.input_tags.positive_only = True
         return tags
 
     def __getstate__(self):

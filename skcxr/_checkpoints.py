@@ -40,7 +40,24 @@ def file_sha256(path: str) -> str:
 
 
 def read_state_dict(path: str) -> dict:
-    """Read a checkpoint file into a flat ``{name: tensor}`` dict."""
+    """Read a checkpoint file into a flat ``{name: tensor}`` dict.
+
+    A ``.safetensors`` file is read by safetensors, anything else by
+    ``torch.load(weights_only=True)`` (no code runs). A pickled module gives its state
+    dict; a dict that wraps one (under ``state_dict``, ``model_state_dict``, ``model`` or
+    ``module``) is unwrapped, and a prefix every key shares (``module.``, ``model.``,
+    ``backbone.``) is dropped.
+
+    Parameters
+    ----------
+    path : str
+        The checkpoint file.
+
+    Returns
+    -------
+    dict
+        ``{name: torch.Tensor}``, on the CPU.
+    """
     if path.lower().endswith(".safetensors"):
         from safetensors.torch import load_file
 

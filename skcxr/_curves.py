@@ -24,8 +24,32 @@ class _CurveCIDisplay:
     @classmethod
     def from_predictions(cls, y_true, y_score, *, pos_label=None, groups=None, name=None,
                          n_resamples: int = 200, confidence: float = 0.95, random_state=0):
-        """From labels and positive-class scores (``predict_proba[:, 1]``, or a
-        ``(n, 2)`` array). ``groups``: resample patients."""
+        """Compute the curve and its band from labels and positive-class scores.
+
+        Parameters
+        ----------
+        y_true : array-like of shape (n,)
+            Labels of one binary event.
+        y_score : array-like of shape (n,) or (n, 2)
+            Scores of the positive class (``predict_proba(X)[:, 1]``), or both columns.
+        pos_label : label, default=None
+            The positive class; None: the larger label.
+        groups : array-like of shape (n,), default=None
+            Patient ids: resample patients, not images.
+        name : str, default=None
+            The curve's name in the legend.
+        n_resamples : int, default=200
+            Bootstrap resamples.
+        confidence : float, default=0.95
+            Level of the band and of the interval.
+        random_state : int, RandomState instance or None, default=0
+            Seeds the resamples.
+
+        Returns
+        -------
+        display
+            The display, not yet drawn (:meth:`plot`).
+        """
         from .evaluation import bootstrap_indices, bootstrap_metrics
 
         y = np.asarray(y_true)
@@ -56,7 +80,30 @@ class _CurveCIDisplay:
     @classmethod
     def from_estimator(cls, estimator, X, y, *, pos_label=None, groups=None, name=None,
                        **kwargs):
-        """From a fitted binary classifier's ``predict_proba`` on ``X``."""
+        """Compute the curve and its band from a fitted binary classifier on ``X``.
+
+        Parameters
+        ----------
+        estimator : classifier
+            Fitted, binary, with ``predict_proba``.
+        X : paths or array of images
+            Held-out images.
+        y : array-like of shape (n,)
+            Their labels.
+        pos_label : label, default=None
+            The positive class; None: ``classes_[1]``.
+        groups : array-like of shape (n,), default=None
+            Patient ids: resample patients, not images.
+        name : str, default=None
+            The curve's name in the legend (default: the estimator's class name).
+        **kwargs : dict
+            ``n_resamples``, ``confidence``, ``random_state`` of :meth:`from_predictions`.
+
+        Returns
+        -------
+        display
+            The display, not yet drawn (:meth:`plot`).
+        """
         proba = np.asarray(estimator.predict_proba(X))
         classes = np.asarray(getattr(estimator, "classes_", [0, 1]))
         if proba.ndim != 2 or proba.shape[1] != 2:
@@ -69,7 +116,20 @@ class _CurveCIDisplay:
                                     name=name or type(estimator).__name__, **kwargs)
 
     def plot(self, *, ax=None, color=None):
-        """Draw the curve, its band and (ROC) the chance line. Returns ``self``."""
+        """Draw the curve, its band and the no-skill line (chance, or the prevalence).
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, default=None
+            Where to draw; None makes a new figure.
+        color : color, default=None
+            The curve's colour (the band takes it too).
+
+        Returns
+        -------
+        self
+            With ``line_``, ``band_``, ``ax_`` and ``figure_`` set.
+        """
         from .plotting import _plt
 
         plt = _plt()
@@ -99,9 +159,22 @@ class RocCurveCIDisplay(_CurveCIDisplay):
 
     The band is the percentile interval of the true positive rate at each false positive
     rate over stratified (patient-grouped, with ``groups``) bootstrap resamples; the AUC's
-    interval is :func:`skcxr.evaluation.bootstrap_metrics`'s. Attributes: ``x`` (FPR grid),
-    ``y`` (TPR), ``y_low``, ``y_high``, ``value`` (AUC), ``value_low``, ``value_high``;
-    after :meth:`plot`: ``line_``, ``band_``, ``ax_``, ``figure_``.
+    interval is :func:`skcxr.evaluation.bootstrap_metrics`'s. Made by
+    :meth:`from_predictions` or :meth:`from_estimator`; :meth:`plot` sets ``line_``,
+    ``band_``, ``ax_``, ``figure_``.
+
+    Parameters
+    ----------
+    x : ndarray
+        The false positive rate grid.
+    y, y_low, y_high : ndarray
+        The true positive rate at each ``x``, and its band.
+    value, value_low, value_high : float
+        The AUC and its interval.
+    name : str, default=None
+        The curve's name in the legend.
+    confidence : float, default=0.95
+        Level of the band and of the interval.
     """
 
     _x_label, _y_label, _metric = "false positive rate", "true positive rate", "roc_auc"
@@ -124,6 +197,19 @@ class PrecisionRecallCIDisplay(_CurveCIDisplay):
 
     As :class:`RocCurveCIDisplay`, with precision (interpolated: the best precision at
     that recall or higher) on a recall grid; the prevalence is drawn as the no-skill line.
+
+    Parameters
+    ----------
+    x : ndarray
+        The recall grid.
+    y, y_low, y_high : ndarray
+        The interpolated precision at each ``x``, and its band.
+    value, value_low, value_high : float
+        The PR AUC and its interval.
+    name : str, default=None
+        The curve's name in the legend.
+    confidence : float, default=0.95
+        Level of the band and of the interval.
     """
 
     _x_label, _y_label, _metric = "recall (sensitivity)", "precision (PPV)", "pr_auc"
@@ -140,14 +226,17 @@ class PrecisionRecallCIDisplay(_CurveCIDisplay):
         return np.interp(grid, recall, precision)
 
     @classmethod
-    def from_predictions(cls, y_true, y_score, **kwargs):
-        out = super().from_predictions(y_true, y_score, **kwargs)
+    def from_predictions(cls, y_true, y_score, *, pos_label=None, groups=None, name=None,
+                         n_resamples: int = 200, confidence: float = 0.95, random_state=0):
+        out = super().from_predictions(y_true, y_score, pos_label=pos_label, groups=groups,
+                                       name=name, n_resamples=n_resamples,
+                                       confidence=confidence, random_state=random_state)
         y = np.asarray(y_true)
-        pos = kwargs.get("pos_label")
-        out.prevalence = float(np.mean(y == (np.unique(y)[-1] if pos is None else pos)))
+        pos = np.unique(y)[-1] if pos_label is None else pos_label
+        out.prevalence = float(np.mean(y == pos))
         return out
 
-    from_predictions.__doc__ = _CurveCIDisplay.from_predictions.__doc__
+    from_predictions.__func__.__doc__ = _CurveCIDisplay.from_predictions.__doc__
 
     def _decorate(self, ax):
         prevalence = getattr(self, "prevalence", None)

@@ -62,6 +62,7 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
     %(num_workers)s
     %(random_state)s
     %(verbose)s
+
     Attributes
     ----------
     module_ : torch.nn.Module
@@ -149,11 +150,13 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         ----------
         X : array-like of paths, (n, 1) column of paths, or array of images
             See :mod:`skcxr.images` for the accepted forms.
-        y : ignored
+        y : None
+            Ignored: present for the scikit-learn API (pipelines pass ``y`` along).
 
         Returns
         -------
         self : FeatureExtractorTransformer
+            The fitted transformer.
         """
         params, execution, source = self._begin_fit(X)
         check_input_combinations(params, len(source), type(self).__name__,
@@ -198,10 +201,14 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         Parameters
         ----------
         X : array-like of paths, (n, 1) column of paths, or array of images
+            The images, in any form :func:`skcxr.images.check_images` accepts; they need
+            not have the size of the fit images.
 
         Returns
         -------
         features : ndarray of shape (n_samples, n_features), dtype float32
+            One row of pooled features per image, in the order of ``X``
+            (``n_features == n_features_out_``).
         """
         check_is_fitted(self)
         source = check_images(X)

@@ -148,8 +148,17 @@ def read_image(path: str, data: bytes | None = None) -> np.ndarray:
     the EXIF orientation is applied. A float file outside ``[0, 1]`` or a 32-bit integer
     file beyond 16 bits is rejected, as the same pixels in an array would be.
 
-    ``data``: the file's bytes, already read (decoded instead of reading ``path`` again;
-    ``path`` names the file in errors and gives its format).
+    Parameters
+    ----------
+    path : str
+        The image file; it names the file in errors and gives its format (extension).
+    data : bytes or None, default=None
+        The file's bytes, already read: decoded instead of reading ``path`` again.
+
+    Returns
+    -------
+    ndarray of shape (H, W) or (H, W, 3)
+        The pixels: ``uint8``, or ``float32`` in ``[0, 1]`` (above).
     """
     ext = os.path.splitext(path)[1].lower()
     source = io.BytesIO(data) if data is not None else path

@@ -80,6 +80,18 @@ class DataConfig:
 
     Every backbone resolves to one of these (:class:`skcxr.backbones.Backbone`); the
     defaults are the ImageNet conventions used where a backbone says nothing.
+
+    Parameters
+    ----------
+    image_size : (int, int), default=(224, 224)
+        Input height and width.
+    interpolation : str, default="bilinear"
+        Resize interpolation: "nearest", "bilinear" or "bicubic" (others resize as
+        bilinear).
+    mean, std : tuple of float, default=ImageNet's
+        Per-channel normalisation of ``[0, 1]`` pixels (RGB order).
+    crop_pct : float, default=0.875
+        Fraction of the resized image that ``resize="crop"`` keeps (timm's convention).
     """
 
     image_size: tuple[int, int] = (224, 224)
@@ -262,8 +274,21 @@ class View(Step):
 
 
 def apply_view(t: torch.Tensor, view: str) -> torch.Tensor:
-    """One ``(C, H, W)`` image (or ``(n, C, H, W)`` batch) as seen in ``view`` (see
-    :data:`VIEWS`)."""
+    """Show one ``(C, H, W)`` image (or ``(n, C, H, W)`` batch) as seen in ``view``.
+
+    Parameters
+    ----------
+    t : torch.Tensor of shape (C, H, W) or (n, C, H, W)
+        The image or batch.
+    view : str
+        One of :data:`VIEWS`: "none", "hflip", or a shift by :data:`SHIFT` of the size
+        ("shift_left", "shift_right", "shift_up", "shift_down") with black filling in.
+
+    Returns
+    -------
+    torch.Tensor
+        The view, of ``t``'s shape and dtype (``t`` itself for "none").
+    """
     if view == "none":
         return t
     if view == "hflip":
@@ -325,6 +350,27 @@ class Preprocessing:
     batch (on the compute device): scale to ``[0, 1]`` and normalise with ``mean``/``std``.
     :attr:`steps` lists them as objects (see :mod:`skcxr._preprocessing`): the torch path,
     the OpenVINO graph, the ONNX graph and Grad-CAM's overlays are all made of them.
+    Made by :func:`make_preprocessing`; fitted estimators report theirs as
+    ``preprocessing_``.
+
+    Parameters
+    ----------
+    size : (int, int)
+        Input height and width.
+    in_chans : {1, 3}, default=3
+        Channels the backbone takes.
+    resize : {"stretch", "pad", "crop"}, default="stretch"
+        How an image reaches ``size`` (the estimators' ``resize``).
+    interpolation : str, default="bilinear"
+        Resize interpolation.
+    crop_pct : float, default=0.875
+        Fraction kept by ``resize="crop"``.
+    mean, std : tuple of float, default=(0, 0, 0) and (1, 1, 1)
+        Per-channel normalisation of ``[0, 1]`` pixels, one value per channel.
+    view : str, default="none"
+        A test-time augmentation view (:data:`VIEWS`), applied after the channels.
+    intensity : {"none", "equalize", "clahe"}, default="none"
+        Intensity standardisation after the resize, cached with the decoded image.
     """
 
     size: tuple[int, int]
@@ -364,47 +410,141 @@ class Preprocessing:
         return (Scale(), Normalize(tuple(self.mean), tuple(self.std)))
 
     def with_view(self, view: str) -> Preprocessing:
+        """Return this preprocessing with test-time view ``view``.
+
+        Parameters
+        ----------
+        view : str
+            One of :data:`VIEWS`.
+
+        Returns
+        -------
+        Preprocessing
+            ``self`` when the view is already ``view``, else a copy with it.
+        """
         return self if view == self.view else dataclasses.replace(self, view=view)
 
     def decode(self, source, i: int) -> torch.Tensor:
-        """Image ``i`` of a :class:`skcxr.images.ImageSource` decoded, resized and
-        intensity-standardised, channels as stored: what the decoded-image cache keeps."""
+        """Decode, resize and intensity-standardise image ``i`` of ``source``.
+
+        Parameters
+        ----------
+        source : skcxr.images.ImageSource
+            The images.
+        i : int
+            Which one.
+
+        Returns
+        -------
+        torch.Tensor of shape (C, H, W)
+            Channels as stored, ``uint8`` for 8-bit sources: what the decoded-image cache
+            keeps.
+        """
         return self.after_read(to_tensor(source.read(i)))
 
     def after_read(self, t: torch.Tensor) -> torch.Tensor:
-        """The decode steps (resize, intensity) on one decoded ``(C, H, W)`` image."""
+        """Run the decode steps (resize, intensity) on one decoded image.
+
+        Parameters
+        ----------
+        t : torch.Tensor of shape (C, H, W)
+            The decoded image (:func:`to_tensor`).
+
+        Returns
+        -------
+        torch.Tensor of shape (C, *size)
+            The resized, intensity-standardised image.
+        """
         for step in self.decode_steps:
             t = step.apply(t)
         return t
 
     def decode_description(self) -> dict:
-        """Everything :meth:`decode` depends on besides the pixels (a cache namespace)."""
+        """Describe everything :meth:`decode` depends on besides the pixels.
+
+        Returns
+        -------
+        dict
+            Size, resize mode, interpolation, crop_pct and intensity: a cache namespace.
+        """
         g = self.geometry
         return {"size": g.size, "resize": g.mode, "interpolation": g.interpolation,
                 "crop_pct": g.crop_pct, "intensity": self.intensity}
 
     def after_decode(self, t: torch.Tensor) -> torch.Tensor:
-        """The per-image steps after the resize on one decoded image, contiguous."""
+        """Run the per-image steps after the resize (channels, view) on one image.
+
+        Parameters
+        ----------
+        t : torch.Tensor of shape (C, H, W)
+            A decoded, resized image (:meth:`decode`).
+
+        Returns
+        -------
+        torch.Tensor of shape (in_chans, *size)
+            Contiguous.
+        """
         for step in self.image_steps:
             t = step.apply(t)
         return t.contiguous()
 
     def load(self, source, i: int) -> torch.Tensor:
-        """Image ``i`` through every per-image step (what the loader yields)."""
+        """Read image ``i`` through every per-image step (what the loader yields).
+
+        Parameters
+        ----------
+        source : skcxr.images.ImageSource
+            The images.
+        i : int
+            Which one.
+
+        Returns
+        -------
+        torch.Tensor of shape (in_chans, *size)
+            Not yet scaled or normalised (:meth:`normalize` does that per batch).
+        """
         return self.after_decode(self.decode(source, i))
 
     def transform(self, t: torch.Tensor) -> torch.Tensor:
-        """Every per-image step on one ``(C, H, W)`` image tensor."""
+        """Run every per-image step on one image tensor.
+
+        Parameters
+        ----------
+        t : torch.Tensor of shape (C, H, W)
+            A decoded image (:func:`to_tensor`).
+
+        Returns
+        -------
+        torch.Tensor of shape (in_chans, *size)
+            Not yet scaled or normalised.
+        """
         return self.after_decode(self.after_read(t))
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """The batch steps: scale a batch to [0, 1] floats and normalise with mean/std."""
+        """Run the batch steps: scale to ``[0, 1]`` floats, normalise with mean/std.
+
+        Parameters
+        ----------
+        batch : torch.Tensor of shape (n, in_chans, H, W)
+            Images as the loader yields them (uint8 or float).
+
+        Returns
+        -------
+        torch.Tensor
+            Floats, ready for the backbone.
+        """
         for step in self.batch_steps:
             batch = step.apply(batch)
         return batch
 
     def batch_key(self) -> str:
-        """What the batch steps compute, as a string (part of compiled models' keys)."""
+        """Describe what the batch steps compute.
+
+        Returns
+        -------
+        str
+            Their repr: part of compiled models' keys.
+        """
         return repr(self.batch_steps)
 
 
@@ -513,6 +653,26 @@ def make_preprocessing(
 
     The arguments are the estimators' parameters of the same names, checked against the same
     constraint table.
+
+    Parameters
+    ----------
+    data_config : DataConfig
+        What the backbone expects (its size, mean, std, interpolation, crop_pct).
+    image_size : int, (int, int) or None, default=None
+        Input size; None uses ``data_config.image_size``.
+    in_chans : {1, 3}, default=3
+        Channels the backbone takes (1: mean and std are averaged over RGB).
+    resize : {"stretch", "pad", "crop"}, default="stretch"
+        How an image reaches the input size.
+    normalize : {"backbone", "imagenet", "centered", "unit"} or (mean, std), default="backbone"
+        The normalisation (the estimators' ``normalize``).
+    intensity : {"none", "equalize", "clahe"}, default="none"
+        Intensity standardisation after the resize.
+
+    Returns
+    -------
+    Preprocessing
+        The description the estimators, exports and Grad-CAM run.
     """
     validate({"image_size": image_size, "in_chans": in_chans, "resize": resize,
               "normalize": normalize, "intensity": intensity}, PREPROCESSING_CONSTRAINTS,

@@ -35,15 +35,27 @@ def _proba(proba) -> np.ndarray:
 
 
 def adjust_to_prior(proba, source_prior, target_prior) -> np.ndarray:
-    """Posterior probabilities moved from the prior they were trained for to another.
+    """Move posterior probabilities from the prior they were trained for to another.
 
     ``p_t(k | x) ∝ p_s(k | x) * target_prior[k] / source_prior[k]`` (Bayes' rule; exact when
     only the class prevalences differ and ``proba`` are calibrated at ``source_prior``).
     For two classes, a prior may be given as the positive class's prevalence alone.
 
-    ``source_prior`` is the prevalence the model's probabilities reflect: the training
-    rows' (with their loss weights: ``class_weight="balanced"`` trains for a uniform
-    prior), see :func:`training_prior`.
+    Parameters
+    ----------
+    proba : array-like of shape (n, n_classes) or (n,)
+        The model's probabilities (1-D: the positive class's, for two classes).
+    source_prior : array-like or float
+        The prevalence the model's probabilities reflect: the training rows' (with their
+        loss weights: ``class_weight="balanced"`` trains for a uniform prior), see
+        :func:`training_prior`.
+    target_prior : array-like or float
+        The prevalence to move them to.
+
+    Returns
+    -------
+    ndarray of shape (n, n_classes)
+        The moved probabilities; each row sums to 1.
     """
     p = _proba(proba)
     k = p.shape[1]
@@ -55,16 +67,21 @@ def adjust_to_prior(proba, source_prior, target_prior) -> np.ndarray:
 class PriorEstimate:
     """What :func:`estimate_prior` found.
 
-    Attributes
+    Parameters
     ----------
     prior : ndarray
         Estimated target prevalence per class.
     n_iter : int
+        EM iterations run.
     converged : bool
+        Whether the estimate moved by less than ``tol`` before ``max_iter``.
     ks_statistic, ks_critical : float or None
         The largest distance between the target's score distribution and the mixture of
         the source classes' score distributions at ``prior``, and the 95% critical value
         it is compared with (None without a source reference).
+
+    Attributes
+    ----------
     assumption_holds : bool or None
         ``ks_statistic <= ks_critical`` (None without a source reference).
     """
@@ -87,8 +104,10 @@ class PriorEstimate:
 
 def estimate_prior(proba, source_prior, *, source_proba=None, source_y=None,
                    max_iter: int = 1000, tol: float = 1e-8) -> PriorEstimate:
-    """The target prevalence, estimated from unlabelled probabilities by EM (Saerens et al.
-    2002), with a check of its assumption.
+    """Estimate the target prevalence from unlabelled probabilities by EM, and check it.
+
+    The EM of Saerens et al. (2002), with a check of its assumption (only the prevalence
+    changed).
 
     Parameters
     ----------
@@ -104,10 +123,15 @@ def estimate_prior(proba, source_prior, *, source_proba=None, source_y=None,
         ``F_k``; the largest CDF distance (Kolmogorov-Smirnov) is compared with its 95%
         two-sample critical value, and a :class:`PriorShiftWarning` is given when it is
         larger. Without them no check is possible and a warning says so.
+    max_iter : int, default=1000
+        EM iterations at most.
+    tol : float, default=1e-8
+        EM stops when no class's estimate moves by more than this.
 
     Returns
     -------
     PriorEstimate
+        The prior, the iterations, whether EM converged, and the check's statistics.
     """
     p = _proba(proba)
     k = p.shape[1]
@@ -157,9 +181,21 @@ def estimate_prior(proba, source_prior, *, source_proba=None, source_y=None,
 
 
 def training_prior(estimator) -> np.ndarray:
-    """The class prior a fitted skcxr classifier's probabilities reflect: its training
-    rows' class frequencies weighted by their loss weights (class and sample weights), so
-    ``class_weight="balanced"`` gives a uniform prior."""
+    """Return the class prior a fitted skcxr classifier's probabilities reflect.
+
+    That is its training rows' class frequencies weighted by their loss weights (class and
+    sample weights), so ``class_weight="balanced"`` gives a uniform prior.
+
+    Parameters
+    ----------
+    estimator : PretrainedCNNClassifier
+        A fitted single-label skcxr classifier (it reads ``fit_rows_``).
+
+    Returns
+    -------
+    ndarray of shape (n_classes,)
+        The prior, summing to 1, in the order of ``classes_``.
+    """
     check_is_fitted(estimator)
     rows = getattr(estimator, "fit_rows_", None)
     if rows is None or rows.task not in ("binary", "multiclass"):
@@ -199,6 +235,22 @@ class PriorAdjustedClassifier(ClassifierMixin, BaseEstimator):
         self.decision = decision
 
     def fit(self, X, y, **fit_params):
+        """Fit a clone of ``estimator`` and read its source prior.
+
+        Parameters
+        ----------
+        X : array-like
+            Training inputs, as ``estimator`` takes them.
+        y : array-like of shape (n_samples,)
+            Class labels.
+        **fit_params : dict
+            Passed to the estimator's ``fit``.
+
+        Returns
+        -------
+        self : PriorAdjustedClassifier
+            The fitted classifier.
+        """
         from sklearn.base import clone
 
         est = clone(self.estimator).fit(X, y, **fit_params)
@@ -227,11 +279,36 @@ class PriorAdjustedClassifier(ClassifierMixin, BaseEstimator):
         return self.target_prior
 
     def predict_proba(self, X):
+        """Return the estimator's probabilities moved to the target prior.
+
+        Parameters
+        ----------
+        X : array-like
+            Inputs, as the estimator takes them.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Probabilities under ``target_prior`` (with ``"estimate"``: the prior EM finds
+            on these inputs).
+        """
         check_is_fitted(self)
         proba = self.estimator_.predict_proba(X)
         return adjust_to_prior(proba, self.source_prior_, self._target(proba))
 
     def predict(self, X):
+        """Predict classes: the most probable under the target prior, or as the estimator.
+
+        Parameters
+        ----------
+        X : array-like
+            Inputs, as the estimator takes them.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            Class labels (``decision="keep"``: the estimator's own).
+        """
         if self.decision == "keep":
             check_is_fitted(self)
             return self.estimator_.predict(X)
@@ -240,11 +317,25 @@ class PriorAdjustedClassifier(ClassifierMixin, BaseEstimator):
 
 def adjust_prior(estimator, target_prior, *, source_prior="training",
                  decision: str = "bayes") -> PriorAdjustedClassifier:
-    """A fitted classifier moved to ``target_prior``, as it is (nothing refitted, no data
-    read): :class:`PriorAdjustedClassifier` around ``FrozenEstimator(estimator)``.
+    """Move a fitted classifier to ``target_prior``, as it is (nothing refitted, no data read).
 
-    ``source_prior="training"`` reads the prior from a skcxr classifier, or averages it over
-    the skcxr members of an ensemble (``VotingClassifier``'s ``estimators_``).
+    Parameters
+    ----------
+    estimator : classifier
+        A fitted classifier with ``predict_proba``.
+    target_prior : array-like, float or "estimate"
+        As for :class:`PriorAdjustedClassifier`.
+    source_prior : array-like, float or "training", default="training"
+        The prior the estimator's probabilities reflect; "training" reads it from a skcxr
+        classifier, or averages it over the skcxr members of an ensemble
+        (``VotingClassifier``'s ``estimators_``).
+    decision : {"bayes", "keep"}, default="bayes"
+        As for :class:`PriorAdjustedClassifier`.
+
+    Returns
+    -------
+    PriorAdjustedClassifier
+        Fitted, around ``FrozenEstimator(estimator)``.
     """
     from sklearn.frozen import FrozenEstimator
 

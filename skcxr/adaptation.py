@@ -82,15 +82,15 @@ __all__ = [
 
 def adapt_batchnorm(estimator, X, *, reference=None, batch_size: int | None = None,
                     verbose: int = 0):
-    """A copy of a fitted model whose BatchNorm statistics are those of the images ``X``.
+    """Copy a fitted model, with the BatchNorm statistics of the images ``X``.
 
     Parameters
     ----------
-    estimator : fitted skcxr estimator, or a Pipeline / FeatureUnion / search / ensemble
-        holding them
-        Every skcxr estimator inside is adapted (in a pipeline, on ``X`` as it reaches that
-        step); nothing else changes. The argument itself is not modified.
-    X : images (paths, a column of paths, or an array), of the target site, unlabelled
+    estimator : fitted skcxr estimator, or a Pipeline, FeatureUnion, search or ensemble
+        The model; every skcxr estimator inside it is adapted (in a pipeline, on ``X`` as
+        it reaches that step); nothing else changes. The argument itself is not modified.
+    X : images (paths, a column of paths, or an array)
+        Unlabelled images of the target site.
     reference : images, optional
         Images of the site the model was trained on (its training images, or a sample of a
         few hundred). With them, each layer's statistics on ``X`` are mapped onto the
@@ -104,10 +104,13 @@ def adapt_batchnorm(estimator, X, *, reference=None, batch_size: int | None = No
         ones outright (AdaBN as published, right for ``batchnorm="train"``).
     batch_size : int, optional
         Images per batch in the estimation pass (default: the estimator's ``batch_size``).
+    verbose : int, default=0
+        A progress bar over the batches when > 0.
 
     Returns
     -------
     adapted : a deep copy of ``estimator``
+        With the adapted statistics in every skcxr estimator inside.
 
     Notes
     -----
@@ -336,6 +339,12 @@ class SiteStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     Inside a Pipeline, ``sites`` reach it through scikit-learn's metadata routing
     (requested by default): ``with sklearn.config_context(enable_metadata_routing=True):
     pipe.fit(X, y, sites=s); pipe.predict(X_new, sites=s_new)``.
+
+    Parameters
+    ----------
+    min_rows : int, default=20
+        Rows a site needs for its statistics (at ``fit``, and for a new site at
+        ``transform``).
     """
 
     __metadata_request__fit = {"sites": True}
@@ -345,6 +354,22 @@ class SiteStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.min_rows = min_rows
 
     def fit(self, X, y=None, sites=None):
+        """Store each site's feature mean and standard deviation.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features (e.g. :class:`~skcxr.FeatureExtractorTransformer`'s).
+        y : None
+            Ignored.
+        sites : array-like of shape (n_samples,), default=None
+            Each row's site id; None: every row is one site.
+
+        Returns
+        -------
+        self : SiteStandardScaler
+            The fitted scaler.
+        """
         X = validate_data(self, X, dtype=np.float64)
         sites = self._sites(sites, len(X))
         self.sites_ = {}
@@ -368,6 +393,21 @@ class SiteStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return X.mean(0), np.where(std > 0, std, 1.0)
 
     def transform(self, X, sites=None):
+        """Standardise each row by its site's statistics.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features.
+        sites : array-like of shape (n_samples,), default=None
+            Each row's site id; a site not seen at ``fit`` is standardised by its own rows'
+            statistics (at least ``min_rows`` of them). None: every row is one site.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features)
+            The standardised features.
+        """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         sites = self._sites(sites, len(X))
@@ -379,4 +419,20 @@ class SiteStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return out
 
     def fit_transform(self, X, y=None, sites=None):
+        """Fit, then standardise ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features.
+        y : None
+            Ignored.
+        sites : array-like of shape (n_samples,), default=None
+            Each row's site id; None: every row is one site.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features)
+            The standardised features.
+        """
         return self.fit(X, y, sites=sites).transform(X, sites=sites)

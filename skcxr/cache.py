@@ -96,6 +96,11 @@ def cache_info() -> dict:
 
     The bounds are set in one place (``skcxr._state.SIZES``, documented in
     ``docs/design.md``).
+
+    Returns
+    -------
+    dict
+        ``{store name: {counter: value}}``, a snapshot (later calls do not change it).
     """
     return {name: store.info() for name, store in STORES.items()}
 

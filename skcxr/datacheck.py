@@ -66,7 +66,7 @@ _STATISTICS = ("intensity_mean", "intensity_std", "height", "width", "file_kb")
 class DatasetCheck:
     """What :func:`check_dataset` found (each part a DataFrame).
 
-    Attributes
+    Parameters
     ----------
     images : DataFrame
         One row per image: ``path``, ``split``, ``label``, ``patient``, ``key`` (content
@@ -82,8 +82,9 @@ class DatasetCheck:
         Per split and label: ``n`` and the mean and standard deviation of each statistic.
     shifts : DataFrame
         Per label, statistic and pair of splits: ``smd``, ``ks_p``, ``flagged``.
-    near_threshold : float
-    seconds : dict
+    near_threshold : float or None, default=None
+        The pixel near-duplicate threshold used (None: no pixel search).
+    seconds : dict, default={}
         Time of each part (hashing, statistics, features, similarity search).
     """
 
@@ -96,7 +97,13 @@ class DatasetCheck:
     seconds: dict = field(default_factory=dict)
 
     def summary(self) -> pd.DataFrame:
-        """One row per finding: what, how many, and what to do."""
+        """Summarise the findings: what, how many, and what to do.
+
+        Returns
+        -------
+        DataFrame
+            One row per finding, with columns ``finding``, ``count`` and ``advice``.
+        """
         d = self.duplicates
         rows = []
 
@@ -179,7 +186,9 @@ def near_duplicate_pairs(features, threshold: float = FEATURE_THRESHOLD, *,
     Parameters
     ----------
     features : array of shape (n, d)
-    threshold : float
+        One row per image (e.g. backbone features, or flattened thumbnails).
+    threshold : float, default=FEATURE_THRESHOLD
+        The cosine similarity from which a pair is reported.
     center : bool, default=True
         Subtract the mean row first (backbone features of chest X-rays share a large common
         component that hides their differences).
@@ -188,10 +197,12 @@ def near_duplicate_pairs(features, threshold: float = FEATURE_THRESHOLD, *,
         is the best of ``features[i] . v[j]`` and ``features[j] . v[i]`` over them and
         ``features[i] . features[j]``.
     block : int, default=1024
+        Rows compared with all rows at a time (memory: ``block x n`` floats).
 
     Returns
     -------
-    DataFrame with ``i``, ``j``, ``similarity``, sorted by decreasing similarity.
+    DataFrame
+        Columns ``i``, ``j`` (``i < j``) and ``similarity``, by decreasing similarity.
     """
     F = np.asarray(features)
     if F.ndim != 2:
@@ -251,6 +262,7 @@ def check_dataset(X, y=None, *, split=None, groups=None,
         moved lite0's features to a cosine of 0.61 (measured), where thumbnails stayed at
         0.9998.
     feature_threshold : float, default=FEATURE_THRESHOLD
+        The centred cosine similarity of ``features`` from which a pair is reported.
     n_jobs : int, optional
         Threads that decode the images (default: the cores this process may use).
     verbose : bool, default=False
@@ -259,6 +271,8 @@ def check_dataset(X, y=None, *, split=None, groups=None,
     Returns
     -------
     DatasetCheck
+        The images with their statistics, the duplicate pairs, the patient leaks, the
+        statistics per split and label and the shifts between splits.
     """
     source = check_images(X)
     n = len(source)

@@ -79,6 +79,7 @@ def gradcam(estimator, X, *, target=None, layer=None, method: str = "gradcam",
         ``"features.denseblock4"``). None picks the last layer with a spatial (4-D) output.
     method : {"gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam"}
     batch_size : int, default=8
+        Images per forward and backward pass.
     aligned : {"image", "input"}, default="image"
         "image": each heatmap has the size of its image as read from ``X`` and lies on it
         pixel for pixel (the resize, padding or cropping of preprocessing is undone; cropped
@@ -87,7 +88,8 @@ def gradcam(estimator, X, *, target=None, layer=None, method: str = "gradcam",
     Returns
     -------
     heatmaps : ndarray of shape (n, H, W), or list of (H_i, W_i) arrays
-        float32 in ``[0, 1]``. A list when ``aligned="image"`` and the images differ in size.
+        Heatmaps as float32 in ``[0, 1]``. A list when ``aligned="image"`` and the images
+        differ in size.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}.")

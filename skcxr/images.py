@@ -61,8 +61,19 @@ __all__ = [
 class ImageSource:
     """Validated images: either an object array of paths or a numeric image array.
 
-    ``verify``: reads check each file's bytes against its key (:meth:`read`): what a source
-    whose results are stored under those keys does (:meth:`verified`).
+    Made by :func:`check_images`.
+
+    Parameters
+    ----------
+    kind : {"paths", "arrays"}
+        What ``data`` holds.
+    data : ndarray
+        An object array of paths, or an ``(n, H, W[, C])`` image array.
+    _keys : list of str, default=[]
+        Content hashes already taken (:meth:`keys` fills it).
+    verify : bool, default=False
+        Reads check each file's bytes against its key (:meth:`read`): what a source whose
+        results are stored under those keys does (:meth:`verified`).
     """
 
     kind: str  # "paths" or "arrays"
@@ -74,18 +85,42 @@ class ImageSource:
         return len(self.data)
 
     def subset(self, indices) -> ImageSource:
-        """The images at ``indices`` (their content hashes too, when already taken)."""
+        """Select the images at ``indices``.
+
+        Parameters
+        ----------
+        indices : array-like of int
+            Positions in this source.
+
+        Returns
+        -------
+        ImageSource
+            Those images, with their content hashes when already taken.
+        """
         indices = np.asarray(indices, dtype=int)
         keys = [self._keys[i] for i in indices] if self._keys else []
         return ImageSource(self.kind, self.data[indices], keys, self.verify)
 
     def verified(self) -> ImageSource:
-        """These images, read only from bytes that hash to their keys (see :meth:`read`):
-        for computing results stored under those keys."""
+        """Return these images, to be read only from bytes that hash to their keys.
+
+        Returns
+        -------
+        ImageSource
+            The same images with ``verify=True`` (see :meth:`read`): for computing results
+            stored under those keys.
+        """
         return ImageSource(self.kind, self.data, self.keys(), verify=True)
 
     def keys(self) -> list[str]:
-        """A content hash per image, for caches: equal keys mean identical pixels in."""
+        """Hash each image's content, for caches: equal keys mean identical pixels in.
+
+        Returns
+        -------
+        list of str
+            One hex digest per image (of a file's bytes, or of an array image's dtype,
+            shape and pixels), computed once.
+        """
         if not self._keys:
             if self.kind == "paths":
                 self._keys.extend(_file_digest(p) for p in self.data)
@@ -94,13 +129,23 @@ class ImageSource:
         return self._keys
 
     def read(self, i: int) -> np.ndarray:
-        """Image ``i``'s pixels; a file is decoded from one read of its bytes.
+        """Read image ``i``'s pixels; a file is decoded from one read of its bytes.
 
         For a :meth:`verified` source (the caches compute their entries from one), those
         bytes must still hash to key ``i`` (:meth:`keys`: what the caches key each image's
         results by): a file rewritten since raises :class:`ImageReadError`, so a result is
         never stored under the hash of bytes it was not computed from. Elsewhere nothing is
         hashed (no cost on uncached reads).
+
+        Parameters
+        ----------
+        i : int
+            Which image.
+
+        Returns
+        -------
+        ndarray of shape (H, W) or (H, W, C)
+            The pixels as stored in the array, or as :func:`read_image` decodes the file.
         """
         if self.kind != "paths":
             return self.data[i]
@@ -150,6 +195,20 @@ def check_images(X, *, check_files: bool = True) -> ImageSource:
     input fails before any long computation: empty input, wrong shapes, NaN pixels,
     missing, empty or unsupported files, and (``check_files=True``) files whose header
     cannot be read.
+
+    Parameters
+    ----------
+    X : array-like of paths, (n, 1) column of paths, or array of images
+        Any form the estimators accept (see the module docstring): paths (a list, an array,
+        a pandas Series, an ``(n, 1)`` column or a one-column DataFrame), or an
+        ``(n, H, W)`` / ``(n, H, W, C)`` numeric array.
+    check_files : bool, default=True
+        Also read each file's header (its format and size), without decoding the pixels.
+
+    Returns
+    -------
+    ImageSource
+        The validated images.
     """
     if X is None:
         raise ValueError("X is None; expected file paths or an array of images.")
@@ -281,8 +340,14 @@ def _integer_fix(lo: int, hi: int) -> str:
 class ImageDataset(torch.utils.data.Dataset):
     """A map-style dataset that decodes and preprocesses one image per item.
 
-    With ``decoded`` (a :class:`skcxr.cache.DecodedImages`), decoded and resized images come
-    from that cache and are decoded only on a miss.
+    Parameters
+    ----------
+    source : ImageSource
+        The images.
+    preprocessing : Preprocessing
+        What each item goes through (:meth:`Preprocessing.load`).
+    decoded : skcxr.cache.DecodedImages or None, default=None
+        A cache of decoded, resized images: items come from it, decoded only on a miss.
     """
 
     def __init__(self, source: ImageSource, preprocessing: Preprocessing, decoded=None):
@@ -319,7 +384,29 @@ def make_loader(
     pin_memory: bool = False,
     decoded=None,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader that streams preprocessed batches of ``source`` in order."""
+    """Make a DataLoader that streams preprocessed batches of ``source`` in order.
+
+    Parameters
+    ----------
+    source : ImageSource
+        The images.
+    preprocessing : Preprocessing
+        The per-image steps each image goes through (the batch steps are left to the
+        caller: :meth:`Preprocessing.normalize`).
+    batch_size : int, default=32
+        Images per batch.
+    num_workers : int, default=0
+        Worker processes that decode images (0: in this process).
+    pin_memory : bool, default=False
+        Page-locked batches, for faster copies to a GPU.
+    decoded : skcxr.cache.DecodedImages or None, default=None
+        A cache of decoded, resized images to read from (see :class:`ImageDataset`).
+
+    Returns
+    -------
+    torch.utils.data.DataLoader
+        Yields ``(n, in_chans, H, W)`` batches, ``uint8`` when every image is 8-bit.
+    """
     return torch.utils.data.DataLoader(
         ImageDataset(source, preprocessing, decoded),
         batch_size=batch_size,

@@ -50,6 +50,7 @@ class ErrorAnalysis:
     Parameters
     ----------
     y_true : array-like of shape (n,) or (n, n_labels)
+        True labels: class labels, or a 0/1 matrix (multi-label; NaN: a missing label).
     y_proba : array-like of shape (n, n_classes) or (n, n_labels)
         ``predict_proba`` output (a binary ``(n,)`` is the positive class's).
     y_pred : array-like, optional
@@ -124,7 +125,27 @@ class ErrorAnalysis:
 
     @classmethod
     def from_estimator(cls, estimator, X, y, *, groups=None, labels=None):
-        """From a fitted classifier's ``predict_proba`` and ``predict`` on ``X``."""
+        """Analyse a fitted classifier's ``predict_proba`` and ``predict`` on ``X``.
+
+        Parameters
+        ----------
+        estimator : classifier
+            Fitted, with ``predict_proba`` and ``predict`` (its ``classes_`` give the
+            columns' order).
+        X : paths or array of images
+            The images to analyse (held-out ones).
+        y : array-like of shape (n,) or (n, n_labels)
+            Their true labels.
+        groups : array-like of shape (n,), optional
+            Patient ids, shown beside each image.
+        labels : sequence of str, optional
+            Multi-label column names.
+
+        Returns
+        -------
+        ErrorAnalysis
+            With ``estimator`` set.
+        """
         proba = np.asarray(estimator.predict_proba(X))
         pred = np.asarray(estimator.predict(X))
         y = np.asarray(y)
@@ -136,18 +157,51 @@ class ErrorAnalysis:
     @classmethod
     def from_predictions(cls, y_true, y_proba, y_pred=None, *, classes=None, labels=None,
                          X=None, groups=None):
-        """From predictions alone (e.g. ``cross_val_predict(..., method="predict_proba")``)."""
+        """Analyse predictions (e.g. ``cross_val_predict(..., method="predict_proba")``).
+
+        Parameters
+        ----------
+        y_true : array-like of shape (n,) or (n, n_labels)
+            True labels.
+        y_proba : array-like of shape (n, n_classes) or (n, n_labels)
+            Predicted probabilities.
+        y_pred : array-like, optional
+            Decisions; default the most probable class, or probability >= 0.5 per label.
+        classes : array-like, optional
+            Classes in ``y_proba``'s column order (default: the sorted labels).
+        labels : sequence of str, optional
+            Multi-label column names.
+        X : paths, optional
+            The images (their paths name the rows of every table).
+        groups : array-like, optional
+            Patient ids, shown beside each image.
+
+        Returns
+        -------
+        ErrorAnalysis
+            The same as the constructor's.
+        """
         return cls(y_true, y_proba, y_pred, classes=classes, labels=labels, X=X,
                    groups=groups)
 
     estimator = None
 
     def top_losses(self, k: int = 9, *, wrong_only: bool = False) -> pd.DataFrame:
-        """The ``k`` images with the largest loss (binary, multiclass).
+        """List the ``k`` images with the largest loss (binary, multiclass).
 
-        Columns: ``row`` (index into ``X``), ``path``, ``patient``, ``true``,
-        ``predicted``, ``p_true`` (probability given to the true class), ``p_predicted``,
-        ``loss``. ``wrong_only``: only misclassified images.
+        Parameters
+        ----------
+        k : int, default=9
+            How many.
+        wrong_only : bool, default=False
+            Only misclassified images.
+
+        Returns
+        -------
+        DataFrame
+            Columns ``row`` (index into ``X``), ``path``, ``patient``, ``true``,
+            ``predicted``, ``p_true`` (probability given to the true class),
+            ``p_predicted``, ``loss``; by decreasing loss.
         """
         if self.task_ == "multilabel":
             raise ValueError("top_losses ranks single-label predictions; for multi-label "
@@ -166,7 +220,18 @@ class ErrorAnalysis:
             "p_predicted": self.proba_[rows, pred_code], "loss": self.losses_[rows]})
 
     def most_confused(self, min_count: int = 1) -> pd.DataFrame:
-        """Pairs (true, predicted) of different classes, by decreasing count."""
+        """Count the pairs (true, predicted) of different classes.
+
+        Parameters
+        ----------
+        min_count : int, default=1
+            Pairs seen fewer times are left out.
+
+        Returns
+        -------
+        DataFrame
+            Columns ``true``, ``predicted``, ``count``; by decreasing count.
+        """
         if self.task_ == "multilabel":
             raise ValueError("most_confused counts single-label decisions; for multi-label "
                              "targets use worst_per_label().")
@@ -178,10 +243,18 @@ class ErrorAnalysis:
                                   ignore_index=True)
 
     def worst_per_label(self, k: int = 3) -> pd.DataFrame:
-        """For each label of a multi-label target, the ``k`` images with the largest loss.
+        """List, for each label of a multi-label target, the ``k`` images with the largest loss.
 
-        Columns: ``label``, ``row``, ``path``, ``patient``, ``true`` (0/1),
-        ``probability`` (of the label), ``loss``.
+        Parameters
+        ----------
+        k : int, default=3
+            Images per label (missing labels are never among them).
+
+        Returns
+        -------
+        DataFrame
+            Columns ``label``, ``row``, ``path``, ``patient``, ``true`` (0/1),
+            ``probability`` (of the label), ``loss``.
         """
         if self.task_ != "multilabel":
             raise ValueError("worst_per_label is for multi-label targets; use top_losses().")

@@ -49,6 +49,13 @@ class HistoryDisplay:
     Build it with :meth:`from_estimator` (a fitted classifier) or :meth:`from_history`
     (its ``history_`` DataFrame), then :meth:`plot`. Attributes after ``plot``: ``ax_``
     (the loss axis; the metric axis is ``ax_.right_ax`` when drawn), ``figure_``.
+
+    Parameters
+    ----------
+    history : DataFrame
+        A classifier's ``history_`` (one row per epoch, with an ``epoch`` column).
+    best_epoch : int, default=None
+        The epoch whose weights were kept (``best_epoch_``), marked when given.
     """
 
     def __init__(self, history, best_epoch=None):
@@ -62,7 +69,18 @@ class HistoryDisplay:
 
     @classmethod
     def from_estimator(cls, estimator):
-        """From a fitted :class:`~skcxr.PretrainedCNNClassifier` (its ``history_``)."""
+        """Read a fitted :class:`~skcxr.PretrainedCNNClassifier`'s history.
+
+        Parameters
+        ----------
+        estimator : PretrainedCNNClassifier
+            Fitted (its ``history_`` and ``best_epoch_``).
+
+        Returns
+        -------
+        HistoryDisplay
+            Not yet drawn (:meth:`plot`).
+        """
         if not hasattr(estimator, "history_"):
             raise ValueError("history must be a fitted PretrainedCNNClassifier or its "
                              "history_ DataFrame (with an 'epoch' column).")
@@ -70,11 +88,37 @@ class HistoryDisplay:
 
     @classmethod
     def from_history(cls, history, *, best_epoch=None):
-        """From a ``history_`` DataFrame."""
+        """Read a ``history_`` DataFrame.
+
+        Parameters
+        ----------
+        history : DataFrame
+            A classifier's ``history_``.
+        best_epoch : int, default=None
+            The epoch to mark as kept.
+
+        Returns
+        -------
+        HistoryDisplay
+            Not yet drawn (:meth:`plot`).
+        """
         return cls(history, best_epoch)
 
     def plot(self, *, metrics=("valid_auc", "valid_acc"), ax=None):
-        """Draw; see :func:`plot_history` for the layout. Returns ``self``."""
+        """Draw the history; see :func:`plot_history` for the layout.
+
+        Parameters
+        ----------
+        metrics : sequence of str, default=("valid_auc", "valid_acc")
+            History columns drawn on a second y axis (those present).
+        ax : matplotlib Axes, default=None
+            Where to draw; None makes a new figure.
+
+        Returns
+        -------
+        self
+            With ``ax_`` and ``figure_`` set.
+        """
         self.ax_ = _draw_history(self.history, self.best_epoch, metrics, ax)
         self.figure_ = self.ax_.figure
         return self
@@ -93,10 +137,12 @@ def plot_history(history, *, metrics=("valid_auc", "valid_acc"), ax=None):
     metrics : sequence of str, default=("valid_auc", "valid_acc")
         History columns drawn on a second y axis (those present).
     ax : matplotlib Axes, optional
+        Where to draw; None makes a new figure.
 
     Returns
     -------
-    ax : matplotlib Axes (the loss axis; the metric axis is ``ax.right_ax`` when drawn)
+    ax : matplotlib Axes
+        The loss axis; the metric axis is ``ax.right_ax`` when drawn.
 
     Notes
     -----
@@ -177,8 +223,19 @@ class GridHeatmapDisplay:
     """A rows x cols heatmap of a grid search's scores, relative to a baseline.
 
     :meth:`from_estimator` (a fitted ``GridSearchCV``) or :meth:`from_cv_results`, then
-    :meth:`plot`; the parameters are :func:`plot_grid_heatmap`'s. Attributes: ``table``
-    (the values drawn, rows x cols), after ``plot`` ``ax_``, ``figure_``, ``image_``.
+    :meth:`plot`; the parameters are :func:`plot_grid_heatmap`'s. After ``plot``:
+    ``ax_``, ``figure_``, ``image_``.
+
+    Parameters
+    ----------
+    table : DataFrame
+        The values drawn, rows x cols.
+    label : str
+        The colour bar's label.
+    baseline : None, float or array-like, default=None
+        What the scores are relative to (None: the scores themselves).
+    relative : {"difference", "ratio"}, default="difference"
+        How the scores relate to ``baseline``.
     """
 
     def __init__(self, table, label, *, baseline=None, relative="difference"):
@@ -188,19 +245,66 @@ class GridHeatmapDisplay:
     @classmethod
     def from_cv_results(cls, cv_results, *, rows="n_trainable_layers", cols="train_size",
                         score="mean_test_score", baseline=None, relative="difference"):
-        """From ``cv_results_`` (dict or DataFrame)."""
+        """Tabulate a grid search's ``cv_results_``.
+
+        Parameters
+        ----------
+        cv_results : dict or DataFrame
+            ``GridSearchCV.cv_results_``.
+        rows, cols : str, default="n_trainable_layers" and "train_size"
+            Parameter names for the heatmap's rows and columns.
+        score : str, default="mean_test_score"
+            The cv_results key to draw.
+        baseline : None, float or array-like, default=None
+            Subtracted from or divided into the scores.
+        relative : {"difference", "ratio"}, default="difference"
+            Which of the two.
+
+        Returns
+        -------
+        GridHeatmapDisplay
+            Not yet drawn (:meth:`plot`).
+        """
         table, label = _grid_table(cv_results, rows, cols, score, baseline, relative)
         return cls(table, label, baseline=baseline, relative=relative)
 
     @classmethod
     def from_estimator(cls, search, **kwargs):
-        """From a fitted search (its ``cv_results_``); keywords as :meth:`from_cv_results`."""
+        """Tabulate a fitted search's ``cv_results_``.
+
+        Parameters
+        ----------
+        search : GridSearchCV
+            Fitted.
+        **kwargs : dict
+            As :meth:`from_cv_results`'s keywords.
+
+        Returns
+        -------
+        GridHeatmapDisplay
+            Not yet drawn (:meth:`plot`).
+        """
         if not hasattr(search, "cv_results_"):
             raise ValueError("from_estimator needs a fitted GridSearchCV (with cv_results_).")
         return cls.from_cv_results(search.cv_results_, **kwargs)
 
     def plot(self, *, ax=None, cmap="RdBu", fmt=None):
-        """Draw the heatmap with its values and colour bar. Returns ``self``."""
+        """Draw the heatmap with its values and colour bar.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, default=None
+            Where to draw; None makes a new figure.
+        cmap : str, default="RdBu"
+            Colour map (relative to a baseline; "viridis" without one).
+        fmt : str, default=None
+            Format of the values in the cells (see :func:`plot_grid_heatmap`).
+
+        Returns
+        -------
+        self
+            With ``ax_``, ``figure_`` and ``image_`` set.
+        """
         self.ax_ = _draw_grid(self.table, self.label, self.baseline, self.relative, ax,
                               cmap, fmt)
         self.figure_ = self.ax_.figure
@@ -224,13 +328,16 @@ def plot_grid_heatmap(cv_results, *, rows="n_trainable_layers", cols="train_size
         Parameter names (without the ``param_`` prefix, e.g. ``"n_trainable_layers"`` or
         ``"pipeline__n_trainable_layers"``) for the heatmap's rows and columns.
     score : str, default="mean_test_score"
-        cv_results key to draw (e.g. ``"mean_test_accuracy"`` with multi-metric scoring).
+        The cv_results key to draw (e.g. ``"mean_test_accuracy"`` with multi-metric
+        scoring).
     baseline : None, float or array-like, default=None
         Subtracted from (``relative="difference"``) or divided into (``"ratio"``) the
         scores; an array must match the rows of ``cv_results`` (e.g. the majority
         classifier's score for each candidate's training-set size).
-    relative : {"difference", "ratio"}
+    relative : {"difference", "ratio"}, default="difference"
+        How the scores relate to ``baseline``.
     ax : matplotlib Axes, optional
+        Where to draw; None makes a new figure.
     cmap : str, default="RdBu"
         Colour map of a heatmap relative to a baseline (centred on "no change"); without a
         baseline the scores are drawn with "viridis".
@@ -241,7 +348,9 @@ def plot_grid_heatmap(cv_results, *, rows="n_trainable_layers", cols="train_size
     Returns
     -------
     ax : matplotlib Axes
-    table : DataFrame of the values drawn (rows x cols)
+        The heatmap's axes.
+    table : DataFrame
+        The values drawn (rows x cols).
     """
     display = GridHeatmapDisplay.from_cv_results(
         cv_results, rows=rows, cols=cols, score=score, baseline=baseline, relative=relative)
@@ -383,6 +492,15 @@ class GradCAMDisplay:
     :meth:`from_estimator` computes the heatmaps (:func:`skcxr.explain.gradcam`);
     :meth:`from_heatmaps` draws given ones. After :meth:`plot`: ``axes_`` (2 x n),
     ``figure_``.
+
+    Parameters
+    ----------
+    images : array (n, H, W) or (n, H, W, 3), list of such arrays, or paths
+        The images.
+    heatmaps : ndarray or list of arrays
+        One heatmap per image, aligned with it (``gradcam(..., aligned="image")``).
+    titles : list of str, default=None
+        One title per image.
     """
 
     def __init__(self, images, heatmaps, titles=None):
@@ -390,7 +508,27 @@ class GradCAMDisplay:
 
     @classmethod
     def from_estimator(cls, estimator, X, *, target=None, titles=None, **gradcam_kwargs):
-        """Heatmaps of a fitted model on images ``X`` (paths or arrays)."""
+        """Compute the heatmaps of a fitted model on images ``X``.
+
+        Parameters
+        ----------
+        estimator : fitted classifier
+            A model :func:`skcxr.explain.gradcam` explains.
+        X : paths or array of images
+            The images.
+        target : None, class label, or array-like of labels, default=None
+            The class explained (None: each image's predicted class).
+        titles : list of str, default=None
+            One title per image.
+        **gradcam_kwargs : dict
+            Passed to :func:`skcxr.explain.gradcam` (``layer``, ``method``,
+            ``batch_size``).
+
+        Returns
+        -------
+        GradCAMDisplay
+            Not yet drawn (:meth:`plot`).
+        """
         from .explain import gradcam
 
         maps = gradcam(estimator, X, target=target, aligned="image", **gradcam_kwargs)
@@ -398,11 +536,41 @@ class GradCAMDisplay:
 
     @classmethod
     def from_heatmaps(cls, images, heatmaps, *, titles=None):
-        """From images and :func:`~skcxr.explain.gradcam`'s ``aligned="image"`` output."""
+        """Take images and :func:`~skcxr.explain.gradcam`'s ``aligned="image"`` output.
+
+        Parameters
+        ----------
+        images : array (n, H, W) or (n, H, W, 3), list of such arrays, or paths
+            The images.
+        heatmaps : ndarray or list of arrays
+            One heatmap per image.
+        titles : list of str, default=None
+            One title per image.
+
+        Returns
+        -------
+        GradCAMDisplay
+            Not yet drawn (:meth:`plot`).
+        """
         return cls(images, heatmaps, titles)
 
     def plot(self, *, alpha=0.45, cmap="jet", axes=None):
-        """Draw (``alpha``: opacity of the heatmap in the overlay). Returns ``self``."""
+        """Draw the heatmaps (top row) and overlays (bottom row).
+
+        Parameters
+        ----------
+        alpha : float, default=0.45
+            Opacity of the heatmap in the overlay.
+        cmap : str, default="jet"
+            Colour map of the heatmaps.
+        axes : array of 2 x n matplotlib Axes, default=None
+            Where to draw; None makes a new figure.
+
+        Returns
+        -------
+        self
+            With ``axes_`` and ``figure_`` set.
+        """
         self.axes_ = _draw_gradcam(self.images, self.heatmaps, titles=self.titles,
                                    alpha=alpha, cmap=cmap, axes=axes)
         self.figure_ = self.axes_.flat[0].figure
@@ -419,15 +587,21 @@ def plot_gradcam(images, heatmaps, *, titles=None, alpha=0.45, cmap="jet", axes=
     images : array (n, H, W) or (n, H, W, 3), or list of such arrays, or paths
         The images as given to :func:`skcxr.explain.gradcam` (paths are read with
         :func:`skcxr.images.read_image`).
-    heatmaps : output of :func:`skcxr.explain.gradcam` with ``aligned="image"``
+    heatmaps : ndarray or list of arrays
+        The output of :func:`skcxr.explain.gradcam` with ``aligned="image"``.
     titles : list of str, optional
+        One title per image.
     alpha : float, default=0.45
         Opacity of the heatmap in the overlay.
+    cmap : str, default="jet"
+        Colour map of the heatmaps.
     axes : array of 2 x n matplotlib Axes, optional
+        Where to draw; None makes a new figure.
 
     Returns
     -------
     axes : ndarray of matplotlib Axes, shape (2, n)
+        The heatmaps' axes (top row) and the overlays' (bottom row).
     """
     return GradCAMDisplay.from_heatmaps(images, heatmaps, titles=titles).plot(
         alpha=alpha, cmap=cmap, axes=axes).axes_
@@ -441,6 +615,15 @@ class ReliabilityDisplay:
     predicted class's confidence against being right for multiclass ``(n, k)``, and every
     label's probability pooled for multi-label (``y_true`` a 0/1 ``(n, L)`` matrix).
     After :meth:`plot`: ``ax_``, ``figure_``, ``ece_``.
+
+    Parameters
+    ----------
+    y_true : array-like
+        Labels ``0..k-1`` (as ``proba``'s columns), or the multi-label 0/1 matrix.
+    proba : array-like
+        ``predict_proba`` output.
+    name : str, default=None
+        Legend label (the ECE is appended).
     """
 
     def __init__(self, y_true, proba, name=None):
@@ -448,8 +631,24 @@ class ReliabilityDisplay:
 
     @classmethod
     def from_estimator(cls, estimator, X, y, *, name=None):
-        """From a fitted classifier's ``predict_proba`` on ``X`` (labels coded as its
-        ``classes_``)."""
+        """Take a fitted classifier's ``predict_proba`` on ``X``.
+
+        Parameters
+        ----------
+        estimator : fitted classifier
+            With ``predict_proba`` (labels are coded as its ``classes_``).
+        X : paths or array of images
+            Held-out images.
+        y : array-like
+            Their labels, or the multi-label 0/1 matrix.
+        name : str, default=None
+            Legend label (default: the estimator's class name).
+
+        Returns
+        -------
+        ReliabilityDisplay
+            Not yet drawn (:meth:`plot`).
+        """
         proba = np.asarray(estimator.predict_proba(X))
         y = np.asarray(y)
         if y.ndim == 1 and hasattr(estimator, "classes_"):
@@ -458,11 +657,39 @@ class ReliabilityDisplay:
 
     @classmethod
     def from_predictions(cls, y_true, proba, *, name=None):
-        """From labels ``0..k-1`` (or a 0/1 label matrix) and ``predict_proba`` output."""
+        """Take labels ``0..k-1`` (or a 0/1 label matrix) and ``predict_proba`` output.
+
+        Parameters
+        ----------
+        y_true : array-like
+            Labels ``0..k-1``, or the multi-label 0/1 matrix.
+        proba : array-like
+            ``predict_proba`` output.
+        name : str, default=None
+            Legend label.
+
+        Returns
+        -------
+        ReliabilityDisplay
+            Not yet drawn (:meth:`plot`).
+        """
         return cls(y_true, proba, name)
 
     def plot(self, *, n_bins=10, ax=None):
-        """Draw. Returns ``self``."""
+        """Draw the reliability diagram.
+
+        Parameters
+        ----------
+        n_bins : int, default=10
+            Bins of predicted probability.
+        ax : matplotlib Axes, default=None
+            Where to draw; None makes a new figure.
+
+        Returns
+        -------
+        self
+            With ``ax_``, ``figure_`` and ``ece_`` set.
+        """
         self.ax_, self.ece_ = _draw_reliability(self.y_true, self.proba, n_bins=n_bins,
                                                 name=self.name, ax=ax)
         self.figure_ = self.ax_.figure
@@ -481,13 +708,16 @@ def plot_reliability(y_true, proba, *, n_bins=10, name=None, ax=None):
     proba : array-like
         ``predict_proba`` output.
     n_bins : int, default=10
+        Bins of predicted probability.
     name : str, optional
         Legend label (the ECE is appended).
     ax : matplotlib Axes, optional
+        Where to draw; None makes a new figure.
 
     Returns
     -------
     ax : matplotlib Axes
+        The diagram's axes.
     """
     return ReliabilityDisplay.from_predictions(y_true, proba, name=name).plot(
         n_bins=n_bins, ax=ax).ax_
@@ -500,9 +730,18 @@ class TopLossesDisplay:
 
     :meth:`from_estimator` (computes the Grad-CAM overlays when ``gradcam=True`` and the
     model is one :func:`skcxr.explain.gradcam` explains) or :meth:`from_predictions`
-    (images only). Built on :class:`skcxr.interpretation.ErrorAnalysis`. Attributes:
-    ``table`` (its ``top_losses``), ``heatmaps`` (or None); after :meth:`plot`:
-    ``axes_``, ``figure_``.
+    (images only). Built on :class:`skcxr.interpretation.ErrorAnalysis`. After
+    :meth:`plot`: ``axes_``, ``figure_``.
+
+    Parameters
+    ----------
+    table : DataFrame
+        :meth:`ErrorAnalysis.top_losses <skcxr.interpretation.ErrorAnalysis.top_losses>`'s
+        table.
+    images : list of arrays
+        The images of its rows.
+    heatmaps : list of arrays, default=None
+        Their Grad-CAM heatmaps (None: images only).
     """
 
     def __init__(self, table, images, heatmaps=None):
@@ -511,7 +750,30 @@ class TopLossesDisplay:
     @classmethod
     def from_predictions(cls, y_true, y_proba, X, *, k: int = 9, classes=None, groups=None,
                          y_pred=None):
-        """From predictions and the image paths (or array) they were made on."""
+        """Rank predictions, and read the images they were made on.
+
+        Parameters
+        ----------
+        y_true : array-like of shape (n,)
+            True labels.
+        y_proba : array-like of shape (n, n_classes)
+            Predicted probabilities.
+        X : paths or array of images
+            The images the predictions were made on.
+        k : int, default=9
+            Images shown.
+        classes : array-like, default=None
+            Classes in ``y_proba``'s column order (default: the sorted labels).
+        groups : array-like of shape (n,), default=None
+            Patient ids, shown beside each image.
+        y_pred : array-like of shape (n,), default=None
+            Decisions (default: the most probable class).
+
+        Returns
+        -------
+        TopLossesDisplay
+            Not yet drawn (:meth:`plot`).
+        """
         from .interpretation import ErrorAnalysis
 
         errors = ErrorAnalysis.from_predictions(y_true, y_proba, y_pred, classes=classes,
@@ -520,7 +782,28 @@ class TopLossesDisplay:
 
     @classmethod
     def from_estimator(cls, estimator, X, y, *, k: int = 9, groups=None, gradcam=True):
-        """From a fitted classifier on ``X, y`` (Grad-CAM of the true class)."""
+        """Rank a fitted classifier's predictions on ``X, y``.
+
+        Parameters
+        ----------
+        estimator : fitted classifier
+            With ``predict_proba`` and ``predict``.
+        X : paths or array of images
+            Held-out images.
+        y : array-like of shape (n,)
+            Their labels.
+        k : int, default=9
+            Images shown.
+        groups : array-like of shape (n,), default=None
+            Patient ids, shown beside each image.
+        gradcam : bool, default=True
+            Compute the Grad-CAM overlays of the true class.
+
+        Returns
+        -------
+        TopLossesDisplay
+            Not yet drawn (:meth:`plot`).
+        """
         from .interpretation import ErrorAnalysis
 
         errors = ErrorAnalysis.from_estimator(estimator, X, y, groups=groups)
@@ -545,9 +828,26 @@ class TopLossesDisplay:
         return cls(table, images, heatmaps)
 
     def plot(self, *, ncols: int = 3, alpha=0.4, cmap="jet", axes=None):
-        """A grid of the images (overlaid with Grad-CAM when there are heatmaps), each
-        titled with its file name, true/predicted label and probabilities. Returns
-        ``self``."""
+        """Draw a grid of the images, overlaid with Grad-CAM when there are heatmaps.
+
+        Each is titled with its file name, true and predicted label, and probabilities.
+
+        Parameters
+        ----------
+        ncols : int, default=3
+            Images per row.
+        alpha : float, default=0.4
+            Opacity of the heatmap in the overlay.
+        cmap : str, default="jet"
+            Colour map of the heatmaps.
+        axes : array of matplotlib Axes, default=None
+            Where to draw; None makes a new figure.
+
+        Returns
+        -------
+        self
+            With ``axes_`` and ``figure_`` set.
+        """
         import os
 
         plt = _plt()

@@ -73,12 +73,24 @@ def _skcxr_part(estimator):
 
 
 def model_card(estimator, *, scores: dict | None = None) -> dict:
-    """What a reader needs to know about a fitted model: provenance, protocol, training.
+    """Describe what a reader needs to know about a fitted model: provenance, protocol, training.
 
     The same fields as :func:`skcxr.export.to_onnx`'s card where they apply (estimator,
     backbone and weights, parameters, precision, calibration and thresholds, training rows
-    and epochs, data fingerprint, library versions), without the ONNX file's. ``scores``:
-    validation scores to record (e.g. CV results).
+    and epochs, data fingerprint, library versions), without the ONNX file's.
+
+    Parameters
+    ----------
+    estimator : fitted estimator
+        A skcxr estimator, a pipeline or search holding one, or an ensemble of them (each
+        member gets its card under ``"members"``).
+    scores : dict, optional
+        Validation scores to record (e.g. CV results).
+
+    Returns
+    -------
+    dict
+        The card, JSON-serialisable.
     """
     from .export import _jsonable, _versions
 
@@ -264,10 +276,13 @@ def write_report(path, estimator, X, y, *, y_proba=None, y_pred=None, groups=Non
         :func:`skcxr.explain.gradcam` explains; otherwise the report says why not).
     n_resamples : int, default=1000
         Bootstrap resamples of every interval.
+    random_state : int, RandomState instance or None, default=0
+        Seeds the bootstrap resamples (an int: the same intervals every time).
 
     Returns
     -------
-    Path of the written file.
+    Path
+        The written file.
     """
     import matplotlib
 
