@@ -130,6 +130,22 @@ def bootstrap_indices(y, *, groups=None, n_resamples: int = 1000, random_state=0
     unique, and a stratum of one row would be drawn as itself in every resample): rows (or
     groups) are drawn from all of them; :func:`evaluate_predictions` stratifies each label's
     intervals by that label instead.
+
+    Parameters
+    ----------
+    y : array-like of shape (n,) or (n, k)
+        Labels (the strata), or a multi-label matrix.
+    groups : array-like of shape (n,), default=None
+        Patient ids: whole patients are drawn.
+    n_resamples : int, default=1000
+        How many resamples.
+    random_state : int, default=0
+        Seeds the draws.
+
+    Returns
+    -------
+    ndarray of shape (n_resamples, n) or list of ndarray
+        Row indices of each resample (a list with ``groups``).
     """
     rng = np.random.default_rng(random_state)
     y = np.asarray(y)

@@ -108,6 +108,7 @@ class PretrainedCNNClassifier(ClassifierMixin, CXREstimator):
     dropout : float, default=0.0
         Dropout before each dense layer of the head (study 001: 0.4).
     max_epochs : int, default=10
+        The most epochs a fit trains (early stopping may end it sooner).
     lr : float, default=1e-3
         Learning rate of the head (and of the backbone layers unless ``finetune_lr``).
     optimizer : {"adam", "adamw", "sgd"}, default="adam"
@@ -144,7 +145,10 @@ default=None
         Stop when the validation loss has not improved by ``min_delta`` for ``patience``
         epochs, and restore the weights of the last epoch that improved it.
     patience : int, default=3
+        Epochs without an improvement of the validation loss before early stopping ends
+        the fit (or the head phase; see ``freeze_epochs``).
     min_delta : float, default=1e-3
+        The least decrease of the validation loss that counts as an improvement.
     augment : None, {"flip", "standard", "crop", "views"} or callable, default=None
         Training-time augmentation of one ``(C, H, W)`` image tensor (uint8 for 8-bit
         images), training rows only. "flip": random horizontal flip (study 000).
@@ -160,7 +164,7 @@ default=None
         (after a first pass of six prefix computations per image). The cheap way to
         augment a deep ``n_trainable_layers`` on a CPU.
     callbacks : list or None, default=None
-        skorch callbacks (instances, or ``(name, callback)`` pairs) run after skcxr's own
+        The skorch callbacks (instances, or ``(name, callback)`` pairs) run after skcxr's own
         in every epoch of ``fit``: e.g. ``skorch.callbacks.MlflowLogger(
         terminate_after_train=False)`` logs each epoch's losses and validation metrics to
         the active MLflow run, ``skorch.callbacks.TensorBoard(writer)`` to TensorBoard.
@@ -338,6 +342,7 @@ default=None
         Parameters
         ----------
         X : array-like of paths, (n, 1) column of paths, or array of images
+            The training images (files are read and checked before any training).
         y : array-like of shape (n_samples,) or (n_samples, n_labels)
             Class labels (binary, multiclass, strings) or a 0/1 indicator matrix
             (multi-label; NaN for a missing label, left out of the loss and every score:
@@ -355,6 +360,7 @@ default=None
         Returns
         -------
         self : PretrainedCNNClassifier
+            The fitted estimator.
         """
         t = self._setup_training(X, y, sample_weight, groups, fingerprint=True)
         params, execution, options, rows, prep, weights, module, source = (
@@ -447,7 +453,13 @@ default=None
 
         Parameters
         ----------
-        X, y, sample_weight, groups
+        X : array-like of paths, (n, 1) column of paths, or array of images
+            As :meth:`fit`.
+        y : array-like of shape (n_samples,) or (n_samples, n_labels)
+            As :meth:`fit`.
+        sample_weight : array-like of shape (n_samples,), default=None
+            As :meth:`fit`.
+        groups : array-like of shape (n_samples,), default=None
             As :meth:`fit`.
         start_lr, end_lr : float, default=1e-7, 10.0
             The first and last rate of the sweep.
@@ -497,24 +509,59 @@ default=None
                            tta_views(self.tta))
 
     def decision_function(self, X):
-        """Logits: (n,) for binary targets (positive minus negative), else (n, n_outputs);
-        with ``tta``, the mean over views."""
+        """Logits: (n,) for binary targets (positive minus negative), else (n, n_outputs).
+
+        Parameters
+        ----------
+        X : array-like of paths, (n, 1) column of paths, or array of images
+            The images.
+
+        Returns
+        -------
+        ndarray of shape (n,) or (n, n_outputs), float32
+            The logits; with ``tta``, the mean over views.
+        """
         logits = np.mean(self._view_logits(X), axis=0)
         if self.target_type_ == "binary":
             return logits[:, 1] - logits[:, 0]
         return logits
 
     def predict_proba(self, X):
-        """Class probabilities (softmax), or per-label probabilities (sigmoid) if multi-label;
-        calibrated when ``calibration`` was set (logits divided by ``temperature_``); with
-        ``tta``, the mean over views."""
+        """Class probabilities (softmax), or per-label probabilities (sigmoid) if multi-label.
+
+        Calibrated when ``calibration`` was set (logits divided by ``temperature_``); with
+        ``tta``, the mean over views.
+
+        Parameters
+        ----------
+        X : array-like of paths, (n, 1) column of paths, or array of images
+            The images.
+
+        Returns
+        -------
+        ndarray of shape (n, n_classes) or (n, n_labels), float32
+            Probabilities, in the order of ``classes_``.
+        """
         logits = apply_temperature(self._view_logits(X), self.temperature_)
         # the function fit calibrated with: what predict decides on is what was fitted
         return probabilities(logits, self.target_type_).astype(np.float32)
 
     def predict(self, X):
-        """Class labels, or the 0/1 indicator matrix if multi-label: by ``thresholds_`` when
-        ``threshold`` was set, else the most probable class (multi-label: 0.5)."""
+        """Class labels, or the 0/1 indicator matrix if multi-label.
+
+        By ``thresholds_`` when ``threshold`` was set, else the most probable class
+        (multi-label: probability >= 0.5).
+
+        Parameters
+        ----------
+        X : array-like of paths, (n, 1) column of paths, or array of images
+            The images.
+
+        Returns
+        -------
+        ndarray of shape (n,), or (n, n_labels) of 0/1 int64 if multi-label
+            The decisions, as labels of ``classes_``.
+        """
         proba = self.predict_proba(X)
         thresholds = self.thresholds_
         if self.target_type_ == "multilabel":

@@ -89,19 +89,61 @@ class LRFinderDisplay:
 
     @classmethod
     def from_sweep(cls, lrs, raw_losses) -> LRFinderDisplay:
-        """The display of a sweep's rates and raw losses (smoothed here)."""
+        """The display of a sweep's rates and raw losses (smoothed here).
+
+        Parameters
+        ----------
+        lrs : array-like
+            The rates of the sweep's grid (cut to the steps taken).
+        raw_losses : array-like
+            The loss of each step taken.
+
+        Returns
+        -------
+        LRFinderDisplay
+            Not plotted yet.
+        """
         lrs = np.asarray(lrs)[:len(raw_losses)]
         smoothed = smooth_losses(raw_losses)
         return cls(lrs, smoothed, suggestions(lrs, smoothed), raw_losses=raw_losses)
 
     @classmethod
     def from_estimator(cls, estimator, X, y, *, ax=None, **kwargs) -> LRFinderDisplay:
-        """Run ``estimator.lr_find(X, y, **kwargs)`` and plot it."""
+        """Run ``estimator.lr_find(X, y, **kwargs)`` and plot it.
+
+        Parameters
+        ----------
+        estimator : PretrainedCNNClassifier
+            Unfitted or fitted: it is not changed.
+        X, y : array-like
+            As :meth:`skcxr.PretrainedCNNClassifier.lr_find`.
+        ax : matplotlib Axes, default=None
+            Where to draw; a new figure when None.
+        **kwargs
+            ``sample_weight``, ``groups``, ``start_lr``, ``end_lr``, ``num_it`` of
+            ``lr_find``.
+
+        Returns
+        -------
+        LRFinderDisplay
+            Plotted.
+        """
         return estimator.lr_find(X, y, **kwargs).plot(ax=ax)
 
     def plot(self, ax=None) -> LRFinderDisplay:
         """The loss against the rate (log scale), each suggestion marked, the
-        ``"valley"`` one as a line."""
+        ``"valley"`` one as a line.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, default=None
+            Where to draw; a new figure when None.
+
+        Returns
+        -------
+        LRFinderDisplay
+            ``self``, with ``ax_``, ``figure_``, ``line_`` set.
+        """
         import matplotlib.pyplot as plt
 
         if ax is None:

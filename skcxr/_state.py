@@ -336,7 +336,13 @@ def _config() -> dict:
 
 
 def get_config() -> dict:
-    """skcxr's settings as they are in the calling thread (see :func:`set_config`)."""
+    """Return skcxr's settings as they are in the calling thread.
+
+    Returns
+    -------
+    dict
+        Setting name -> value (a copy; see :func:`set_config` for the settings).
+    """
     return _config().copy()
 
 
@@ -351,22 +357,26 @@ def _check_settings(settings: dict, caller: str) -> None:
 
 
 def set_config(**settings) -> None:
-    """Change skcxr's settings (like :func:`sklearn.set_config`): in the calling thread, and
-    as the defaults of threads that have not read them yet.
+    """Change skcxr's settings (like :func:`sklearn.set_config`).
+
+    In the calling thread, and as the defaults of threads that have not read them yet.
 
     Parameters
     ----------
-    whole_network_min_images : int >= 1, default=2048
-        From this many images in one ``predict`` call (or once such a network is compiled),
-        the OpenVINO engine runs a fitted classifier whole, compiled once per fitted model.
-    cache_chunk : int >= 1, default=512
-        Entries of the per-image caches computed and stored together: what a bad file or a
-        killed process can lose at most.
-    claim_chunk : int >= 1, default=64
-        Entries a process claims at a time in a shared ``memory=`` directory.
-    checkpoint_interval : int >= 0, default=10
-        Seconds of training after which a classifier fit with ``memory=`` saves its state
-        at the end of an epoch, to resume from if it is interrupted (0: every epoch).
+    **settings : int
+        Any of:
+
+        - ``whole_network_min_images`` (int >= 1, default 2048): from this many images in
+          one ``predict`` call (or once such a network is compiled), the OpenVINO engine
+          runs a fitted classifier whole, compiled once per fitted model;
+        - ``cache_chunk`` (int >= 1, default 512): entries of the per-image caches
+          computed and stored together: what a bad file or a killed process can lose at
+          most;
+        - ``claim_chunk`` (int >= 1, default 64): entries a process claims at a time in a
+          shared ``memory=`` directory;
+        - ``checkpoint_interval`` (int >= 0, default 10): seconds of training after which
+          a classifier fit with ``memory=`` saves its state at the end of an epoch, to
+          resume from if it is interrupted (0: every epoch).
     """
     _check_settings(settings, "set_config")
     _config().update(settings)
@@ -375,8 +385,20 @@ def set_config(**settings) -> None:
 
 @contextlib.contextmanager
 def config_context(**settings):
-    """:func:`set_config` inside a ``with`` block, for the calling thread only; the settings
-    are restored after it."""
+    """:func:`set_config` inside a ``with`` block, for the calling thread only.
+
+    The settings are restored after it.
+
+    Parameters
+    ----------
+    **settings : int
+        As :func:`set_config`.
+
+    Yields
+    ------
+    None
+        The block runs with the settings.
+    """
     _check_settings(settings, "config_context")
     local = _config()
     old = local.copy()

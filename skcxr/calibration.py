@@ -65,8 +65,18 @@ CALIBRATION_CONSTRAINTS = {
 def probabilities(logits: np.ndarray, task: str) -> np.ndarray:
     """Softmax over classes, or a sigmoid per label for multi-label targets.
 
-    ``(n, k)`` logits, or ``(views, n, k)`` logits of test-time augmentation views, whose
-    probabilities are averaged (what ``predict_proba`` does with ``tta``).
+    Parameters
+    ----------
+    logits : ndarray of shape (n, k) or (views, n, k)
+        Logits, or the logits of test-time augmentation views, whose probabilities are
+        averaged (what ``predict_proba`` does with ``tta``).
+    task : {"binary", "multiclass", "multilabel"}
+        The target type (``FitRows.task``).
+
+    Returns
+    -------
+    ndarray of shape (n, k), float64
+        Probabilities.
     """
     logits = np.asarray(logits, dtype=np.float64)
     if task == "multilabel":
@@ -78,6 +88,20 @@ def probabilities(logits: np.ndarray, task: str) -> np.ndarray:
 
 
 def apply_temperature(logits: np.ndarray, temperature: float | None) -> np.ndarray:
+    """Logits divided by a temperature (:func:`fit_temperature`).
+
+    Parameters
+    ----------
+    logits : ndarray
+        Logits of any shape.
+    temperature : float or None
+        The temperature; None leaves the logits as they are.
+
+    Returns
+    -------
+    ndarray
+        ``logits / temperature``, or ``logits`` itself.
+    """
     return logits if temperature is None else logits / temperature
 
 
@@ -92,8 +116,23 @@ def _nll(logits, y, task) -> float:
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray, task: str) -> float:
     """The temperature ``T`` in [0.05, 20] that minimises the held-out negative
-    log-likelihood of ``logits / T`` (a bounded scalar search over ``log T``); for
-    ``(views, n, k)`` logits, of the view-averaged probabilities."""
+    log-likelihood of ``logits / T`` (a bounded scalar search over ``log T``).
+
+    Parameters
+    ----------
+    logits : ndarray of shape (n, k) or (views, n, k)
+        Held-out logits; with views, the likelihood of the view-averaged probabilities.
+    y : ndarray of shape (n,) or (n, k)
+        Class codes ``0..k-1``, or the multi-label 0/1 matrix (NaN: a missing label, left
+        out).
+    task : {"binary", "multiclass", "multilabel"}
+        The target type.
+
+    Returns
+    -------
+    float
+        The temperature.
+    """
     from scipy.optimize import minimize_scalar
 
     logits = np.asarray(logits, dtype=np.float64)
@@ -139,6 +178,22 @@ def fit_thresholds(proba: np.ndarray, y: np.ndarray, task: str, objective) -> np
     observed: NaN is a missing label).
 
     Multiclass targets have no such thresholds (argmax decides): a ValueError says so.
+
+    Parameters
+    ----------
+    proba : ndarray of shape (n, 2), (n,) or (n, L)
+        Held-out probabilities (binary: both classes or the positive one).
+    y : ndarray of shape (n,) or (n, L)
+        Class codes 0/1, or the multi-label 0/1 matrix.
+    task : {"binary", "multilabel"}
+        The target type.
+    objective : str or tuple
+        One of :data:`OBJECTIVES`, or ``("sensitivity", s)``.
+
+    Returns
+    -------
+    ndarray of shape (1,) or (L,)
+        Predict positive where the probability is >= the threshold.
     """
     proba, y = np.asarray(proba), np.asarray(y)
     if task == "binary":
@@ -161,6 +216,20 @@ def expected_calibration_error(y_true, proba, n_bins: int = 15) -> float:
     probabilities with labels ``0..k-1`` (confidence of the predicted class), or a
     multi-label ``(n, L)`` matrix with a 0/1 ``(n, L)`` ``y_true`` (every label's
     probability as a binary prediction, pooled; a missing label, NaN, left out).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,) or (n, L)
+        Labels (0/1, class codes, or the multi-label 0/1 matrix).
+    proba : array-like of shape (n,), (n, k) or (n, L)
+        Probabilities, as described above.
+    n_bins : int, default=15
+        Equal-width confidence bins.
+
+    Returns
+    -------
+    float
+        The expected calibration error, in [0, 1].
     """
     y, p = np.asarray(y_true), np.asarray(proba, dtype=np.float64)
     if p.ndim == 2 and y.ndim == 2:  # multi-label: pooled binary events, observed ones

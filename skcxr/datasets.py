@@ -124,6 +124,7 @@ def kermany_patient_ids(paths) -> np.ndarray:
     Returns
     -------
     groups : ndarray of str, shape (n_images,)
+        A patient id per image, for ``groups=`` and grouped splitters.
 
     Examples
     --------

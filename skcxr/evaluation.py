@@ -86,7 +86,10 @@ def bootstrap_metrics(y_true, y_score, y_pred=None, *, metrics=DEFAULT_METRICS, 
         Names in :data:`METRICS`.
     groups : array-like of shape (n,), optional
         Patient ids: resample whole patients.
+    classes : array-like of 2 labels, optional
+        The two classes in order (the second is positive); default the sorted labels.
     n_resamples : int, default=1000
+        Bootstrap resamples (0: point estimates only).
     confidence : float, default=0.95
         Two-sided percentile interval.
     random_state : int, default=0
@@ -166,7 +169,7 @@ def _one_target(y01, score, pred01, metrics, groups, n_resamples, alpha, rng_see
 def evaluate_predictions(y_true, y_proba, y_pred=None, *, classes=None, labels=None,
                          groups=None, metrics=TABLE_METRICS, n_resamples: int = 1000,
                          confidence: float = 0.95, random_state=0) -> pd.DataFrame:
-    """Metrics with bootstrap CIs per class (binary, multiclass) or per label (multi-label).
+    """Compute metrics with bootstrap CIs per class (binary, multiclass) or per label.
 
     From predictions alone: a fitted model's on held-out data, or out-of-fold ones
     (``cross_val_predict(..., method="predict_proba")``). :func:`evaluate` is the same from
@@ -194,8 +197,12 @@ def evaluate_predictions(y_true, y_proba, y_pred=None, *, classes=None, labels=N
         Names in :data:`METRICS`, computed for each class one-vs-rest (binary: the positive
         class only) or each label. ``ece`` is the expected calibration error of that
         class's (label's) probability, ten equal-width bins.
-    n_resamples, confidence, random_state
-        As :func:`bootstrap_metrics`; ``n_resamples=0`` gives point estimates only.
+    n_resamples : int, default=1000
+        As :func:`bootstrap_metrics`; 0 gives point estimates only.
+    confidence : float, default=0.95
+        As :func:`bootstrap_metrics`.
+    random_state : int, default=0
+        As :func:`bootstrap_metrics`.
 
     Returns
     -------
@@ -332,8 +339,33 @@ def evaluate(estimator, X, y, *, groups=None, labels=None, metrics=TABLE_METRICS
 
     The decisions are the estimator's own ``predict`` (its decision rule, e.g. a
     classifier's ``thresholds_``, chosen inside its fit), the probabilities its
-    ``predict_proba``, the classes its ``classes_``. ``labels`` names a multi-label
-    target's columns.
+    ``predict_proba``, the classes its ``classes_``.
+
+    Parameters
+    ----------
+    estimator : fitted estimator
+        A classifier (or pipeline) with ``predict`` and ``predict_proba``.
+    X : array-like
+        The images (what ``estimator`` predicts on).
+    y : array-like of shape (n,) or (n, n_labels)
+        True labels, or the multi-label 0/1 matrix (NaN: a missing label).
+    groups : array-like of shape (n,), default=None
+        Patient ids: whole patients are resampled.
+    labels : sequence of str, default=None
+        Names of a multi-label target's columns.
+    metrics : sequence of str, default=TABLE_METRICS
+        As :func:`evaluate_predictions`.
+    n_resamples : int, default=1000
+        As :func:`evaluate_predictions`.
+    confidence : float, default=0.95
+        As :func:`evaluate_predictions`.
+    random_state : int, default=0
+        As :func:`evaluate_predictions`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :func:`evaluate_predictions`'s table.
     """
     proba, pred = _proba_and_pred(estimator, X)
     y = np.asarray(y)
@@ -354,6 +386,12 @@ def subgroup_metrics(y_true, y_proba, y_pred=None, *, subgroups, classes=None, l
 
     Parameters
     ----------
+    y_true : array-like of shape (n,) or (n, n_labels)
+        As :func:`evaluate_predictions`.
+    y_proba : array-like
+        As :func:`evaluate_predictions`.
+    y_pred : array-like, optional
+        As :func:`evaluate_predictions`.
     subgroups : DataFrame or dict of array-like
         One row per image: e.g. ``sex``, ``age``, ``view``, ``site`` (the ``frame`` of
         :func:`~skcxr.load_nih_csv`, or columns of it). Missing values form the subgroup
@@ -369,8 +407,20 @@ def subgroup_metrics(y_true, y_proba, y_pred=None, *, subgroups, classes=None, l
         Column -> bin edges for numeric columns (``{"age": [0, 40, 60, 120]}``: bands
         ``[0, 40)``, ...). A numeric column not named here with more than 10 distinct values
         is cut at its quartiles.
-    Other parameters
-        As :func:`evaluate_predictions` (``groups``: resample patients in each subgroup).
+    classes : array-like, optional
+        As :func:`evaluate_predictions`.
+    labels : sequence of str, optional
+        As :func:`evaluate_predictions`.
+    groups : array-like of shape (n,), optional
+        Patient ids: resample patients in each subgroup.
+    metrics : sequence of str, default=("roc_auc", "sensitivity", "specificity")
+        As :func:`evaluate_predictions`.
+    n_resamples : int, default=1000
+        As :func:`evaluate_predictions`.
+    confidence : float, default=0.95
+        As :func:`evaluate_predictions`.
+    random_state : int, default=0
+        As :func:`evaluate_predictions`.
 
     Returns
     -------
@@ -462,7 +512,7 @@ def _ordered(bands: pd.Series) -> list:
 class ExternalValidation:
     """What :func:`external_validation` measured.
 
-    Attributes
+    Parameters
     ----------
     table : pandas.DataFrame
         One row per (setting, metric): ``setting`` ("internal CV", "external", or an
@@ -512,9 +562,39 @@ def external_validation(estimator, X, y, X_external, y_external, *, cv=5, groups
     ``fit_params`` (e.g. ``{"groups": g}`` for a classifier that splits its inner
     validation by patient) go to every fit; the fold's own rows of them.
 
+    Parameters
+    ----------
+    estimator : estimator
+        The protocol: a binary classifier (or pipeline), cloned for every fit.
+    X, y : array-like
+        The internal site's images and labels.
+    X_external, y_external : array-like
+        The external site's images and labels (the labels only score).
+    cv : int or cross-validation splitter, default=5
+        The internal folds (``check_cv``; stratified for an int).
+    groups : array-like of shape (n,), default=None
+        Internal patient ids: for the splitter and the bootstrap.
+    external_groups : array-like, default=None
+        External patient ids: for the bootstrap.
+    fit_params : dict, default=None
+        Passed to every fit (each fold gets its rows of them).
+    adaptations : dict, default=None
+        Name -> ``callable(fitted, X_external)`` returning an adapted model (transductive).
+    metrics : sequence of str, default=DEFAULT_METRICS
+        Names in :data:`METRICS`.
+    n_resamples : int, default=1000
+        Bootstrap resamples.
+    confidence : float, default=0.95
+        Two-sided percentile interval.
+    random_state : int, default=0
+        Seeds the resampling.
+    n_jobs : int, default=None
+        Accepted for scikit-learn symmetry; the folds run in turn.
+
     Returns
     -------
     ExternalValidation
+        The table of settings and metrics, the refitted estimator, and every prediction.
     """
     from sklearn.base import clone
     from sklearn.model_selection import check_cv

@@ -72,11 +72,12 @@ PROTOCOL_CONSTRAINTS = {
 class FitRows:
     """The rows of one ``fit``: which train, which validate, and their loss weights.
 
-    Attributes
+    Parameters
     ----------
     classes : ndarray
         Class labels (multi-label: ``arange(n_labels)``).
     task : {"binary", "multiclass", "multilabel"}
+        The target type.
     y : ndarray
         Encoded targets of every row ``fit`` received: codes ``0..k-1``, or the float32 0/1
         indicator matrix, where NaN is a missing label (left out of the loss, the class
@@ -107,6 +108,7 @@ class FitRows:
 
     @property
     def n_outputs(self) -> int:
+        """Outputs of the network: classes, or labels."""
         return self.y.shape[1] if self.task == "multilabel" else len(self.classes)
 
     @property
@@ -127,17 +129,26 @@ def fit_rows(y, n: int | None = None, *, sample_weight=None, train_size=None,
         labels (NaN); uncertain ones (-1) must be resolved first (:func:`resolve_uncertain`).
     n : int, optional
         The number of images (checked against ``len(y)``).
-    sample_weight, train_size, validation_fraction, class_weight, sampler :
-        As the parameters of :class:`skcxr.PretrainedCNNClassifier`.
+    sample_weight : array-like of shape (n,), optional
+        Per-row loss weights, as :meth:`skcxr.PretrainedCNNClassifier.fit`'s.
+    train_size : int, float or None, default=None
+        As :class:`skcxr.PretrainedCNNClassifier`'s.
+    validation_fraction : float, default=0.1
+        As :class:`skcxr.PretrainedCNNClassifier`'s.
+    class_weight : None, "balanced" or dict, default=None
+        As :class:`skcxr.PretrainedCNNClassifier`'s.
     groups : array-like of shape (n,), optional
         A group per row (patient id): the subsample and the inner split take whole groups,
         so no patient has images on both sides of the early-stopping split.
+    sampler : imbalanced-learn sampler or None, default=None
+        As :class:`skcxr.PretrainedCNNClassifier`'s.
     seed : int
         Seeds the subsample (``seed``) and the inner split (``seed + 1``).
 
     Returns
     -------
     FitRows
+        The rows that train and validate, encoded targets and loss weights.
     """
     validate({"train_size": train_size, "validation_fraction": validation_fraction,
               "class_weight": class_weight, "sampler": sampler}, PROTOCOL_CONSTRAINTS,
@@ -229,7 +240,8 @@ def resolve_uncertain(y, policy: str):
 
     Returns
     -------
-    ndarray or DataFrame (as given) of float32, with values 0, 1 and NaN
+    ndarray or DataFrame (as given) of float32
+        The matrix with values 0, 1 and NaN.
     """
     if policy not in UNCERTAIN_POLICIES:
         raise ValueError(f"policy must be one of {sorted(UNCERTAIN_POLICIES)}; got {policy!r}.")
@@ -345,6 +357,26 @@ def stratified_take(idx, n_first: int, y, groups, seed: int, param: str):
     class or label with the fewest positives left is placed first, each of its units
     (groups) going to the side that still wants most of it (then most rows; ties seeded
     random); units without positives fill the sides' remaining row counts.
+
+    Parameters
+    ----------
+    idx : array-like of int
+        The rows to split.
+    n_first : int
+        About how many rows the first part takes.
+    y : ndarray of shape (n,) or (n, k)
+        Class codes, or the multi-label matrix (NaN: missing, counted as no positive).
+    groups : ndarray of shape (n,) or None
+        Group ids: whole groups go to one side.
+    seed : int
+        Seeds the ties.
+    param : str
+        The parameter the split is for (named in errors).
+
+    Returns
+    -------
+    first, rest : ndarray of int
+        The two parts of ``idx``, each sorted.
     """
     idx = np.asarray(idx)
     yy = y[idx]
