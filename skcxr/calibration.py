@@ -88,7 +88,7 @@ def probabilities(logits: np.ndarray, task: str) -> np.ndarray:
 
 
 def apply_temperature(logits: np.ndarray, temperature: float | None) -> np.ndarray:
-    """Logits divided by a temperature (:func:`fit_temperature`).
+    """Divide logits by a temperature (:func:`fit_temperature`).
 
     Parameters
     ----------

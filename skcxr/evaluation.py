@@ -396,6 +396,14 @@ def subgroup_metrics(y_true, y_proba, y_pred=None, *, subgroups, classes=None, l
         One row per image: e.g. ``sex``, ``age``, ``view``, ``site`` (the ``frame`` of
         :func:`~skcxr.load_nih_csv`, or columns of it). Missing values form the subgroup
         ``"missing"``.
+    classes : array-like, optional
+        As :func:`evaluate_predictions`.
+    labels : sequence of str, optional
+        As :func:`evaluate_predictions`.
+    groups : array-like of shape (n,), optional
+        Patient ids: resample patients in each subgroup.
+    metrics : sequence of str, default=("roc_auc", "sensitivity", "specificity")
+        As :func:`evaluate_predictions`.
     min_count : int, default=30
         A subgroup with fewer rows is too small to read: its estimate is given, its interval
         is not, and ``readable`` is False with the reason in ``note``.
@@ -407,14 +415,6 @@ def subgroup_metrics(y_true, y_proba, y_pred=None, *, subgroups, classes=None, l
         Column -> bin edges for numeric columns (``{"age": [0, 40, 60, 120]}``: bands
         ``[0, 40)``, ...). A numeric column not named here with more than 10 distinct values
         is cut at its quartiles.
-    classes : array-like, optional
-        As :func:`evaluate_predictions`.
-    labels : sequence of str, optional
-        As :func:`evaluate_predictions`.
-    groups : array-like of shape (n,), optional
-        Patient ids: resample patients in each subgroup.
-    metrics : sequence of str, default=("roc_auc", "sensitivity", "specificity")
-        As :func:`evaluate_predictions`.
     n_resamples : int, default=1000
         As :func:`evaluate_predictions`.
     confidence : float, default=0.95
