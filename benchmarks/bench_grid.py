@@ -11,7 +11,8 @@ validation split, each in its own process (so each reports its own peak RSS):
   epoch running the whole network;
 * skcxr: ``PretrainedCNNClassifier`` defaults (bf16 where the CPU has it, channels_last,
   frozen-prefix activations computed once per image and cut point and shared by all fits),
-  with the prefix computed by torch and, if openvino is installed, by OpenVINO.
+  as a user who sets nothing gets them (``engine="auto"``), and with the prefix computed
+  by torch and, if openvino is installed, by OpenVINO.
 
     python benchmarks/bench_grid.py            # c in {0,2,8,16} x s in {100,200,400}, 5 folds
     python benchmarks/bench_grid.py --quick    # c in {0,4,16}, 3 folds, 300 images, 2 epochs
@@ -169,7 +170,7 @@ def main() -> None:
     fits = np.prod([len(v) for v in grid.values()]) * folds
     print(f"GridSearchCV {grid}, {folds}-fold ({fits} fits), {n} images, "
           f"{args.epochs} epochs, batch 32, Adam lr 1e-3, tf_efficientnet_lite0 at 224\n")
-    sides = ["skcxr-torch"]
+    sides = ["skcxr-auto", "skcxr-torch"]  # auto: the default, what a user who sets nothing gets
     try:
         import openvino  # noqa: F401
 
@@ -181,6 +182,7 @@ def main() -> None:
         results["skorch"] = _run("skorch", X, y, grid, folds, args.epochs)
     print(f"{'':<50}{'wall s':>9}{'vs skorch':>11}{'best mean AUC':>15}{'peak RSS MB':>13}")
     labels = {"skorch": "skorch + timm + Freezer (fp32, uncached)",
+              "skcxr-auto": "skcxr PretrainedCNNClassifier (defaults)",
               "skcxr-torch": "skcxr PretrainedCNNClassifier (engine='torch')",
               "skcxr-openvino": "skcxr PretrainedCNNClassifier (engine='openvino')"}
     base = results.get("skorch")

@@ -59,14 +59,15 @@ class CXREstimator(BaseEstimator):
         do, then ``X`` (every check that needs no decoding): ``(params, execution, source)``.
         """
         params = validate_params(self)
-        execution = self._execution()
+        self._execution()  # what this machine cannot do is said before any file is read
         source = check_images(X)
-        return params, execution, source
+        return params, self._execution(len(source)), source
 
-    def _execution(self) -> Execution:
-        """Where and how this call computes (resolved again at every call, so a fitted model
-        follows ``set_params(device=...)``)."""
-        return _runtime.resolve(self.device, self.precision, self.engine)
+    def _execution(self, n_images: int | None = None) -> Execution:
+        """Where and how this call on ``n_images`` images computes (resolved again at every
+        call, so a fitted model follows ``set_params(device=...)``, and ``engine="auto"``
+        follows the call's size)."""
+        return _runtime.resolve(self.device, self.precision, self.engine, n_images)
 
     def _options(self, desc: str, verbose: bool | None = None) -> CallOptions:
         """How this call streams its images (``batch_size``, ``num_workers``, ``cache``,

@@ -502,10 +502,11 @@ default=None
         """Logits ``(views, n, n_outputs)`` of ``X`` in each ``tta`` view (one without
         ``tta``); reads the fitted state and writes nothing."""
         check_is_fitted(self)
+        source = check_images(X)
         return view_logits(self.module_, self.preprocessing_,
-                           weights_identity(self.provenance_), check_images(X),
-                           self._execution(), self._options("frozen prefix",
-                                                            verbose=self.verbose > 1),
+                           weights_identity(self.provenance_), source,
+                           self._execution(len(source)),
+                           self._options("frozen prefix", verbose=self.verbose > 1),
                            tta_views(self.tta))
 
     def decision_function(self, X):

@@ -212,7 +212,7 @@ class FeatureExtractorTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMi
         """
         check_is_fitted(self)
         source = check_images(X)
-        execution = self._execution()
+        execution = self._execution(len(source))
         part = FrozenPart(self.module_, self.preprocessing_, weights_identity(self.provenance_),
                           {"kind": "pooled-features", "pooling": self.provenance_["pooling"]},
                           quantized=self.quantized_ if execution.precision == "int8" else None)

@@ -255,10 +255,12 @@ engine : {"auto", "torch", "openvino"}, default="auto"
     What runs the frozen part of the network (the transformer's whole backbone, the
     classifier's frozen prefix). "openvino" compiles it with OpenVINO (CPU only; a
     regular dependency where OpenVINO has wheels), 3.2x faster than the torch engine for
-    lite0 features on a CPU with AVX-512 BF16 (``benchmarks/bench_features.py``); "auto"
-    uses it when installed and the device is the CPU, torch otherwise. ``engine_`` says
-    which ran. Training always runs in torch. OpenVINO outputs agree with torch ones to
-    bf16 rounding (cosine > 0.99).""",
+    lite0 features on a CPU with AVX-512 BF16 (``benchmarks/bench_features.py``) once
+    compiled; "auto" uses it when installed, the device is the CPU and the call has at
+    least 512 images (the ``openvino_min_images`` setting: below, its ~3.5 s compile
+    costs more than it saves), torch otherwise. ``engine_`` says which a fit used.
+    Training always runs in torch. OpenVINO outputs agree with torch ones to bf16
+    rounding (cosine > 0.99).""",
     "num_workers": """\
 num_workers : int, default=0
     DataLoader worker processes that decode images. 0 decodes in the calling process,

@@ -88,12 +88,14 @@ def compute_dtype(precision: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
-def resolve(device, precision, engine) -> Execution:
+def resolve(device, precision, engine, n_images: int | None = None) -> Execution:
     """The ``device``, ``precision`` and ``engine`` parameters (already validated) resolved
-    for this machine; raises where the machine cannot do what was asked (CUDA missing,
-    fp16 on a CPU, OpenVINO not installed)."""
+    for this machine and a call on ``n_images`` images; raises where the machine cannot do
+    what was asked (CUDA missing, fp16 on a CPU, OpenVINO not installed)."""
     dev = resolve_device(device)
-    execution = Execution(dev, resolve_precision(precision, dev), resolve_engine(engine, dev))
+    precision = resolve_precision(precision, dev)
+    execution = Execution(dev, precision, resolve_engine(
+        engine, dev, n_images=n_images, quantized=precision == "int8"))
     if execution.precision == "int8" and execution.engine != "openvino":
         raise ValueError(
             "precision='int8' runs the frozen network quantized by OpenVINO (NNCF), on the "
@@ -193,9 +195,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def resolve_engine(engine: str, device: torch.device) -> str:
-    """Turn the ``engine`` parameter into 'torch' or 'openvino'."""
+def resolve_engine(engine: str, device: torch.device, *, n_images: int | None = None,
+                   quantized: bool = False) -> str:
+    """Turn the ``engine`` parameter into 'torch' or 'openvino' for a call on ``n_images``.
+
+    ``"auto"`` on the CPU with OpenVINO installed: OpenVINO from the
+    ``openvino_min_images`` setting (512) images on, torch below, where OpenVINO's
+    conversion and compile (~3.5 s for lite0 on 2 cores) costs more than it saves
+    (``benchmarks/bench_engine.py``: torch/OpenVINO time 0.19-0.40x at 64 images, 0.58-0.74x
+    at 256, 0.89-1.14x at 512, 1.19-1.67x at 1024, for features, classifier fits at c=0 and
+    16, and predict); int8 is always OpenVINO. Unknown ``n_images``: OpenVINO.
+    """
     from . import _openvino
+    from ._state import get_config
 
     if engine == "openvino":
         if device.type != "cpu":
@@ -203,7 +215,8 @@ def resolve_engine(engine: str, device: torch.device) -> str:
         _openvino._import()
         return "openvino"
     if engine == "auto" and device.type == "cpu" and _openvino.available():
-        return "openvino"
+        few = n_images is not None and n_images < get_config()["openvino_min_images"]
+        return "torch" if few and not quantized else "openvino"
     return "torch"
 
 

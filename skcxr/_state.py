@@ -311,6 +311,11 @@ _DEFAULTS = {
     # faster once compiled, and its ~4 s compile pays back from ~5,000 images after a fit in
     # the same process (benchmarks/bench_predict.py)
     "whole_network_min_images": 2048,
+    # engine="auto" runs frozen parts in OpenVINO from this many images in a call, in torch
+    # below: OpenVINO's conversion and compile (~3.5 s for lite0 on 2 cores) pays back from
+    # about 500 images in a first call (benchmarks/bench_engine.py: torch took 0.19-0.40x
+    # OpenVINO's time at 64 images, 0.89-1.14x at 512, 1.19-1.67x at 1024)
+    "openvino_min_images": 512,
     # entries of the per-image caches computed and stored together: what a bad file or a
     # killed process loses at most
     "cache_chunk": 512,
@@ -369,6 +374,9 @@ def set_config(**settings) -> None:
         - ``whole_network_min_images`` (int >= 1, default 2048): from this many images in
           one ``predict`` call (or once such a network is compiled), the OpenVINO engine
           runs a fitted classifier whole, compiled once per fitted model;
+        - ``openvino_min_images`` (int >= 1, default 512): ``engine="auto"`` runs frozen
+          parts in OpenVINO from this many images in a call, in torch below (its compile
+          costs more than it saves on fewer);
         - ``cache_chunk`` (int >= 1, default 512): entries of the per-image caches
           computed and stored together: what a bad file or a killed process can lose at
           most;

@@ -40,16 +40,27 @@ def test_openvino_takes_8_bit_and_16_bit_inputs(sample_paths, tiny_fe):
     np.testing.assert_allclose(u16, ref, atol=0.03 * scale)
 
 
-def test_auto_engine_picks_openvino_on_cpu_and_caches_by_engine(sample_paths, tiny_fe):
+def test_auto_engine_follows_the_calls_size_and_caches_by_engine(sample_paths, tiny_fe):
+    """engine="auto" on the CPU: torch below openvino_min_images images in a call (OpenVINO's
+    compile would cost more than it saves), OpenVINO from it; int8 is OpenVINO always."""
+    from skcxr import config_context
+    from skcxr._runtime import resolve
     from skcxr.cache import cache_info
 
-    paths, _ = sample_paths
+    paths, _ = sample_paths  # 12 images
     fe = FeatureExtractorTransformer(**{**tiny_fe, "engine": "auto"}, device="cpu").fit(paths)
-    assert fe.engine_ == "openvino"
-    fe.transform(paths)
-    assert cache_info()["features"]["computed"] == 12
-    fe.set_params(engine="torch").transform(paths)  # other engine, other numbers: no hit
-    assert cache_info()["features"]["computed"] == 24 and cache_info()["features"]["hits"] == 0
+    assert fe.engine_ == "torch"
+    assert [resolve("cpu", "bf16", "auto", n).engine for n in (None, 511, 512)] == [
+        "openvino", "torch", "openvino"]
+    assert resolve("cpu", "int8", "auto", 10).engine == "openvino"
+    assert resolve("cpu", "bf16", "torch", 10_000).engine == "torch"
+    with config_context(openvino_min_images=12):
+        assert fe.fit(paths).engine_ == "openvino"
+        fe.transform(paths)
+        assert cache_info()["features"]["computed"] == 12
+        fe.set_params(engine="torch").transform(paths)  # other engine, other numbers: no hit
+        assert cache_info()["features"]["computed"] == 24
+        assert cache_info()["features"]["hits"] == 0
 
 
 def test_openvino_estimator_pickles(sample_paths, tmp_path, tiny_fe):

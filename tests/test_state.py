@@ -43,9 +43,10 @@ def test_clear_cache_empties_every_store(sample, tmp_path):
 
     torch.save(load_backbone("test_efficientnet", None, random_state=0).module.state_dict(),
                path)
-    clf = PretrainedCNNClassifier(**tiny, weights=str(path), n_trainable_layers=2,
-                                  memory=str(tmp_path / "m")).fit(X, y)
-    with config_context(whole_network_min_images=1):
+    with config_context(whole_network_min_images=1, openvino_min_images=1):
+        # engine="auto" in OpenVINO where installed: a prefix converted, a network compiled
+        clf = PretrainedCNNClassifier(**tiny, weights=str(path), n_trainable_layers=2,
+                                      memory=str(tmp_path / "m")).fit(X, y)
         clf.predict(X)  # a whole network compiled (OpenVINO where installed)
     PretrainedCNNClassifier(**tiny, weights=None, augment="flip").fit(X, y)  # decoded images
     from skcxr.protocol import fit_rows
