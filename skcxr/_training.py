@@ -669,7 +669,7 @@ class EpochCheckpoint(Callback):
         restore_module(net.module_, state)
         net.optimizer_.load_state_dict(state["optimizer"])
         net.history = History(json.loads(state["history"]))
-        stopper = next((cb for _, cb in net.callbacks_ if isinstance(cb, EarlyStopping)), None)
+        stopper = _callback(net, EarlyStopping)
         if stopper is not None and state.get("early_stopping") is not None:
             saved = state["early_stopping"]
             stopper.misses_ = int(saved["misses"])
@@ -680,7 +680,7 @@ class EpochCheckpoint(Callback):
                 best = {k: v.clone() for k, v in best.items()}
                 best.update(saved["best"])
                 stopper.best_model_weights_ = best
-        scheduler = next((cb for _, cb in net.callbacks_ if isinstance(cb, LRScheduler)), None)
+        scheduler = _callback(net, LRScheduler)
         if scheduler is not None and state.get("lr_scheduler") is not None:
             scheduler.lr_scheduler_.load_state_dict(state["lr_scheduler"]["state"])
             scheduler.batch_idx_ = int(state["lr_scheduler"]["batch_idx"])
@@ -696,8 +696,8 @@ class EpochCheckpoint(Callback):
             return
         module = net.module_
         trainable = self.checkpoints.trainable_state(module)
-        stopper = next((cb for _, cb in net.callbacks_ if isinstance(cb, EarlyStopping)), None)
-        scheduler = next((cb for _, cb in net.callbacks_ if isinstance(cb, LRScheduler)), None)
+        stopper = _callback(net, EarlyStopping)
+        scheduler = _callback(net, LRScheduler)
         early = None
         if stopper is not None:
             best = stopper.best_model_weights_

@@ -74,6 +74,14 @@ def assert_same_fit(clf, ref):
         assert torch.equal(a, b), k
 
 
+def interrupt(clf, X, y, steps, at: int) -> None:
+    """Fit ``clf`` with a Ctrl-C in training step ``at``; then let steps run again."""
+    steps.n, steps.interrupt_at = 0, at
+    with pytest.raises(KeyboardInterrupt):
+        clf.fit(X, y)
+    steps.n, steps.interrupt_at = 0, None
+
+
 def checkpoint_files(root) -> list[Path]:
     return sorted(Path(root, "skcxr-fits").glob("*.entry"))
 
@@ -115,11 +123,8 @@ def test_a_fit_killed_mid_epoch_resumes_and_equals_the_uninterrupted_one(data, r
 def test_ctrl_c_keeps_the_estimator_and_the_rerun_resumes(data, reference, tmp_path, steps):
     X, y = data
     clf = PretrainedCNNClassifier(**PARAMS, memory=tmp_path)
-    steps.interrupt_at = 3 * STEPS_PER_EPOCH + 1  # first batch of epoch 4
-    with pytest.raises(KeyboardInterrupt):
-        clf.fit(X, y)
+    interrupt(clf, X, y, steps, at=3 * STEPS_PER_EPOCH + 1)  # first batch of epoch 4
     assert not hasattr(clf, "module_")
-    steps.n, steps.interrupt_at = 0, None
     clf.fit(X, y)
     assert steps.n == 2 * STEPS_PER_EPOCH
     assert_same_fit(clf, reference)
@@ -164,9 +169,7 @@ def test_a_damaged_or_foreign_checkpoint_is_ignored(data, reference, tmp_path, s
     and equals the uninterrupted one."""
     X, y = data
     clf = PretrainedCNNClassifier(**PARAMS, memory=tmp_path)
-    steps.interrupt_at = 2 * STEPS_PER_EPOCH + 1
-    with pytest.raises(KeyboardInterrupt):
-        clf.fit(X, y)
+    interrupt(clf, X, y, steps, at=2 * STEPS_PER_EPOCH + 1)
     (path,) = checkpoint_files(tmp_path)
     blob = path.read_bytes()
     if damage == "truncate":
@@ -180,7 +183,7 @@ def test_a_damaged_or_foreign_checkpoint_is_ignored(data, reference, tmp_path, s
                                 memory=other).fit(X, y)
         (foreign,) = checkpoint_files(other)
         os.replace(foreign, path)
-    steps.n, steps.interrupt_at = 0, None
+    steps.n = 0
     clf.fit(X, y)
     assert steps.n == 5 * STEPS_PER_EPOCH
     assert_same_fit(clf, reference)
@@ -191,11 +194,8 @@ def test_a_batch_schedule_resumes_exactly(data, tmp_path, steps):
     X, y = data
     params = {**PARAMS, "lr_scheduler": "onecycle"}
     reference = PretrainedCNNClassifier(**params).fit(X, y)
-    steps.n, steps.interrupt_at = 0, 2 * STEPS_PER_EPOCH + 3
     clf = PretrainedCNNClassifier(**params, memory=tmp_path)
-    with pytest.raises(KeyboardInterrupt):
-        clf.fit(X, y)
-    steps.n, steps.interrupt_at = 0, None
+    interrupt(clf, X, y, steps, at=2 * STEPS_PER_EPOCH + 3)
     clf.fit(X, y)
     assert steps.n == 3 * STEPS_PER_EPOCH
     assert_same_fit(clf, reference)
