@@ -13,10 +13,17 @@ empty ``memory=`` directory (the shared disk cache the workers use), in one run 
 * beside a neighbour: sequential, while another process of the same priority runs 2-thread
   torch matrix products the whole time (a colleague's training job).
 
-Columns: wall seconds of ``search.fit``, ratio to sequential, best mean ROC AUC, frozen-prefix
-entries made (computed from the pixels to the chain's anchor, or derived from the anchor's
-outputs for a cut point; summed over all processes; each image has the anchor and 3 cut
-points, so 1,200 is the least possible) and the peak RSS summed over all processes.
+Each configuration times the grid twice: *cold*, the first grid of its process (loky starts
+its worker processes inside it; the Dask workers have imported skcxr before the clock), then
+*warm*, the same grid on as many other training images in the same process and workers (a
+session's second grid: nothing to import or load again, no prefix cached).
+
+Columns: wall seconds of ``search.fit`` cold and warm, each with its ratio to sequential, best
+mean ROC AUC (cold grid), frozen-prefix entries made in the cold grid (computed from the
+pixels to the chain's anchor, or derived from the anchor's outputs for a cut point; summed over
+all processes; each image has the anchor and 3 cut points, so 1,200 is the least possible),
+the peak RSS summed over all processes, and the cost model's prediction (cold / warm; see
+``predict_wall``; the cold loky one adds the measured start-up of 2 fresh workers).
 
     python benchmarks/bench_parallel.py            # the grid above
     python benchmarks/bench_parallel.py --quick    # 150 images, c in {0, 4}
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +54,7 @@ def probe_scorer(est, X, y):
     return os.getpid() * 1e9 + made * 1e4 + min(rss, 9999)
 
 
-def _grid(mode, X, y, grid, folds, epochs, queue):
+def _grid(mode, X, y, grid, folds, epochs, other, queue):
     import sys
 
     import cloudpickle  # what loky and Dask serialise functions with
@@ -59,6 +67,11 @@ def _grid(mode, X, y, grid, folds, epochs, queue):
     # this script is not importable in the workers: ship its functions by value
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     auc = get_scorer("roc_auc")
+
+    def timed(search, X, y):
+        start = time.perf_counter()
+        search.fit(X, y)
+        return time.perf_counter() - start, search.cv_results_
 
     with tempfile.TemporaryDirectory() as memory:
         est = PretrainedCNNClassifier(max_epochs=epochs, memory=memory, random_state=0)
@@ -79,16 +92,17 @@ def _grid(mode, X, y, grid, folds, epochs, queue):
             client.run(lambda: __import__("skcxr"))  # workers import torch before the clock
             startup = time.perf_counter() - t0
             with joblib.parallel_config("dask"):
-                start = time.perf_counter()
-                search.fit(X, y)
-                elapsed = time.perf_counter() - start
+                elapsed, res = timed(search, X, y)
+                warm, _ = timed(search, *other)
             client.close()
             cluster.close()
         else:
-            start = time.perf_counter()
-            search.fit(X, y)
-            elapsed = time.perf_counter() - start
-    res = search.cv_results_
+            elapsed, res = timed(search, X, y)  # fresh: loky starts its workers here
+            warm, _ = timed(search, *other)  # the same workers, now warm
+            if mode == "n_jobs=2":  # loky keeps idle workers 300 s; this process must exit now
+                from joblib.externals.loky import get_reusable_executor
+
+                get_reusable_executor().shutdown(wait=True)
     per_pid: dict = {}
     for key in res:
         if key.startswith("split") and key.endswith("test_probe"):
@@ -100,10 +114,41 @@ def _grid(mode, X, y, grid, folds, epochs, queue):
     rss = sum(r for _, r in per_pid.values())
     if os.getpid() not in per_pid:
         rss += peak_rss_mb()
-    queue.put({"seconds": elapsed, "startup": startup,
+    queue.put({"seconds": elapsed, "warm": warm, "startup": startup,
                "best_auc": float(res["mean_test_auc"].max()),
                "computed": sum(c for c, _ in per_pid.values()), "rss": rss,
                "processes": len(per_pid)})
+
+
+def _ready():
+    """What a fresh worker does before its first fit: import skcxr, load the backbone."""
+    from skcxr import PretrainedCNNClassifier, load_backbone
+
+    load_backbone(PretrainedCNNClassifier().backbone)  # the default backbone
+    return os.getpid()
+
+
+def _startup(n, queue):
+    import sys
+
+    import cloudpickle
+    from joblib.externals.loky import get_reusable_executor
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # not importable in workers
+    queue.put(worker_startup(n))
+    get_reusable_executor().shutdown(wait=True)
+
+
+def worker_startup(n: int) -> float:
+    """Seconds until ``n`` fresh loky workers have each imported skcxr and loaded the
+    default backbone (what the first parallel grid of a session pays before its fits)."""
+    import joblib
+
+    start = time.perf_counter()
+    pids = joblib.Parallel(n_jobs=n)(joblib.delayed(_ready)() for _ in range(n))
+    elapsed = time.perf_counter() - start
+    assert len(set(pids)) == n, pids  # one task each: all n started in parallel
+    return elapsed
 
 
 def _timed_grid(X, y, grid, folds, epochs, memory, barrier, queue):
@@ -116,6 +161,8 @@ def _timed_grid(X, y, grid, folds, epochs, memory, barrier, queue):
     from skcxr import PretrainedCNNClassifier
     from skcxr.cache import clear_cache
 
+    # a directory per process: a copy must not read the fits the other one finished
+    memory = Path(memory) / str(os.getpid())
     with threadpool_limits(1):
         search = GridSearchCV(
             PretrainedCNNClassifier(max_epochs=epochs, memory=memory, random_state=0), grid,
@@ -123,6 +170,7 @@ def _timed_grid(X, y, grid, folds, epochs, memory, barrier, queue):
             refit=False, error_score="raise")
         search.fit(X, y)
         clear_cache()
+        forget_finished_fits(memory)
         barrier.wait()
         start = time.perf_counter()
         search.fit(X, y)
@@ -148,6 +196,14 @@ def contention(X, y, grid, folds, epochs, n=2) -> float:
     return times[n] / times[1]
 
 
+def forget_finished_fits(memory) -> None:
+    """Remove the finished-fit records of ``memory=`` (``skcxr-fits/``): the warm grid must
+    train its fits again from the cached prefixes, not read the cold grid's results back."""
+    import shutil
+
+    shutil.rmtree(Path(memory) / "skcxr-fits", ignore_errors=True)
+
+
 def _calibrate(search, X, y):
     """The cost model's inputs, on one thread (what one worker of the Dask runs has): the
     grid cold (prefixes computed), then warm (prefixes read from ``memory=``)."""
@@ -161,6 +217,7 @@ def _calibrate(search, X, y):
         cold = time.perf_counter() - start
         computed = cache_info()["features"]["computed"] + cache_info()["features"]["derived"]
         clear_cache()  # the in-process copies go; the disk store stays
+        forget_finished_fits(search.estimator.memory)
         start = time.perf_counter()
         search.fit(X, y)
         warm = time.perf_counter() - start
@@ -220,7 +277,13 @@ def main() -> None:
         (300, {"n_trainable_layers": [0, 4, 16]})
     folds = 3
     X, y = kermany(args.data, "train", n=n, seed=0)
-    for path in X:  # the files in the page cache first: every row reads them warm
+    # the warm grid: as many other training images (none of X), drawn the same way
+    Xa, ya = kermany(args.data, "train")
+    seen = set(X)
+    rest = [i for i, x in enumerate(Xa) if x not in seen]
+    pick = random.Random(1).sample(rest, n)
+    other = ([Xa[i] for i in pick], ya[pick])
+    for path in list(X) + other[0]:  # the files in the page cache first: every row reads warm
         Path(path).read_bytes()
     print(f"GridSearchCV {grid}, {folds}-fold, {n} kermany224 images, {args.epochs} epochs, "
           f"defaults otherwise; {os.cpu_count()} CPUs\n")
@@ -238,12 +301,12 @@ def main() -> None:
             time.sleep(3)  # let it reach its steady state
             try:
                 results[mode] = run_in_process(_grid, "sequential", X, y, grid, folds,
-                                               args.epochs)
+                                               args.epochs, other)
             finally:
                 stop.set()
                 proc.join()
         else:
-            results[mode] = run_in_process(_grid, mode, X, y, grid, folds, args.epochs)
+            results[mode] = run_in_process(_grid, mode, X, y, grid, folds, args.epochs, other)
     labels = {"sequential": "sequential (n_jobs=1), alone",
               "n_jobs=2": "n_jobs=2 (loky, 2 processes)",
               "dask1": "Dask LocalCluster, 1 worker x 1 thread",
@@ -252,16 +315,21 @@ def main() -> None:
     model = results.pop("calibrate", None)
     if model:
         model["contention"] = contention(X, y, grid, folds, args.epochs)
+        model["startup"] = run_in_process(_startup, 2)
     base = results.get("sequential")
-    print(f"{'':<46}{'wall s':>8}{'vs seq':>8}{'best AUC':>10}{'prefix':>8}{'RSS MB':>8}"
-          f"{'model s':>9}")
+    print(f"{'':<46}{'cold s':>8}{'vs seq':>8}{'warm s':>8}{'vs seq':>8}{'best AUC':>10}"
+          f"{'prefix':>8}{'RSS MB':>8}{'model':>12}")
     for mode, r in results.items():
         ratio = f"{r['seconds'] / base['seconds']:.2f}x" if base else "-"
+        warm_ratio = f"{r['warm'] / base['warm']:.2f}x" if base else "-"
         predicted = "-"
-        if model and mode.startswith("dask"):
-            predicted = f"{predict_wall(model, int(mode[4:] or 2)):.1f}"
-        print(f"{labels[mode]:<46}{r['seconds']:>8.1f}{ratio:>8}{r['best_auc']:>10.4f}"
-              f"{r['computed']:>8}{r['rss']:>8.0f}{predicted:>9}")
+        if model and (mode.startswith("dask") or mode == "n_jobs=2"):
+            workers = 2 if mode == "n_jobs=2" else int(mode[4:] or 2)
+            wall = predict_wall(model, workers)
+            cold = wall + (model["startup"] if mode == "n_jobs=2" else 0.0)
+            predicted = f"{cold:.1f} / {wall:.1f}"
+        print(f"{labels[mode]:<46}{r['seconds']:>8.1f}{ratio:>8}{r['warm']:>8.1f}{warm_ratio:>8}"
+              f"{r['best_auc']:>10.4f}{r['computed']:>8}{r['rss']:>8.0f}{predicted:>12}")
     for mode in ("dask1", "dask"):
         if mode in results:
             print(f"({labels[mode]}: cluster start-up, not counted above: "
@@ -272,7 +340,9 @@ def main() -> None:
               f"{model['warm']:.1f} s -> {1000 * model['prefix_s']:.1f} ms per frozen-prefix "
               f"entry (an image's anchor or cut point, on average), {per_task} s per fit + "
               f"scoring (one per candidate); "
-              f"the warm grid runs {model['contention']:.2f}x slower beside a copy of itself")
+              f"the warm grid runs {model['contention']:.2f}x slower beside a copy of itself; "
+              f"2 fresh loky workers take {model['startup']:.1f} s to import skcxr and load "
+              f"the backbone (the cold n_jobs=2 prediction adds it)")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from ._classifier import PretrainedCNNClassifier  # noqa: E402
 from ._features import FeatureExtractorTransformer  # noqa: E402
 from ._state import config_context, get_config, set_config  # noqa: E402
 from ._version import __version__  # noqa: E402
+from ._workers import ParallelStartupWarning  # noqa: E402
 from .backbones import WeightsUnavailableError, list_offline_backbones, load_backbone  # noqa: E402
 from .datasets import (  # noqa: E402
     kermany_patient_ids,
@@ -24,6 +25,7 @@ __all__ = [
     "FeatureExtractorTransformer",
     "ImageReadError",
     "kermany_patient_ids",
+    "ParallelStartupWarning",
     "PretrainedCNNClassifier",
     "WeightsUnavailableError",
     "config_context",

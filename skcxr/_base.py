@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from sklearn.base import BaseEstimator
 
-from . import _runtime
+from . import _runtime, _workers
 from ._disk import resolve_location
 from ._params import SHARED_HEAD, SHARED_TAIL, validate_params
 from ._persistence import loaded_state, saved_state
@@ -58,6 +58,7 @@ class CXREstimator(BaseEstimator):
         """The opening of every ``fit``: every parameter, then the runtime this machine can
         do, then ``X`` (every check that needs no decoding): ``(params, execution, source)``.
         """
+        _workers.fit_started()
         params = validate_params(self)
         self._execution()  # what this machine cannot do is said before any file is read
         source = check_images(X)
@@ -89,6 +90,7 @@ class CXREstimator(BaseEstimator):
         interrupted ``fit`` leaves the estimator as it was."""
         for name, value in fitted.items():
             setattr(self, name, value)
+        _workers.fit_finished()
 
     def __sklearn_is_fitted__(self) -> bool:
         """Whether a ``fit`` has completed, what ``sklearn.utils.validation.check_is_fitted``

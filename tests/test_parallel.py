@@ -361,6 +361,100 @@ def test_grid_search_with_n_jobs_shares_the_disk_cache(data, tiny_clf, tmp_path)
     assert not list(tmp_path.glob("skcxr-features/*/*/*.claim"))  # all released
 
 
+def _worker_probe(est, X, y):
+    """A scorer reporting its worker: pid, backbones loaded and OpenVINO models compiled (or
+    read from ``memory=``) so far in that process, packed into one float."""
+    import os
+
+    from skcxr.cache import cache_info
+
+    info = cache_info()
+    loads = info["backbones"]["misses"]
+    compiles = info["compiled"]["compiled"] + info["compiled"]["blob_hits"]
+    return os.getpid() * 1e6 + loads * 1e3 + compiles
+
+
+def _per_worker(search):
+    out = {}
+    for key, values in search.cv_results_.items():
+        if key.startswith("split") and key.endswith("test_probe"):
+            for v in values:
+                pid, rest = divmod(int(v), 10**6)
+                loads, compiles = divmod(rest, 10**3)
+                old = out.get(pid, (0, 0))
+                out[pid] = (max(old[0], loads), max(old[1], compiles))
+    return out
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("openvino") is None,
+                    reason="no openvino")
+def test_a_second_grid_in_warm_loky_workers_loads_and_compiles_nothing(sample, tiny_clf,
+                                                                       tmp_path):
+    """loky keeps its workers between grids, and skcxr keeps per process what a fit needs
+    (loaded backbones, compiled models): a second grid, on other images, in the same workers
+    loads no backbone and compiles nothing again (counted in each worker)."""
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)  # fresh workers: the first grid starts them
+    first = np.r_[0:30, 100:130]
+    second = np.r_[30:60, 130:160]
+
+    def grid(idx):
+        clf = PretrainedCNNClassifier(**{**tiny_clf, "max_epochs": 1, "engine": "openvino"},
+                                      memory=tmp_path)
+        return GridSearchCV(clf, {"n_trainable_layers": [0, 2]}, refit=False, n_jobs=2,
+                            cv=StratifiedKFold(3, shuffle=True, random_state=0),
+                            scoring={"auc": "roc_auc", "probe": _worker_probe},
+                            error_score="raise").fit(sample.data[idx], sample.target[idx])
+
+    cold = _per_worker(grid(first))
+    warm = _per_worker(grid(second))
+    assert 1 <= len(cold) <= 2 and set(warm) <= set(cold)  # the same worker processes
+    assert all(loads >= 1 for loads, _ in cold.values())  # each worker loaded it once
+    assert sum(compiles for _, compiles in cold.values()) >= 1  # and compiled (or read) once
+    for pid, counts in warm.items():
+        assert counts == cold[pid], (pid, cold[pid], counts)  # nothing new in grid two
+
+
+def test_parallel_startup_warning_is_for_slow_starting_workers_that_share_the_machine():
+    from skcxr._workers import startup_message
+
+    message = startup_message(3.6, 2.4, cores=2, threads=1)
+    assert "3.6 s starting" in message and "2.4 s" in message
+    assert "1 of this machine's 2 cores" in message
+    assert startup_message(1.0, 2.4, cores=2, threads=1) is None  # start-up paid back
+    assert startup_message(3.6, 2.4, cores=4, threads=4) is None  # a worker with every core
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core: workers share nothing")
+def test_parallel_startup_warning_is_given_once_per_parent_by_the_first_fresh_worker(
+        data, tiny_clf, tmp_path):
+    """A grid with n_jobs=2 in a fresh process: exactly one of its two fresh loky workers
+    says that the start-up cost more than the fit, on its stderr (the parent's)."""
+    import warnings
+
+    from skcxr import ParallelStartupWarning
+
+    X, y = data
+    with warnings.catch_warnings():  # never in the user's own process
+        warnings.simplefilter("error", ParallelStartupWarning)
+        PretrainedCNNClassifier(**tiny_clf).fit(X, y)
+    script = tmp_path / "grid.py"
+    script.write_text(f"""
+import numpy as np
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from skcxr import PretrainedCNNClassifier
+X, y = np.array({list(X)!r}), np.array({list(y)!r})
+clf = PretrainedCNNClassifier(**{{**{tiny_clf!r}, "max_epochs": 1}})
+GridSearchCV(clf, {{"n_trainable_layers": [0, 2]}}, cv=StratifiedKFold(3), n_jobs=2,
+             refit=False).fit(X, y)
+""")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("ParallelStartupWarning:") == 1, done.stderr[-3000:]
+
+
 # --------------------------------------------------------------------------- GPUs
 
 
