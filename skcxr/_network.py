@@ -237,5 +237,6 @@ class CXRNet(nn.Module):
         precision = precision or self.precision
         if h is None:
             h = self.prefix(x, precision)
-        with _runtime.autocast(h.device, precision):
+        with _runtime.autocast(h.device, precision), \
+                _runtime.fp32_depthwise(self, h.device, precision):
             return self.head(self.suffix(h)).float()

@@ -265,6 +265,61 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=compute_dtype(precision))
 
 
+def _trainable_depthwise(module: torch.nn.Module) -> list:
+    return [m for m in module.modules()
+            if isinstance(m, torch.nn.Conv2d) and 1 < m.groups == m.in_channels
+            and m.weight.requires_grad]
+
+
+@contextlib.contextmanager
+def fp32_depthwise(module: torch.nn.Module, device: torch.device, precision: str):
+    """While training on the CPU in bf16, run ``module``'s trainable depthwise convolutions
+    in fp32 (their input cast up, their output cast back), everything else as autocast does.
+
+    oneDNN's bf16 backward of a depthwise convolution is 2.5-4x slower than its fp32 one on
+    the development machine (the profile of an all-layers lite0 fit: depthwise backward was
+    most of the 63% of its time in convolution backward; ``benchmarks/profile_train.py``),
+    while bf16 stays faster for the pointwise convolutions, BatchNorm and activations. A
+    no-op on GPUs, in fp32, and without gradients (frozen parts, prediction).
+    """
+    if device.type != "cpu" or precision == "fp32" or not torch.is_grad_enabled():
+        yield
+        return
+    convs = _trainable_depthwise(module)
+    if not convs:
+        yield
+        return
+    stack: list = []
+
+    def before(m, args):
+        if max(m.kernel_size) < 5 and args[0].shape[-1] > 32:
+            stack.append((None, None))
+            return None
+        ctx = torch.autocast(device_type="cpu", enabled=False)
+        ctx.__enter__()
+        stack.append((ctx, args[0].dtype))
+        return (args[0].float(), *args[1:])
+
+    def after(m, args, out):
+        ctx, dtype = stack.pop()
+        if ctx is None:
+            return None
+        ctx.__exit__(None, None, None)
+        return out.to(dtype)
+
+    handles = [h for m in convs for h in (m.register_forward_pre_hook(before),
+                                          m.register_forward_hook(after))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        while stack:  # a forward that raised inside a convolution: autocast back on
+            ctx = stack.pop()[0]
+            if ctx is not None:
+                ctx.__exit__(None, None, None)
+
+
 def frozen_forward(module: torch.nn.Module, x: torch.Tensor, precision: str,
                    dtype: torch.dtype | None = None) -> torch.Tensor:
     """A frozen module on a normalised batch: channels_last, autocast, output in ``dtype``

@@ -487,3 +487,41 @@ def test_trainable_layers_report_what_trained(data, tiny_clf):
     never = PretrainedCNNClassifier(**{**tiny_clf, "n_trainable_layers": 2, "max_epochs": 2,
                                        "freeze_epochs": 3}).fit(X, y)
     assert never.trained_layers_ == []  # the fit ended inside the head phase
+
+
+def test_fp32_depthwise_runs_trainable_depthwise_convolutions_in_fp32_under_bf16():
+    """Training on the CPU in bf16: a 5x5 depthwise convolution (and a 3x3 one at 32 px or
+    less) computes in fp32 (oneDNN's bf16 backward of these is 2.5-4x slower), its output
+    cast back; pointwise convolutions stay in bf16; nothing changes without gradients; the
+    hooks go and autocast is back even when the forward raises."""
+    from skcxr._runtime import fp32_depthwise
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 5, padding=2, groups=8),
+                              torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                              torch.nn.Conv2d(8, 4, 1))
+    seen = []
+    for m in net:  # runs before fp32_depthwise's cast back: the dtype the layer computed in
+        m.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    cpu = torch.device("cpu")
+
+    def run(x, grad=True):
+        seen.clear()
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16), \
+                fp32_depthwise(net, cpu, "bf16"):
+            return net(x)
+
+    out = run(torch.randn(2, 8, 16, 16))
+    assert seen == [torch.float32, torch.float32, torch.bfloat16]
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()  # gradients flow through the casts
+    assert net[0].weight.grad is not None and net[0].weight.grad.dtype == torch.float32
+    run(torch.randn(2, 8, 48, 48))  # the 3x3 one at 48 px stays in bf16
+    assert seen == [torch.float32, torch.bfloat16, torch.bfloat16]
+    run(torch.randn(2, 8, 16, 16), grad=False)  # prediction: autocast alone
+    assert seen == [torch.bfloat16] * 3
+    assert all(not m._forward_pre_hooks for m in net)
+    net[2].register_forward_hook(lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError), torch.autocast("cpu", dtype=torch.bfloat16):
+        with fp32_depthwise(net, cpu, "bf16"):
+            net(torch.randn(2, 8, 16, 16))
+        assert torch.is_autocast_cpu_enabled()
