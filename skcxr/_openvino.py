@@ -91,10 +91,18 @@ class CompiledModule:
                          else _compile(core, model(), config))
         self.n_requests = self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
 
-    def queue(self, callback):
+    def queue(self, callback, batch_images: int = 0):
         """A fresh queue of infer requests, owned by one call (the compiled model is shared
-        by threads; requests and their callbacks are not)."""
-        queue = _import().AsyncInferQueue(self.compiled, self.n_requests)
+        by threads; requests and their callbacks are not).
+
+        Deep enough for OpenVINO's streams plus one whole caller batch of ``batch_images``:
+        while the caller decodes its next batch, the requests of the last one are all
+        queued, so the streams do not wait for it. With only the optimal number (2 here)
+        they did: features from 1,024 JPEGs at a median 334 img/s against 360 with 10
+        requests (five alternating calls each, one process, 2 cores).
+        """
+        depth = self.n_requests + -(-batch_images // self.request_size)
+        queue = _import().AsyncInferQueue(self.compiled, depth)
         queue.set_callback(callback)
         return queue
 
@@ -354,7 +362,7 @@ def run_pipelined(items, n: int, bar=None) -> np.ndarray:
         try:
             for compiled, batch in items:
                 if id(compiled) not in queues:
-                    queues[id(compiled)] = (compiled, compiled.queue(done))
+                    queues[id(compiled)] = (compiled, compiled.queue(done, len(batch)))
                 start = _submit(compiled, queues[id(compiled)][1], batch, start, bar)
         finally:  # never leave requests running into a caller that has moved on
             for _, queue in queues.values():
