@@ -59,16 +59,21 @@ def naive(paths: list[str], queue) -> None:
                "features": torch.cat(feats).numpy()})
 
 
-def skcxr_defaults(paths: list[str], queue, engine="torch") -> None:
-    from skcxr import FeatureExtractorTransformer
-
-    fe = FeatureExtractorTransformer(engine=engine).fit(paths)
-    fe.transform(paths[:2])  # warm-up (oneDNN primitive creation)
+def _timed_transform(fe, X, queue) -> None:
+    """Put the seconds of ``fe.transform(X)`` after a warm-up on two images (oneDNN
+    primitives, OpenVINO compiles), with the peak RSS and the features."""
+    fe.transform(X[:2])
     start = time.perf_counter()
-    feats = fe.transform(paths)
+    feats = fe.transform(X)
     elapsed = time.perf_counter() - start
     queue.put({"seconds": elapsed, "rss": peak_rss_mb(), "features": feats,
                "precision": fe.precision_, "engine": fe.engine_})
+
+
+def skcxr_defaults(paths: list[str], queue, engine="torch") -> None:
+    from skcxr import FeatureExtractorTransformer
+
+    _timed_transform(FeatureExtractorTransformer(engine=engine).fit(paths), paths, queue)
 
 
 def skcxr_openvino(paths: list[str], queue) -> None:
@@ -76,21 +81,16 @@ def skcxr_openvino(paths: list[str], queue) -> None:
 
 
 def skcxr_arrays(paths: list[str], queue) -> None:
-    """The default engine's ceiling in this pipeline: the same transformer on the images
-    already decoded (a uint8 array; no file reading or JPEG decoding; not timed)."""
+    """The default engine on the images already decoded (a uint8 array; reading and JPEG
+    decoding are not timed)."""
     import numpy as np
 
     from skcxr import FeatureExtractorTransformer
     from skcxr.images import read_image
 
     images = np.stack([read_image(p) for p in paths])
-    fe = FeatureExtractorTransformer(engine="openvino").fit(images[:2])
-    fe.transform(images[:2])  # warm-up (compile)
-    start = time.perf_counter()
-    feats = fe.transform(images)
-    elapsed = time.perf_counter() - start
-    queue.put({"seconds": elapsed, "rss": peak_rss_mb(), "features": feats,
-               "precision": fe.precision_, "engine": fe.engine_})
+    _timed_transform(FeatureExtractorTransformer(engine="openvino").fit(images[:2]), images,
+                     queue)
 
 
 def engine_alone(paths: list[str], queue) -> None:
@@ -139,13 +139,8 @@ def skcxr_int8(paths: list[str], queue) -> None:
     """precision="int8": quantized at fit (calibrated on 300 of the images, not timed)."""
     from skcxr import FeatureExtractorTransformer
 
-    fe = FeatureExtractorTransformer(precision="int8", random_state=0).fit(paths)
-    fe.transform(paths[:2])  # warm-up (compile)
-    start = time.perf_counter()
-    feats = fe.transform(paths)
-    elapsed = time.perf_counter() - start
-    queue.put({"seconds": elapsed, "rss": peak_rss_mb(), "features": feats,
-               "precision": fe.precision_, "engine": fe.engine_})
+    _timed_transform(FeatureExtractorTransformer(precision="int8", random_state=0).fit(paths),
+                     paths, queue)
 
 
 def bf16_matmul_gflops(size: int = 4096, repeats: int = 10, trials: int = 3) -> float:
