@@ -225,6 +225,15 @@ def check_images(X, *, check_files: bool = True) -> ImageSource:
         raise ValueError(
             f"X is a single path {str(X)!r}; pass a list of paths, e.g. [{str(X)!r}]."
         )
+    if type(X).__module__.startswith("scipy.sparse"):
+        raise TypeError(
+            f"X is a sparse {type(X).__name__}; sparse input is not supported: images are "
+            "dense. Pass file paths, or a dense (n, H, W[, C]) array (X.toarray() reshaped "
+            "to images)."
+        )
+    if not isinstance(X, np.ndarray) and hasattr(X, "__array__") \
+            and not hasattr(X, "__iter__"):  # array-likes that only convert
+        X = np.asarray(X)
     if not isinstance(X, np.ndarray):
         X = list(X)
         is_path = [isinstance(x, (str, os.PathLike)) for x in X]
@@ -245,8 +254,13 @@ def check_images(X, *, check_files: bool = True) -> ImageSource:
                     "X is a list of images of different shapes; pass file paths, or resize "
                     "the images to one size and stack them into an (n, H, W[, C]) array."
                 ) from None
-    if X.size == 0 or len(X) == 0:
+    if len(X) == 0:
         raise ValueError("X is empty: found 0 images; at least 1 is required.")
+    if X.size == 0:
+        raise ValueError(
+            f"X has {len(X)} images with no pixels (shape {X.shape}); every image needs at "
+            "least one pixel."
+        )
     if X.dtype.kind in "OUS":
         if X.ndim == 2 and X.shape[1] == 1:
             X = X[:, 0]

@@ -211,6 +211,7 @@ def test_truncated_image_raises_naming_the_file(bad_files, tiny_fe):
     [
         ([], "X is empty"),
         (np.zeros((0, 8, 8), np.uint8), "X is empty"),
+        (np.zeros((3, 0, 0), np.uint8), "3 images with no pixels"),
         (np.zeros((4, 8), np.uint8), "got 2-D array"),
         (np.zeros((2, 3, 8, 8), np.uint8), "channels-first"),
         (np.zeros((2, 8, 8, 4), np.uint8), "C in"),
@@ -225,3 +226,24 @@ def test_truncated_image_raises_naming_the_file(bad_files, tiny_fe):
 def test_bad_arrays_and_containers(X, match):
     with pytest.raises(ValueError, match=match):
         check_images(X)
+
+
+def test_sparse_input_is_refused_as_sparse_and_array_likes_are_read_as_arrays():
+    """A scipy sparse matrix is refused with a TypeError that says sparse input is not
+    supported; an object that only converts to an array (``__array__``, not iterable) is
+    read as that array."""
+    import scipy.sparse
+
+    with pytest.raises(TypeError, match="sparse csr_matrix; sparse input is not supported"):
+        check_images(scipy.sparse.csr_matrix(np.ones((2, 64))))
+
+    class Images:
+        def __init__(self, a):
+            self.a = a
+
+        def __array__(self, dtype=None, copy=None):
+            return self.a
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8), dtype=np.uint8)
+    source = check_images(Images(images))
+    assert source.kind == "arrays" and len(source) == 2
