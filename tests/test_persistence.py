@@ -161,7 +161,14 @@ def test_mlflow_sklearn_flavor_in_the_skops_format(fitted, data, tmp_path, monke
     import pandas as pd
 
     X, _ = data
-    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # MLflow's own gate
+    # MLflow's own gate on loading: MLFLOW_ALLOW_MODEL_CODE_EXECUTION from MLflow 3.18 on
+    # (setting the older name there is a FutureWarning), MLFLOW_ALLOW_PICKLE_DESERIALIZATION before
+    import mlflow.environment_variables as mlflow_env
+    gate = ("MLFLOW_ALLOW_MODEL_CODE_EXECUTION"
+            if hasattr(mlflow_env, "MLFLOW_ALLOW_MODEL_CODE_EXECUTION")
+            else "MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
+    monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", raising=False)
+    monkeypatch.setenv(gate, "true")
     monkeypatch.chdir(tmp_path)  # the artifact store (./mlruns) stays in the test folder
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
