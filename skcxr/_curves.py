@@ -1,13 +1,17 @@
-"""ROC and precision-recall curves with pointwise bootstrap bands, as Display objects.
+"""Curves of a model's scores, as Display objects: ROC and precision-recall curves with
+pointwise bootstrap bands, and reliability diagrams.
 
 Public in :mod:`skcxr.plotting` (:class:`~skcxr.plotting.RocCurveCIDisplay`,
-:class:`~skcxr.plotting.PrecisionRecallCIDisplay`); the intervals are those of
+:class:`~skcxr.plotting.PrecisionRecallCIDisplay`, :class:`~skcxr.plotting.ReliabilityDisplay`,
+:func:`~skcxr.plotting.plot_reliability`); the intervals are those of
 :mod:`skcxr.evaluation` (the same stratified, optionally patient-grouped resamples).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from ._figures import pyplot
 
 
 class _CurveCIDisplay:
@@ -130,9 +134,7 @@ class _CurveCIDisplay:
         self
             With ``line_``, ``band_``, ``ax_`` and ``figure_`` set.
         """
-        from .plotting import _plt
-
-        plt = _plt()
+        plt = pyplot()
         if ax is None:
             _, ax = plt.subplots(figsize=(4.5, 4.5), layout="tight")
         pct = f"{self.confidence:.0%}"
@@ -243,3 +245,146 @@ class PrecisionRecallCIDisplay(_CurveCIDisplay):
         if prevalence is not None:
             ax.axhline(prevalence, ls="--", color="grey", lw=0.8,
                        label=f"no skill ({prevalence:.2f})")
+
+
+def _draw_reliability(y_true, proba, *, n_bins=10, name=None, ax=None):
+    """Draw :class:`ReliabilityDisplay`; returns the axes and the ECE."""
+    from sklearn.calibration import CalibrationDisplay
+
+    from .calibration import expected_calibration_error
+
+    plt = pyplot()
+    y, p = np.asarray(y_true), np.asarray(proba, dtype=np.float64)
+    if p.ndim == 2 and p.shape[1] == 2 and y.ndim == 1:
+        p = p[:, 1]
+    if p.ndim == 2 and y.ndim == 2:
+        events, probs = y.ravel(), p.ravel()
+    elif p.ndim == 2:
+        events, probs = (p.argmax(1) == y).astype(int), p.max(1)
+    else:
+        events, probs = (y == 1).astype(int), p
+    ece = expected_calibration_error(events, probs, n_bins=n_bins)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 4.5), layout="tight")
+    label = f"{name or 'model'} (ECE {ece:.3f})"
+    CalibrationDisplay.from_predictions(events, probs, n_bins=n_bins, name=label, ax=ax)
+    return ax, ece
+
+
+class ReliabilityDisplay:
+    """Reliability diagram with the expected calibration error in the legend.
+
+    scikit-learn's :class:`sklearn.calibration.CalibrationDisplay` draws it; this picks the
+    events it plots: the positive class for binary ``proba`` (``(n,)`` or ``(n, 2)``), the
+    predicted class's confidence against being right for multiclass ``(n, k)``, and every
+    label's probability pooled for multi-label (``y_true`` a 0/1 ``(n, L)`` matrix).
+    After :meth:`plot`: ``ax_``, ``figure_``, ``ece_``.
+
+    Parameters
+    ----------
+    y_true : array-like
+        Labels ``0..k-1`` (as ``proba``'s columns), or the multi-label 0/1 matrix.
+    proba : array-like
+        ``predict_proba`` output.
+    name : str, default=None
+        Legend label (the ECE is appended).
+    """
+
+    def __init__(self, y_true, proba, name=None):
+        self.y_true, self.proba, self.name = y_true, proba, name
+
+    @classmethod
+    def from_estimator(cls, estimator, X, y, *, name=None):
+        """Take a fitted classifier's ``predict_proba`` on ``X``.
+
+        Parameters
+        ----------
+        estimator : fitted classifier
+            With ``predict_proba`` (labels are coded as its ``classes_``).
+        X : paths or array of images
+            Held-out images.
+        y : array-like
+            Their labels, or the multi-label 0/1 matrix.
+        name : str, default=None
+            Legend label (default: the estimator's class name).
+
+        Returns
+        -------
+        ReliabilityDisplay
+            Not yet drawn (:meth:`plot`).
+        """
+        proba = np.asarray(estimator.predict_proba(X))
+        y = np.asarray(y)
+        if y.ndim == 1 and hasattr(estimator, "classes_"):
+            y = np.searchsorted(np.asarray(estimator.classes_), y)
+        return cls(y, proba, name or type(estimator).__name__)
+
+    @classmethod
+    def from_predictions(cls, y_true, proba, *, name=None):
+        """Take labels ``0..k-1`` (or a 0/1 label matrix) and ``predict_proba`` output.
+
+        Parameters
+        ----------
+        y_true : array-like
+            Labels ``0..k-1``, or the multi-label 0/1 matrix.
+        proba : array-like
+            ``predict_proba`` output.
+        name : str, default=None
+            Legend label.
+
+        Returns
+        -------
+        ReliabilityDisplay
+            Not yet drawn (:meth:`plot`).
+        """
+        return cls(y_true, proba, name)
+
+    def plot(self, *, n_bins=10, ax=None):
+        """Draw the reliability diagram.
+
+        Parameters
+        ----------
+        n_bins : int, default=10
+            Bins of predicted probability.
+        ax : matplotlib Axes, default=None
+            Where to draw; None makes a new figure.
+
+        Returns
+        -------
+        self
+            With ``ax_``, ``figure_`` and ``ece_`` set.
+        """
+        self.ax_, self.ece_ = _draw_reliability(self.y_true, self.proba, n_bins=n_bins,
+                                                name=self.name, ax=ax)
+        self.figure_ = self.ax_.figure
+        return self
+
+
+def plot_reliability(y_true, proba, *, n_bins=10, name=None, ax=None):
+    """Reliability diagram with the expected calibration error in the legend.
+
+    A shortcut for ``ReliabilityDisplay.from_predictions(y_true, proba).plot(...).ax_``.
+
+    Parameters
+    ----------
+    y_true : array-like
+        Labels ``0..k-1`` (as ``predict_proba``'s columns), or the multi-label 0/1 matrix.
+    proba : array-like
+        ``predict_proba`` output.
+    n_bins : int, default=10
+        Bins of predicted probability.
+    name : str, optional
+        Legend label (the ECE is appended).
+    ax : matplotlib Axes, optional
+        Where to draw; None makes a new figure.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+        The diagram's axes.
+    """
+    return ReliabilityDisplay.from_predictions(y_true, proba, name=name).plot(
+        n_bins=n_bins, ax=ax).ax_
+
+
+# ------------------------------------------------------------------ curves with a CI band

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._figures import pyplot
+
 #: the suggestion ``LRFinderDisplay.suggestion`` holds
 DEFAULT_SUGGESTION = "valley"
 
@@ -144,10 +146,8 @@ class LRFinderDisplay:
         LRFinderDisplay
             ``self``, with ``ax_``, ``figure_``, ``line_`` set.
         """
-        import matplotlib.pyplot as plt
-
         if ax is None:
-            _, ax = plt.subplots(figsize=(5.5, 3.6))
+            _, ax = pyplot().subplots(figsize=(5.5, 3.6))
         (self.line_,) = ax.plot(self.lrs, self.losses, color="C0", lw=1.6)
         for (name, lr), marker in zip(self.suggestions.items(), "ovs"):
             i = int(np.argmin(np.abs(np.log(self.lrs) - np.log(lr))))

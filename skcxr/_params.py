@@ -20,16 +20,12 @@ module only assembles them. One check waits for the loaded backbone: the range o
 from __future__ import annotations
 
 from ._augment import PRESETS as AUGMENT_PRESETS
+from ._callbacks import RESERVED_CALLBACK_NAMES, is_callback_list
 from ._disk import MEMORY_CONSTRAINT
 from ._layers import BATCHNORM_POLICIES
 from ._preprocessing import PREPROCESSING_CONSTRAINTS, TTA_CONSTRAINT
 from ._runtime import RUNTIME_CONSTRAINTS
-from ._training import (
-    OPTIMIZER_CLASSES,
-    RESERVED_CALLBACK_NAMES,
-    SCHEDULER_CLASSES,
-    is_callback_list,
-)
+from ._schedules import OPTIMIZER_CLASSES, SCHEDULER_CLASSES
 from ._validation import (
     BOOL,
     CALLABLE,

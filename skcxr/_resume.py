@@ -67,8 +67,8 @@ def fit_key(params: dict, *, image_keys: list[str], rows, weights: dict, seed: i
 
 class FitCheckpoints:
     """The checkpoint file of one fit (under ``<root>/skcxr-fits/``). The skorch callback
-    that fills it each epoch is :class:`skcxr._training.EpochCheckpoint` (the one module
-    that imports skorch)."""
+    that fills it each epoch is :class:`skcxr._callbacks.EpochCheckpoint` (skorch stays
+    in that module and :mod:`skcxr._training`)."""
 
     def __init__(self, root: Path, key: str):
         self.root = Path(root)

@@ -1,9 +1,12 @@
-"""Everything skorch: the training data, the weighted loss, callbacks, the net and its history.
+"""skorch's net and the data of a fit: the training datasets, the weighted loss, the net
+and its history.
 
 ``PretrainedCNNClassifier.fit`` asks this module for the datasets of a fit
-(:func:`training_datasets`), a configured skorch net (:func:`make_net`), the training
-(:func:`train`) and, after it, the history and the epoch whose weights were kept
-(:func:`history_frame`, :func:`kept_epoch`). No other module imports skorch.
+(:func:`training_datasets`), a configured skorch net (:func:`make_net`, with the callbacks
+of :mod:`skcxr._callbacks` and the optimizer and schedule tables of
+:mod:`skcxr._schedules`), the training (:func:`train`) and, after it, the history and the
+epoch whose weights were kept (:func:`history_frame`, :func:`kept_epoch`). Only this module
+and :mod:`skcxr._callbacks` import skorch.
 """
 
 from __future__ import annotations
@@ -12,91 +15,42 @@ import contextlib
 import copy
 import dataclasses
 import json
-import time
 from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import Callback, EarlyStopping, LRScheduler, ProgressBar
+from skorch.callbacks import EarlyStopping, LRScheduler, ProgressBar
 from skorch.helper import predefined_split
 from skorch.history import History
 from skorch.utils import noop
 from torch import nn
 
 from ._augment import RandomView
+from ._callbacks import (
+    EpochCheckpoint,
+    EpochRecord,
+    FiniteLoss,
+    PhasedEarlyStopping,
+    Unfreeze,
+    find_callback,
+    named_callbacks,
+)
 from ._frozen import prefix_from_cache, prefix_part
 from ._preprocessing import Preprocessing
-from ._resume import FitCheckpoints, history_json, restore_module
+from ._resume import FitCheckpoints, restore_module
 from ._runtime import CallOptions, Execution
-from ._state import get_config
+from ._schedules import (
+    BATCH_SCHEDULERS,
+    OPTIMIZER_CLASSES,
+    OPTIMIZER_DEFAULTS,
+    SCHEDULER_CLASSES,
+    SCHEDULER_DEFAULTS,
+)
 from .cache import DecodedImages
 from .images import ImageDataset, ImageSource, collate_images
 
-#: ``optimizer`` -> class, and the defaults skcxr adds to ``optimizer_kwargs``.
-OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-                     "sgd": torch.optim.SGD}
-OPTIMIZER_DEFAULTS = {"sgd": {"momentum": 0.9}}
-#: ``lr_scheduler`` -> torch scheduler, and the defaults skcxr adds to
-#: ``lr_scheduler_kwargs`` (``T_max`` of "cosine" is ``max_epochs``).
-class LRShape:
-    """A learning-rate schedule over a fit's batches, as the factor of each parameter
-    group's ``lr`` at step ``t`` (for ``LambdaLR``; an object, not a function, so the
-    scheduler's ``state_dict`` keeps it as data and a resumed fit continues it).
-
-    ``"onecycle"`` (fastai's ``fit_one_cycle``, Smith 2018): from ``1/div`` up to 1 over
-    the first ``pct_start`` of the steps, then down to ``1/div_final``, both halves cosine.
-    ``"cosine_warmup"``: linear from ``1/warmup_steps`` up to 1 over the first ``warmup``
-    of the steps, then cosine down to 0.
-    """
-
-    def __init__(self, kind: str, total_steps: int, *, pct_start: float = 0.25,
-                 div: float = 25.0, div_final: float = 1e5, warmup: float = 0.05):
-        self.kind, self.total_steps = kind, max(1, int(total_steps))
-        self.pct_start, self.div, self.div_final = float(pct_start), float(div), float(div_final)
-        self.warmup = float(warmup)
-
-    def __call__(self, step: int) -> float:
-        last = max(1, self.total_steps - 1)
-        if self.kind == "onecycle":
-            up = max(1, round(self.pct_start * last))
-            if step < up:
-                return _cosine(1 / self.div, 1.0, step / up)
-            return _cosine(1.0, 1 / self.div_final, min(1.0, (step - up) / max(1, last - up)))
-        warm = max(1, round(self.warmup * self.total_steps))
-        if step < warm:
-            return (step + 1) / warm
-        return _cosine(1.0, 0.0, min(1.0, (step - warm) / max(1, last - warm)))
-
-
-def _cosine(start: float, end: float, p: float) -> float:
-    return float(end + (start - end) * (1 + np.cos(np.pi * p)) / 2)
-
-
-def one_cycle(optimizer, total_steps, pct_start=0.25, div=25.0, div_final=1e5, last_epoch=-1):
-    """``lr_scheduler="onecycle"``: :class:`LRShape` ``"onecycle"``, stepped every batch."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRShape(
-        "onecycle", total_steps, pct_start=pct_start, div=div, div_final=div_final),
-        last_epoch=last_epoch)
-
-
-def cosine_warmup(optimizer, total_steps, warmup=0.05, last_epoch=-1):
-    """``lr_scheduler="cosine_warmup"``: :class:`LRShape` ``"cosine_warmup"``, stepped every
-    batch."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRShape("cosine_warmup", total_steps,
-                                                                warmup=warmup),
-                                             last_epoch=last_epoch)
-
-
-SCHEDULER_CLASSES = {"step": torch.optim.lr_scheduler.StepLR,
-                     "cosine": torch.optim.lr_scheduler.CosineAnnealingLR,
-                     "plateau": torch.optim.lr_scheduler.ReduceLROnPlateau,
-                     "onecycle": one_cycle, "cosine_warmup": cosine_warmup}
-SCHEDULER_DEFAULTS = {"step": {"step_size": 10, "gamma": 0.1}, "cosine": {},
-                      "plateau": {"patience": 1}, "onecycle": {}, "cosine_warmup": {}}
-#: schedules over batches (``total_steps``: ``max_epochs`` times the batches of an epoch)
-BATCH_SCHEDULERS = ("onecycle", "cosine_warmup")
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -304,7 +258,7 @@ class WeightedNet(NeuralNet):
         try:
             return super().fit_loop(X, y, epochs=epochs, **fit_params)
         except KeyboardInterrupt as exc:
-            stopper = _callback(self, _EarlyStopping)
+            stopper = find_callback(self, PhasedEarlyStopping)
             if stopper is not None and stopper.stopped_:
                 raise
             raise _Interrupted from exc
@@ -350,45 +304,6 @@ class WeightedNet(NeuralNet):
                     yield name, p
 
 
-class FiniteLoss(Callback):
-    """Stop the fit with an error as soon as a training or validation loss is NaN or infinite
-    (otherwise the weights turn NaN and every prediction is class 0)."""
-
-    def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
-        if loss is not None and not torch.isfinite(loss).all():
-            epoch = len(net.history)
-            which = "training" if training else "validation"
-            raise FloatingPointError(
-                f"The {which} loss became {float(loss)} in epoch {epoch} (batch "
-                f"{len(net.history[-1].get('batches', [])) or 1}). "
-                f"Likely causes: a learning rate too high (lr={net.lr}; try 10x lower), NaN "
-                "or infinite weights, or inputs. The estimator keeps its state from before "
-                "this fit."
-            )
-
-
-class _EarlyStopping(EarlyStopping):
-    """skorch's EarlyStopping, noting when it is the one that stops training."""
-
-    def on_train_begin(self, net, **kwargs):
-        self.stopped_ = False
-        super().on_train_begin(net, **kwargs)
-
-    def on_epoch_end(self, net, **kwargs):
-        try:
-            super().on_epoch_end(net, **kwargs)
-        except KeyboardInterrupt:  # skorch's way of stopping a fit early
-            module = net.module_
-            if not module.backbone_unfrozen and module.planned_layers:
-                # the head-only phase has converged: that is the cue to unfreeze, not to
-                # stop; phase two starts from the best head, with its own patience
-                if self.load_best and self.best_model_weights_ is not None:
-                    module.load_state_dict(self.best_model_weights_)
-                Unfreeze.unfreeze_now(net)
-                return
-            self.stopped_ = True
-            raise
-
 
 class _Interrupted(Exception):
     """A KeyboardInterrupt on its way through skorch (which would swallow the original)."""
@@ -420,34 +335,6 @@ def train(net: WeightedNet, train_ds, checkpoints: FitCheckpoints | None = None)
     return kept
 
 
-#: callback names skcxr's nets use (skorch's defaults and skcxr's own): a user's callback
-#: may not take one (skorch would refuse the duplicate only once the fit has begun)
-RESERVED_CALLBACK_NAMES = ("epoch_timer", "train_loss", "valid_loss", "print_log", "unfreeze",
-                           "record", "finite_loss", "early_stopping", "lr_scheduler",
-                           "progress_bar", "checkpoint")
-
-
-def _named_callbacks(value) -> list[tuple[str, Callback]]:
-    """The ``callbacks`` parameter as ``(name, callback)`` pairs; unnamed ones are called
-    ``user_{k}_{Type}``."""
-    return [item if isinstance(item, tuple) else (f"user_{k}_{type(item).__name__}", item)
-            for k, item in enumerate(value or ())]
-
-
-def is_callback_list(value) -> bool:
-    """Whether ``value`` is a list of skorch callbacks or ``(name, callback)`` pairs with
-    unique names none of which is in :data:`RESERVED_CALLBACK_NAMES` (the ``callbacks``
-    parameter)."""
-    def one(item):
-        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-            item = item[1]
-        return isinstance(item, Callback)
-    if not (isinstance(value, (list, tuple)) and all(one(v) for v in value)):
-        return False
-    names = [name for name, _ in _named_callbacks(value)]
-    return len(set(names)) == len(names) and not set(names) & set(RESERVED_CALLBACK_NAMES)
-
-
 def drops_last(n: int, batch_size: int) -> bool:
     """Whether an epoch drops its last batch: a last batch of one row breaks BatchNorm in
     training mode."""
@@ -474,7 +361,7 @@ def make_net(module, train_ds, valid_ds, *, task: str, pos_weight, device: torch
     callbacks = [("unfreeze", Unfreeze(int(c.freeze_epochs))), ("record", EpochRecord(task)),
                  ("finite_loss", FiniteLoss())]
     if c.early_stopping and valid_ds is not None:
-        callbacks.append(("early_stopping", _EarlyStopping(
+        callbacks.append(("early_stopping", PhasedEarlyStopping(
             monitor="valid_loss", patience=int(c.patience), threshold=float(c.min_delta),
             threshold_mode="abs", load_best=True, sink=noop)))
     if lr_scheduler is not None:
@@ -493,7 +380,7 @@ def make_net(module, train_ds, valid_ds, *, task: str, pos_weight, device: torch
     if checkpoints is not None:  # after the callbacks whose state it saves and restores
         callbacks.append(("checkpoint", EpochCheckpoint(checkpoints)))
     # the user's, as copies: the objects given are never changed
-    callbacks += [(name, copy.deepcopy(cb)) for name, cb in _named_callbacks(c.callbacks)]
+    callbacks += [(name, copy.deepcopy(cb)) for name, cb in named_callbacks(c.callbacks)]
     opt_kwargs = {**OPTIMIZER_DEFAULTS.get(optimizer, {}), **(c.optimizer_kwargs or {})}
     if c.finetune_lr is not None:
         opt_kwargs["param_groups"] = [("backbone.*", {"lr": float(c.finetune_lr)})]
@@ -566,156 +453,5 @@ def kept_epoch(net: NeuralNet) -> int:
     validation loss by more than ``min_delta`` (which need not be the lowest validation
     loss). Without: the last epoch.
     """
-    stopper = _callback(net, EarlyStopping)
+    stopper = find_callback(net, EarlyStopping)
     return int(stopper.best_epoch_) if stopper is not None else len(net.history)
-
-
-def _callback(net, kind):
-    return next((cb for _, cb in net.callbacks_ if isinstance(cb, kind)), None)
-
-
-# --------------------------------------------------------------------------- callbacks
-
-
-class Unfreeze(Callback):
-    """Unfreeze the planned backbone layers at the start of epoch ``freeze_epochs + 1``, or
-    earlier when early stopping finds the head-only phase converged."""
-
-    def __init__(self, freeze_epochs: int):
-        self.freeze_epochs = freeze_epochs
-
-    def on_epoch_begin(self, net, **kwargs):
-        epoch = len(net.history)  # the current epoch's row is already appended
-        if epoch > self.freeze_epochs and not net.module_.backbone_unfrozen:
-            self.unfreeze_now(net)
-
-    @staticmethod
-    def unfreeze_now(net) -> None:
-        """Unfreeze (after ``freeze_epochs``, or when early stopping ends the head phase)."""
-        net.module_.unfreeze()
-        early = _callback(net, EarlyStopping)
-        if early is not None:  # a new phase gets its own patience
-            early.misses_ = 0
-
-
-class EpochRecord(Callback):
-    """Validation metrics, learning rates and the trainable layer count per epoch."""
-
-    def __init__(self, task: str):
-        self.task = task
-
-    def on_epoch_begin(self, net, **kwargs):
-        self.preds_, self.trues_ = [], []
-
-    def on_batch_end(self, net, batch=None, training=None, y_pred=None, **kwargs):
-        if not training and y_pred is not None:
-            self.preds_.append(y_pred.detach().float().cpu())
-            self.trues_.append(batch[1].cpu())
-
-    def on_epoch_end(self, net, **kwargs):
-        module = net.module_
-        head = {id(p) for p in module.head.parameters()}
-        for group in net.optimizer_.param_groups:
-            is_head = any(id(p) in head for p in group["params"])
-            net.history.record("lr" if is_head else "backbone_lr", group["lr"])
-        net.history.record("n_trainable_layers", len(module.unfrozen_layers))
-        if self.preds_:
-            acc, auc = _scores(self.task, torch.cat(self.preds_), torch.cat(self.trues_))
-            net.history.record("valid_acc", acc)
-            net.history.record("valid_auc", auc)
-
-
-def _scores(task: str, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    from sklearn.metrics import roc_auc_score
-
-    y = y.numpy()
-    if task == "multilabel":  # over the observed labels (NaN: missing)
-        proba = torch.sigmoid(logits).numpy()
-        observed = ~np.isnan(y)
-        acc = float(((proba >= 0.5) == (y >= 0.5))[observed].mean()) if observed.any() \
-            else np.nan
-        aucs = [roc_auc_score(y[observed[:, j], j], proba[observed[:, j], j])
-                for j in range(y.shape[1])
-                if 0 < np.nansum(y[:, j]) < observed[:, j].sum()]
-        return acc, float(np.mean(aucs)) if aucs else np.nan
-    proba = torch.softmax(logits, dim=1).numpy()
-    acc = float((proba.argmax(1) == y).mean())
-    present = np.unique(y)
-    if len(present) < 2:
-        return acc, np.nan
-    if proba.shape[1] == 2:
-        return acc, float(roc_auc_score(y, proba[:, 1]))
-    if len(present) < proba.shape[1]:
-        return acc, np.nan
-    return acc, float(roc_auc_score(y, proba, multi_class="ovr"))
-
-
-class EpochCheckpoint(Callback):
-    """After an epoch that ends ``checkpoint_interval`` seconds (a setting, default 10) or
-    more after the last save,
-    save the fit's training state; at the start of training, restore
-    the last one saved (placed after skcxr's other callbacks, whose state it restores)."""
-
-    def __init__(self, checkpoints: FitCheckpoints):
-        self.checkpoints = checkpoints
-
-    def on_train_begin(self, net, **kwargs):
-        self.resumed_epochs_ = 0
-        self.last_save_ = time.monotonic()
-        self.interval_ = get_config()["checkpoint_interval"]
-        state = self.checkpoints.load()
-        if state is None or state.get("finished"):
-            return
-        restore_module(net.module_, state)
-        net.optimizer_.load_state_dict(state["optimizer"])
-        net.history = History(json.loads(state["history"]))
-        stopper = _callback(net, EarlyStopping)
-        if stopper is not None and state.get("early_stopping") is not None:
-            saved = state["early_stopping"]
-            stopper.misses_ = int(saved["misses"])
-            stopper.dynamic_threshold_ = float(saved["threshold"])
-            stopper.best_epoch_ = int(saved["best_epoch"])
-            if saved["best"] is not None:
-                best = net.module_.state_dict()
-                best = {k: v.clone() for k, v in best.items()}
-                best.update(saved["best"])
-                stopper.best_model_weights_ = best
-        scheduler = _callback(net, LRScheduler)
-        if scheduler is not None and state.get("lr_scheduler") is not None:
-            scheduler.lr_scheduler_.load_state_dict(state["lr_scheduler"]["state"])
-            scheduler.batch_idx_ = int(state["lr_scheduler"]["batch_idx"])
-        torch.set_rng_state(state["rng"])  # the fit's own stream (RandomStream.drawing)
-        cuda = state.get("cuda_rng") or []
-        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-            for d, rng in enumerate(cuda):
-                torch.cuda.set_rng_state(rng, d)
-        self.resumed_epochs_ = len(net.history)
-
-    def on_epoch_end(self, net, **kwargs):
-        if time.monotonic() - self.last_save_ < self.interval_:
-            return
-        module = net.module_
-        trainable = self.checkpoints.trainable_state(module)
-        stopper = _callback(net, EarlyStopping)
-        scheduler = _callback(net, LRScheduler)
-        early = None
-        if stopper is not None:
-            best = stopper.best_model_weights_
-            early = {"misses": stopper.misses_, "threshold": float(stopper.dynamic_threshold_),
-                     "best_epoch": int(stopper.best_epoch_),
-                     "best": None if best is None else {k: best[k] for k in trainable}}
-        self.checkpoints.save({
-            "finished": False,
-            "module": trainable,
-            "unfrozen": bool(module.backbone_unfrozen),
-            "optimizer": net.optimizer_.state_dict(),
-            "history": history_json(net.history),
-            "early_stopping": early,
-            "lr_scheduler": None if scheduler is None else {
-                "state": scheduler.lr_scheduler_.state_dict(),
-                "batch_idx": int(scheduler.batch_idx_)},
-            "rng": torch.get_rng_state(),
-            "cuda_rng": ([torch.cuda.get_rng_state(d) for d in range(torch.cuda.device_count())]
-                         if torch.cuda.is_available() else []),
-        })
-        self.last_save_ = time.monotonic()

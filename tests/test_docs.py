@@ -258,3 +258,54 @@ def test_examples_and_benchmarks_use_public_names_only():
             for folder in ("examples", "benchmarks") for p in sorted((ROOT / folder).glob("*.py"))
             for i, line in enumerate(p.read_text().splitlines(), 1) if private.search(line)]
     assert hits == []
+
+
+def _import_floors() -> dict[str, int]:
+    """Each module of the package -> its floor in the import graph (0: imports no skcxr
+    module; else one above the highest module it imports), counting imports inside
+    functions; fails on a cycle."""
+    import ast
+
+    paths = {p.stem: p for p in (ROOT / "skcxr").glob("*.py")}
+
+    def imported(name):
+        out = set()
+        for node in ast.walk(ast.parse(paths[name].read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level == 1 or (
+                    node.module or "").startswith("skcxr")):
+                parts = (node.module or "").split(".")
+                if node.level == 0:
+                    parts = parts[1:]
+                out.update(parts[:1] if parts and parts[0] else [a.name for a in node.names])
+            elif isinstance(node, ast.Import):
+                out.update(a.name.split(".")[1] for a in node.names
+                           if a.name.startswith("skcxr."))
+        return {m for m in out if m in paths and m != name}
+
+    floors: dict[str, int] = {}
+
+    def floor(name, path=()):
+        assert name not in path, f"import cycle: {' -> '.join((*path, name))}"
+        if name not in floors:
+            deps = imported(name)
+            floors[name] = 1 + max(floor(d, (*path, name)) for d in deps) if deps else 0
+        return floors[name]
+
+    for name in paths:
+        floor(name)
+    return floors
+
+
+def test_design_module_map_lists_every_module_on_its_floor():
+    """docs/design.md's module map: one row per module of the package, each on the floor
+    its imports put it (the entry points ``cli`` and ``__main__`` marked "-")."""
+    import re
+
+    rows = re.findall(r"^\| (\d+|-) \| `(\w+)\.py` \|", (ROOT / "docs" / "design.md").read_text(),
+                      re.M)
+    documented = {module: floor for floor, module in rows}
+    assert len(documented) == len(rows), "a module has two rows"
+    expected = {m: ("-" if m in ("cli", "__main__") else str(f))
+                for m, f in _import_floors().items()}
+    expected.pop("__main__")
+    assert documented == expected

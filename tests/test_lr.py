@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 
 from skcxr import PretrainedCNNClassifier  # noqa: E402
 from skcxr._lr_find import smooth_losses, suggestions  # noqa: E402
-from skcxr._training import LRShape  # noqa: E402
+from skcxr._schedules import LRShape  # noqa: E402
 from skcxr.plotting import LRFinderDisplay  # noqa: E402
 
 
