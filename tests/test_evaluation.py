@@ -146,3 +146,40 @@ def test_leave_one_site_out_keeps_each_site_on_one_side(data, tiny_fe):
         assert len(set(sites[test])) == 1
         assert set(sites[test]).isdisjoint(sites[train])
     assert len(out["test_score"]) == 3
+
+
+def test_external_validation_folds_in_parallel_give_the_same_result():
+    """n_jobs fits the folds in parallel (joblib); the out-of-fold scores, the table and
+    each fold's rows of fit_params are those of the sequential run."""
+    import pandas as pd
+    from joblib import parallel_config
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    class RowWeighted(ClassifierMixin, BaseEstimator):  # checks it gets its fold's weights
+        def fit(self, X, y, sample_weight=None):
+            assert sample_weight is not None and len(sample_weight) == len(X)
+            assert np.array_equal(sample_weight, X[:, 3])
+            self.model_ = LogisticRegression().fit(X[:, :3], y, sample_weight=sample_weight)
+            self.classes_ = self.model_.classes_
+            return self
+
+        def predict_proba(self, X):
+            return self.model_.predict_proba(X[:, :3])
+
+        def predict(self, X):
+            return self.model_.predict(X[:, :3])
+
+    rng = np.random.RandomState(0)
+    y = np.r_[np.zeros(40), np.ones(40)].astype(int)
+    w = rng.uniform(0.5, 2.0, 80)
+    X = np.c_[rng.normal(size=(80, 3)) + y[:, None], w]  # the last column: the row's weight
+    X_ext = np.c_[rng.normal(size=(30, 3)) + np.r_[np.zeros(15), np.ones(15)][:, None] * 0.5,
+                  np.ones(30)]
+    y_ext = np.r_[np.zeros(15), np.ones(15)].astype(int)
+    kw = dict(cv=StratifiedKFold(4), fit_params={"sample_weight": w}, n_resamples=50)
+    one = external_validation(RowWeighted(), X, y, X_ext, y_ext, **kw)
+    with parallel_config(backend="threading"):
+        two = external_validation(RowWeighted(), X, y, X_ext, y_ext, n_jobs=2, **kw)
+    pd.testing.assert_frame_equal(one.internal, two.internal)
+    pd.testing.assert_frame_equal(one.table, two.table)
+    assert one.internal["fold"].nunique() == 4
