@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from ._preprocessing import VIEWS, apply_view
+from ._views import VIEWS, apply_view
 
 
 class RandomView:

@@ -26,7 +26,6 @@ from ._params import (
     check_training_combinations,
     fill_doc,
 )
-from ._preprocessing import tta_views
 from ._resume import FitCheckpoints
 from ._training import (
     TrainingConfig,
@@ -38,6 +37,7 @@ from ._training import (
     training_datasets,
 )
 from ._validation import as_seed
+from ._views import tta_views
 from .backbones import DEFAULT_BACKBONE, weights_identity
 from .calibration import apply_temperature, fit_temperature, fit_thresholds, probabilities
 from .images import check_images, data_fingerprint

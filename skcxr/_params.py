@@ -23,7 +23,7 @@ from ._augment import PRESETS as AUGMENT_PRESETS
 from ._callbacks import RESERVED_CALLBACK_NAMES, is_callback_list
 from ._disk import MEMORY_CONSTRAINT
 from ._layers import BATCHNORM_POLICIES
-from ._preprocessing import PREPROCESSING_CONSTRAINTS, TTA_CONSTRAINT
+from ._preprocessing import PREPROCESSING_CONSTRAINTS
 from ._runtime import RUNTIME_CONSTRAINTS
 from ._schedules import OPTIMIZER_CLASSES, SCHEDULER_CLASSES
 from ._validation import (
@@ -40,6 +40,7 @@ from ._validation import (
     Options,
     validate,
 )
+from ._views import TTA_CONSTRAINT
 from .backbones import BACKBONE_CONSTRAINTS, check_pooling, resolve_name
 from .calibration import CALIBRATION_CONSTRAINTS
 from .protocol import PROTOCOL_CONSTRAINTS

@@ -41,6 +41,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ._validation import INVALID, NONE, VALID, Check, Interval, Options, invalid, validate
+from ._views import apply_view
 
 RESIZE_MODES = ("stretch", "pad", "crop")
 #: The largest ``image_size`` side: a batch of 32 RGB float images of 4096^2 is 6 GiB already.
@@ -54,12 +55,6 @@ CLAHE_CLIP_LIMIT = 0.01
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: Test-time augmentation views: the identity, a horizontal flip, and shifts by
-#: ``SHIFT`` of the image size with black filling in (exact, deterministic, cacheable).
-VIEWS = ("none", "hflip", "shift_left", "shift_right", "shift_up", "shift_down")
-SHIFT = 0.04
-#: ``tta=`` presets: the views whose probabilities are averaged.
-TTA_PRESETS = {"flip": ("none", "hflip"), "shift": ("none",) + VIEWS[2:], "flip+shift": VIEWS}
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -271,36 +266,6 @@ class View(Step):
 
     def apply(self, t: torch.Tensor) -> torch.Tensor:
         return apply_view(t, self.view)
-
-
-def apply_view(t: torch.Tensor, view: str) -> torch.Tensor:
-    """Show one ``(C, H, W)`` image (or ``(n, C, H, W)`` batch) as seen in ``view``.
-
-    Parameters
-    ----------
-    t : torch.Tensor of shape (C, H, W) or (n, C, H, W)
-        The image or batch.
-    view : str
-        One of :data:`VIEWS`: "none", "hflip", or a shift by :data:`SHIFT` of the size
-        ("shift_left", "shift_right", "shift_up", "shift_down") with black filling in.
-
-    Returns
-    -------
-    torch.Tensor
-        The view, of ``t``'s shape and dtype (``t`` itself for "none").
-    """
-    if view == "none":
-        return t
-    if view == "hflip":
-        return t.flip(-1)
-    h, w = t.shape[-2:]
-    dy, dx = {"shift_left": (0, -1), "shift_right": (0, 1), "shift_up": (-1, 0),
-              "shift_down": (1, 0)}[view]
-    dy, dx = dy * max(1, round(SHIFT * h)), dx * max(1, round(SHIFT * w))
-    out = torch.zeros_like(t)
-    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        t[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-    return out
 
 
 @dataclass(frozen=True)
@@ -575,28 +540,7 @@ def openvino_form(steps) -> bool:
     return all(type(s).openvino is not Step.openvino for s in steps)
 
 
-def tta_views(tta) -> tuple[str, ...]:
-    """The views of a (validated) ``tta`` value: None -> ("none",)."""
-    if tta is None:
-        return ("none",)
-    return TTA_PRESETS[tta] if isinstance(tta, str) else tuple(tta)
-
-
 # --------------------------------------------------------------------------- parameters
-
-
-def _tta(value):
-    if isinstance(value, str):
-        return VALID if value in TTA_PRESETS else INVALID
-    ok = (isinstance(value, (tuple, list)) and len(value) > 0
-          and all(isinstance(v, str) and v in VIEWS for v in value)
-          and len(set(value)) == len(value))
-    return VALID if ok else INVALID
-
-
-#: The allowed values of the classifier's ``tta``.
-TTA_CONSTRAINT = [NONE, Check(_tta, f"one of {tuple(TTA_PRESETS)} or a tuple of views from "
-                                    f"{VIEWS}")]
 
 
 def _size_pair(value):

@@ -42,7 +42,7 @@ import torch
 
 from ._classifier import PretrainedCNNClassifier
 from ._fitted import as_network
-from ._preprocessing import tta_views
+from ._views import tta_views
 
 __all__ = ["OPSET", "TOLERANCE", "to_onnx"]
 

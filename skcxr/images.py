@@ -36,8 +36,9 @@ import numpy as np
 import torch
 
 from ._files import SUPPORTED_EXTENSIONS, check_path, read_bytes, read_image
-from ._preprocessing import VIEWS, DataConfig, Preprocessing, apply_view, make_preprocessing
+from ._preprocessing import DataConfig, Preprocessing, make_preprocessing
 from ._validation import ImageReadError
+from ._views import VIEWS, apply_view
 
 __all__ = [
     "DataConfig",

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from skcxr._preprocessing import VIEWS, InputGraph, Scale, make_preprocessing
+from skcxr._preprocessing import InputGraph, Scale, make_preprocessing
+from skcxr._views import VIEWS
 from skcxr.images import DataConfig, check_images, make_loader
 
 #: (channels stored in the images, channels the backbone takes)
