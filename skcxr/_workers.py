@@ -28,6 +28,7 @@ skcxr as each worker starts).
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 import tempfile
@@ -113,23 +114,62 @@ def startup_message(startup_s: float, fit_s: float, cores: int, threads: int) ->
         f"'ignore', skcxr.ParallelStartupWarning).")
 
 
+def _start_time(pid: int) -> str | None:
+    """The process's start time (Linux: from /proc, so that a reused pid is another
+    process); "0" where it cannot be read; None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except FileNotFoundError:
+        return None
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except OSError:
+        pass
+    return "0"
+
+
+def _marker_prefix() -> str:
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return os.path.join(tempfile.gettempdir(), f"skcxr-parallel-startup-{uid}-")
+
+
 def _claim_parent() -> bool:
     """True for the first worker of this parent process to ask (a marker file created
     exclusively, named by the parent's pid and start time); True as well when the marker
-    cannot be made (better twice than never)."""
+    cannot be made (better twice than never). The one that creates it removes the markers
+    of parents that have ended."""
     ppid = os.getppid()
-    try:  # the parent's start time (Linux), so that a reused pid is a new parent
-        with open(f"/proc/{ppid}/stat", "rb") as f:
-            started = f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        started = "0"
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    marker = os.path.join(tempfile.gettempdir(),
-                          f"skcxr-parallel-startup-{uid}-{ppid}-{started}")
+    marker = f"{_marker_prefix()}{ppid}-{_start_time(ppid) or '0'}"
     try:
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
         return False
     except OSError:
         return True
+    remove_stale_markers()
+    return True
+
+
+def remove_stale_markers() -> int:
+    """Remove this user's markers whose parent process has ended (or whose pid now belongs
+    to a process started at another time); returns how many were removed."""
+    prefix = _marker_prefix()
+    removed = 0
+    for path in glob.glob(glob.escape(prefix) + "*"):
+        try:
+            pid, started = path[len(prefix):].split("-")
+            now = _start_time(int(pid))
+            # stale: the parent has ended, or its pid is another process's now
+            if now is not None and (now == started or "0" in (now, started)):
+                continue
+            os.unlink(path)
+            removed += 1
+        except (ValueError, OSError):
+            continue
+    return removed
     return True

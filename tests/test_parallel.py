@@ -502,3 +502,25 @@ def test_device_auto_with_one_visible_gpu_and_explicit_devices(monkeypatch, tmp_
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert _runtime.resolve_device("cuda:3") == torch.device("cuda", 3)  # asked: no lease
     assert not list(tmp_path.iterdir())
+
+
+def test_startup_markers_of_ended_parents_are_removed(tmp_path, monkeypatch):
+    """The once-per-parent markers do not pile up in the temp directory: the worker that
+    makes a new one removes those of parents that have ended or whose pid was reused."""
+    import tempfile
+
+    from skcxr import _workers
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    prefix = _workers._marker_prefix()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    ended_pid = int(ended.stdout)
+    me = os.getpid()
+    live = f"{prefix}{me}-{_workers._start_time(me)}"
+    stale = [f"{prefix}{ended_pid}-123", f"{prefix}{me}-1"]  # ended; our pid, other start
+    for path in [live, *stale, str(tmp_path / "unrelated")]:
+        open(path, "w").close()
+    assert _workers.remove_stale_markers() == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [os.path.basename(live), "unrelated"])
