@@ -217,11 +217,13 @@ class CXRNet(nn.Module):
         chain = nn.Sequential(*self._chain(0, self.cut)) if self.cut else nn.Identity()
         return _runtime.frozen_forward(chain, self.input(x), precision or self.precision)
 
+    def suffix_modules(self) -> list[nn.Module]:
+        """The modules after the frozen prefix (the whole backbone without a chain)."""
+        return [self.backbone] if self.chain_names is None else self._chain(self.cut, None)
+
     def suffix(self, h: torch.Tensor) -> torch.Tensor:
         """Frozen-prefix output -> pooled features."""
-        if self.chain_names is None:
-            return self.backbone(h)
-        for m in self._chain(self.cut, None):
+        for m in self.suffix_modules():
             h = m(h)
         return h
 
@@ -238,5 +240,5 @@ class CXRNet(nn.Module):
         if h is None:
             h = self.prefix(x, precision)
         with _runtime.autocast(h.device, precision), \
-                _runtime.fp32_depthwise(self, h.device, precision):
+                _runtime.fp32_depthwise(self.suffix_modules(), h.device, precision):
             return self.head(self.suffix(h)).float()

@@ -265,16 +265,19 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=compute_dtype(precision))
 
 
-def _trainable_depthwise(module: torch.nn.Module) -> list:
-    return [m for m in module.modules()
+def _trainable_depthwise(modules) -> list:
+    parts = [modules] if isinstance(modules, torch.nn.Module) else modules
+    return [m for part in parts for m in part.modules()
             if isinstance(m, torch.nn.Conv2d) and 1 < m.groups == m.in_channels
             and m.weight.requires_grad]
 
 
 @contextlib.contextmanager
-def fp32_depthwise(module: torch.nn.Module, device: torch.device, precision: str):
-    """While training on the CPU in bf16, run ``module``'s trainable depthwise convolutions
-    in fp32 (their input cast up, their output cast back), everything else as autocast does.
+def fp32_depthwise(modules, device: torch.device, precision: str):
+    """While training on the CPU in bf16, run the trainable depthwise convolutions of
+    ``modules`` (a module, or a list of them: the part of a network that trains, so that a
+    training step does not walk its frozen prefix) in fp32 (their input cast up, their
+    output cast back), everything else as autocast does.
 
     oneDNN's bf16 backward of a depthwise convolution is 2.5-4x slower than its fp32 one on
     the development machine (the profile of an all-layers lite0 fit: depthwise backward was
@@ -285,7 +288,7 @@ def fp32_depthwise(module: torch.nn.Module, device: torch.device, precision: str
     if device.type != "cpu" or precision == "fp32" or not torch.is_grad_enabled():
         yield
         return
-    convs = _trainable_depthwise(module)
+    convs = _trainable_depthwise(modules)
     if not convs:
         yield
         return
