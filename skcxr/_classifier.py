@@ -428,8 +428,9 @@ default=None
             module, source, rows, prep, execution, options, augment=augment, weights=weights)
         if namespace is None:
             # the network runs on images every epoch: channels_last weights match the
-            # channels_last images (1.36x for lite0 trained whole at 224 on the CPU;
-            # slower on the 7x7 maps of a cached prefix's suffix, so not there)
+            # channels_last images (1.36x for lite0 trained whole at 224 on the CPU). A
+            # cached prefix's suffix gets channels_last inputs too (CXRNet.logits); its
+            # weights' layout made no measurable difference there (lite0 c=16, resnet18)
             module.to(memory_format=torch.channels_last)
         engine = (prefix_engine(module, prep, weights, execution, options) if namespace is None
                   else contextlib.nullcontext())

@@ -224,7 +224,10 @@ class CXRNet(nn.Module):
     def suffix(self, h: torch.Tensor) -> torch.Tensor:
         """Frozen-prefix output -> pooled features."""
         for m in self.suffix_modules():
-            h = m(h)
+            out = m(h)
+            if h.dim() == 4 and out.dim() != 4:  # the global pool
+                _runtime.channels_last_grad(h)
+            h = out
         return h
 
     def forward(self, x=None, h=None, sample_weight=None):
@@ -239,6 +242,8 @@ class CXRNet(nn.Module):
         precision = precision or self.precision
         if h is None:
             h = self.prefix(x, precision)
+        elif h.dim() == 4:  # cached prefix outputs: the layout the prefix computed them in
+            h = h.contiguous(memory_format=torch.channels_last)
         with _runtime.autocast(h.device, precision), \
                 _runtime.fp32_depthwise(self.suffix_modules(), h.device, precision):
             return self.head(self.suffix(h)).float()

@@ -525,3 +525,46 @@ def test_fp32_depthwise_runs_trainable_depthwise_convolutions_in_fp32_under_bf16
         with fp32_depthwise(net, cpu, "bf16"):
             net(torch.randn(2, 8, 16, 16))
         assert torch.is_autocast_cpu_enabled()
+
+
+def test_cached_suffix_trains_in_channels_last_with_channels_last_gradients(tiny_clf, data):
+    """The trainable suffix on cached prefix outputs computes in channels_last (the cache
+    hands back NCHW arrays; the whole network from pixels was already channels_last), and the
+    gradient that the global pool hands back (an expanded, stride-0 tensor) reaches the layer
+    before it channels_last too: the mixed-layout backward of BatchNorm/ReLU6 beside a
+    channels_last activation is oneDNN's slow path."""
+    X, y = data
+    clf = PretrainedCNNClassifier(**{**tiny_clf, "n_trainable_layers": 4, "max_epochs": 1})
+    clf.fit(X, y)
+    net = clf.module_.train()
+    suffix = net.suffix_modules()
+    assert net.cut > 0 and len(suffix) >= 2
+    h = net.prefix(torch.zeros(4, 3, 48, 48, dtype=torch.uint8))
+    h = h.contiguous()  # the layout the cache hands back
+    assert h.dim() == 4 and not h.is_contiguous(memory_format=torch.channels_last)
+    layouts, grads = [], []
+    hooks = [m.register_forward_pre_hook(
+        lambda m, a: layouts.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+        for m in suffix]
+
+    def watch(m, args, out):  # the global pool: what the node that made its input receives
+        # (node pre-hooks run after the tensor hooks that skcxr registers on that input)
+        if args[0].dim() == 4 and out.dim() != 4:
+            args[0].grad_fn.register_prehook(
+                lambda go: grads.append(go[0].is_contiguous(memory_format=torch.channels_last)))
+
+    hooks += [m.register_forward_hook(watch) for m in suffix]
+    try:
+        net.logits(h=h).sum().backward()
+    finally:
+        for hk in hooks:
+            hk.remove()
+    n4d = [m for m in suffix if m is not suffix[-1]]  # all but the classifier slot
+    assert layouts[:len(n4d)] == [True] * len(n4d)  # every 4-D input, the pool's included
+    assert grads == [True]
+    # the same logits as from the channels_last tensor the prefix computed
+    with torch.no_grad():
+        net.eval()
+        np.testing.assert_allclose(net.logits(h=h).numpy(),
+                                   net.logits(h=h.contiguous(
+                                       memory_format=torch.channels_last)).numpy())
