@@ -1,4 +1,23 @@
-"""glibc's allocator in worker processes that turned its adaptive mmap threshold off.
+"""glibc's allocator: large tensors served from the heap while skcxr computes, and in
+worker processes that turned its adaptive mmap threshold off.
+
+**While a fit or a batch run computes** (:func:`heap_for_tensors`). glibc serves every
+block above its mmap threshold (at most 32 MiB on 64-bit, however it is set) with a fresh
+``mmap``, and gives the heap's free top back to the OS above its trim threshold. A training
+step of lite0 at 224 px frees and allocates activations of 30-150 MB: each was a new
+mapping whose pages fault in again on first touch (1.9 million minor faults in an
+all-layers fit of 128 images, 2 epochs), and page faults are slow in a virtual machine.
+Inside the context, glibc takes every block from the heap (``M_MMAP_MAX=0``) and keeps
+what is freed (``M_TRIM_THRESHOLD`` at its maximum), so a step reuses the pages of the
+step before, as torch's CUDA caching allocator does on a GPU; on leaving, glibc's bounds
+come back and ``malloc_trim`` returns the free memory to the OS. Measured on the
+development machine (one process, glibc's settings switched back and forth between fits,
+three fits each): lite0 trained whole from pixels 21.4 -> 27.6 img/s, with 60 thousand
+page faults instead of 1.9 million; c=16 from the cached prefix 1.1x (360 thousand faults
+-> 16 thousand); peak RSS the same. Settings a user made (``MALLOC_MMAP_MAX_``,
+``MALLOC_MMAP_THRESHOLD_``, malloc ``GLIBC_TUNABLES``) are left alone.
+
+**Worker processes.**
 
 Dask's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536`` (so that freed memory
 goes back to the OS). Setting that variable also switches off glibc's *dynamic* mmap
@@ -17,13 +36,21 @@ Anything the user sets explicitly (``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES`
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
+import threading
 
-M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc <malloc.h>
 MMAP_THRESHOLD = 32 << 20  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit glibc
+DEFAULT_MMAP_MAX = 65536  # glibc's DEFAULT_MMAP_MAX
+KEEP_ALL = 2**31 - 1  # the largest trim threshold: mallopt takes an int
+
+_lock = threading.Lock()
+_depth = 0  # contexts open in this process (threads share the allocator)
 
 
 def adaptive_mmap_threshold_lost() -> bool:
@@ -40,8 +67,63 @@ def restore_large_heap_blocks() -> bool:
     """
     if not adaptive_mmap_threshold_lost():
         return False
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
+@functools.cache
+def _glibc():
+    """glibc's malloc functions, or None (not Linux, or a libc without mallopt: musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
+        libc.mallopt, libc.malloc_trim  # noqa: B018  (AttributeError: not glibc)
+    except (OSError, AttributeError):
+        return None
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    return libc
+
+
+def _user_chose_large_blocks() -> bool:
+    env = os.environ
+    return ("MALLOC_MMAP_MAX_" in env or "MALLOC_MMAP_THRESHOLD_" in env
+            or "glibc.malloc" in env.get("GLIBC_TUNABLES", ""))
+
+
+def _trim_threshold_after() -> int:
+    """The trim threshold outside the context: the user's (Dask's nanny sets one), else
+    where glibc's dynamic one goes once a block of the maximal mmap threshold was freed."""
+    try:
+        return min(int(os.environ["MALLOC_TRIM_THRESHOLD_"]), KEEP_ALL)
+    except (KeyError, ValueError):
+        return 2 * MMAP_THRESHOLD
+
+
+@contextlib.contextmanager
+def heap_for_tensors():
+    """Serve every block from glibc's heap and keep freed memory while the body runs, then
+    restore glibc's bounds and return free memory to the OS (see the module docstring).
+    Nests, and is shared by threads: the settings change when the first enters and come
+    back when the last leaves. A no-op without glibc or where the user set these."""
+    global _depth
+    libc = _glibc()
+    if libc is None or _user_chose_large_blocks():
+        yield
+        return
+    with _lock:
+        _depth += 1
+        if _depth == 1:
+            libc.mallopt(M_MMAP_MAX, 0)
+            libc.mallopt(M_TRIM_THRESHOLD, KEEP_ALL)
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+                libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                libc.mallopt(M_TRIM_THRESHOLD, _trim_threshold_after())
+                libc.malloc_trim(0)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._allocator import heap_for_tensors
 from ._state import GPU_LEASE, GPU_LEASE_LOCK, MACHINE, RNG_LOCK
 from ._validation import INVALID, VALID, Check, Options
 
@@ -371,7 +372,8 @@ def run_batches(fn, loader, n: int, *, device: torch.device, verbose=0, desc="ba
 
     out = None
     start = 0
-    with tqdm(total=n, disable=not verbose, unit="img", desc=desc) as bar:
+    with tqdm(total=n, disable=not verbose, unit="img", desc=desc) as bar, \
+            heap_for_tensors():  # a batch reuses the pages of the last: skcxr._allocator
         for batch in loader:
             with torch.inference_mode():
                 result = fn(batch.to(device, non_blocking=True)).cpu()

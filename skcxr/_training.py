@@ -27,6 +27,7 @@ from skorch.history import History
 from skorch.utils import noop
 from torch import nn
 
+from ._allocator import heap_for_tensors
 from ._augment import RandomView
 from ._callbacks import (
     EpochCheckpoint,
@@ -326,7 +327,8 @@ def train(net: WeightedNet, train_ds, checkpoints: FitCheckpoints | None = None)
         net.history = History(json.loads(done["history"]))
         return int(done["kept_epoch"])
     try:
-        net.fit(train_ds, y=None)
+        with heap_for_tensors():  # a step reuses the pages of the last: skcxr._allocator
+            net.fit(train_ds, y=None)
     except _Interrupted:
         raise KeyboardInterrupt from None
     kept = kept_epoch(net)
@@ -426,16 +428,17 @@ def lr_sweep(net: WeightedNet, train_ds, lrs, *, unfreeze: bool,
     groups = net.optimizer_.param_groups
     base = [float(g["lr"]) for g in groups]
     losses: list[float] = []
-    while len(losses) < len(lrs):
-        for batch in net.get_iterator(train_ds, training=True):
-            factor = float(lrs[len(losses)]) / float(net.lr)
-            for group, lr in zip(groups, base):
-                group["lr"] = lr * factor
-            losses.append(net.train_step(batch)["loss"].item())
-            smoothed = smooth_losses(losses)
-            if (not np.isfinite(losses[-1]) or smoothed[-1] > diverge * smoothed.min()
-                    or len(losses) == len(lrs)):
-                return losses[:-1] if not np.isfinite(losses[-1]) else losses
+    with heap_for_tensors():  # a step reuses the pages of the last: skcxr._allocator
+        while len(losses) < len(lrs):
+            for batch in net.get_iterator(train_ds, training=True):
+                factor = float(lrs[len(losses)]) / float(net.lr)
+                for group, lr in zip(groups, base):
+                    group["lr"] = lr * factor
+                losses.append(net.train_step(batch)["loss"].item())
+                smoothed = smooth_losses(losses)
+                if (not np.isfinite(losses[-1]) or smoothed[-1] > diverge * smoothed.min()
+                        or len(losses) == len(lrs)):
+                    return losses[:-1] if not np.isfinite(losses[-1]) else losses
     return losses
 
 

@@ -213,6 +213,49 @@ def test_import_keeps_tensors_off_fresh_mmaps_in_dask_style_workers():
     assert out.stdout.strip() == "False"  # a threshold the user chose is left alone
 
 
+_BLOCKS = """
+import os, resource, sys, torch
+from skcxr._allocator import heap_for_tensors
+def faults(k):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(k):
+        torch.ones(16 << 20)  # 64 MiB, above any mmap threshold glibc accepts
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+def resident():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+outside = faults(4)
+with heap_for_tensors():
+    with heap_for_tensors():  # nested: the outer one restores
+        faults(2)  # the heap grows
+        inside = faults(4)
+    nested = faults(4)
+    kept = resident()  # the freed blocks' pages stay with the process
+print(outside, inside, nested, kept - resident())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_heap_for_tensors_reuses_pages_inside_and_gives_memory_back_after():
+    """Inside ``heap_for_tensors`` (every fit and batch run), a freed 64 MiB tensor's pages
+    serve the next one (page faults of at most one of four), where outside each one is a
+    fresh mmap whose 16384 pages fault in. Leaving the last context gives the kept memory
+    back to the OS. A user's own malloc settings switch it off."""
+    pages = (64 << 20) // 4096
+
+    def run(**env):
+        out = subprocess.run([sys.executable, "-c", _BLOCKS], env={**os.environ, **env},
+                             capture_output=True, text=True, check=True)
+        return [int(v) for v in out.stdout.split()]
+
+    outside, inside, nested, returned = run()
+    assert outside > 0.9 * 4 * pages
+    assert inside < 1.1 * pages and nested < 1.1 * pages  # at most one of four faulted
+    assert returned > 0.9 * (64 << 20)
+    outside, inside, nested, returned = run(MALLOC_MMAP_MAX_="65536")
+    assert inside > 0.9 * 4 * pages  # the user's choice is left alone
+
+
 # --------------------------------------------------------------------------- shared disk cache
 
 
