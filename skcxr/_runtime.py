@@ -330,8 +330,9 @@ def channels_last_grad(x: torch.Tensor) -> None:
 
     The backward of a global average pool is an expanded (stride-0) tensor; the BatchNorm
     and activation backward that receive it next to a channels_last activation take oneDNN's
-    slow mixed-layout path (the last block of lite0 at 7x7, batch 32: 35 ms a step against
-    15 ms with this, and 21 ms in NCHW; ``benchmarks/bench_train.py``).
+    slow mixed-layout path (a microbenchmark of lite0's last block at 7x7, batch 32,
+    forward and backward: 35 ms a step against 15 ms with this, and 21 ms in NCHW; the
+    fits it speeds up are in ``benchmarks/bench_train.py``).
     """
     if x.requires_grad and x.is_contiguous(memory_format=torch.channels_last):
         x.register_hook(lambda g: g.contiguous(memory_format=torch.channels_last))
