@@ -273,6 +273,14 @@ def _trainable_depthwise(modules) -> list:
             and m.weight.requires_grad]
 
 
+def depthwise_trains_fp32(conv: torch.nn.Conv2d) -> bool:
+    """The rule of ``fp32_depthwise``: which depthwise convolutions train in fp32.
+
+    All but the 3x3 ones with stride 1, whose bf16 backward in oneDNN is the faster one.
+    """
+    return not (tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1))
+
+
 @contextlib.contextmanager
 def fp32_depthwise(modules, device: torch.device, precision: str):
     """While training on the CPU in bf16, run the trainable depthwise convolutions of
@@ -280,10 +288,10 @@ def fp32_depthwise(modules, device: torch.device, precision: str):
     training step does not walk its frozen prefix) in fp32 (their input cast up, their
     output cast back), everything else as autocast does.
 
-    oneDNN's bf16 backward of a depthwise convolution is 2.5-4x slower than its fp32 one on
-    the development machine (the profile of an all-layers lite0 fit: depthwise backward was
-    most of the 63% of its time in convolution backward; ``benchmarks/profile_train.py``),
-    while bf16 stays faster for the pointwise convolutions, BatchNorm and activations. A
+    oneDNN's bf16 backward of a depthwise convolution is 2-5x slower than its fp32 one on
+    the development machine, casts counted, except for 3x3 kernels with stride 1
+    (``depthwise_trains_fp32``; ``benchmarks/bench_depthwise.py``, layer by layer), while
+    bf16 stays faster for the pointwise convolutions, BatchNorm and activations. A
     no-op on GPUs, in fp32, and without gradients (frozen parts, prediction).
     """
     if device.type != "cpu" or precision == "fp32" or not torch.is_grad_enabled():
@@ -296,7 +304,7 @@ def fp32_depthwise(modules, device: torch.device, precision: str):
     stack: list = []
 
     def before(m, args):
-        if max(m.kernel_size) < 5 and args[0].shape[-1] > 32:
+        if not depthwise_trains_fp32(m):
             stack.append((None, None))
             return None
         ctx = torch.autocast(device_type="cpu", enabled=False)

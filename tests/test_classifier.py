@@ -1,5 +1,9 @@
 """PretrainedCNNClassifier on real sample images: layers, schedules, protocol, fitted state."""
 
+import importlib.util
+import itertools
+from pathlib import Path
+
 import joblib
 import numpy as np
 import pytest
@@ -490,15 +494,25 @@ def test_trainable_layers_report_what_trained(data, tiny_clf):
 
 
 def test_fp32_depthwise_runs_trainable_depthwise_convolutions_in_fp32_under_bf16():
-    """Training on the CPU in bf16: a 5x5 depthwise convolution (and a 3x3 one at 32 px or
-    less) computes in fp32 (oneDNN's bf16 backward of these is 2.5-4x slower), its output
-    cast back; pointwise convolutions stay in bf16; nothing changes without gradients; the
-    hooks go and autocast is back even when the forward raises."""
-    from skcxr._runtime import fp32_depthwise
+    """Training on the CPU in bf16: a 5x5 depthwise convolution and a 3x3 one with stride 2
+    compute in fp32 (oneDNN's bf16 backward of these is 2-5x slower), their outputs cast
+    back; a 3x3 stride-1 depthwise convolution and pointwise ones stay in bf16; nothing
+    changes without gradients; the hooks go and autocast is back even when the forward
+    raises."""
+    from skcxr._runtime import depthwise_trains_fp32, fp32_depthwise
 
     net = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 5, padding=2, groups=8),
+                              torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8),
                               torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
                               torch.nn.Conv2d(8, 4, 1))
+    assert [depthwise_trains_fp32(m) for m in net[:3]] == [True, True, False]
+    spec = importlib.util.spec_from_file_location(  # the benchmark's copy of the rule
+        "bench_depthwise", Path(__file__).parents[1] / "benchmarks" / "bench_depthwise.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for k, stride in itertools.product((1, 3, 5, 7), (1, 2)):
+        conv = torch.nn.Conv2d(4, 4, k, stride, groups=4)
+        assert bench.rule_picks_fp32(k, stride) == depthwise_trains_fp32(conv)
     seen = []
     for m in net:  # runs before fp32_depthwise's cast back: the dtype the layer computed in
         m.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
@@ -510,17 +524,17 @@ def test_fp32_depthwise_runs_trainable_depthwise_convolutions_in_fp32_under_bf16
                 fp32_depthwise(net, cpu, "bf16"):
             return net(x)
 
-    out = run(torch.randn(2, 8, 16, 16))
-    assert seen == [torch.float32, torch.float32, torch.bfloat16]
-    assert out.dtype == torch.bfloat16
+    for size in (16, 48):  # the rule does not depend on the image size
+        out = run(torch.randn(2, 8, size, size))
+        assert seen == [torch.float32, torch.float32, torch.bfloat16, torch.bfloat16]
+        assert out.dtype == torch.bfloat16
     out.float().sum().backward()  # gradients flow through the casts
     assert net[0].weight.grad is not None and net[0].weight.grad.dtype == torch.float32
-    run(torch.randn(2, 8, 48, 48))  # the 3x3 one at 48 px stays in bf16
-    assert seen == [torch.float32, torch.bfloat16, torch.bfloat16]
+    assert net[1].weight.grad is not None and net[2].weight.grad is not None
     run(torch.randn(2, 8, 16, 16), grad=False)  # prediction: autocast alone
-    assert seen == [torch.bfloat16] * 3
+    assert seen == [torch.bfloat16] * 4
     assert all(not m._forward_pre_hooks for m in net)
-    net[2].register_forward_hook(lambda *a: 1 / 0)
+    net[3].register_forward_hook(lambda *a: 1 / 0)
     with pytest.raises(ZeroDivisionError), torch.autocast("cpu", dtype=torch.bfloat16):
         with fp32_depthwise(net, cpu, "bf16"):
             net(torch.randn(2, 8, 16, 16))
