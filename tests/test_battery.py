@@ -153,7 +153,7 @@ def test_arrays(X, expect):
 
 def test_uint16_scaled_by_type_not_by_neighbours():
     """An image's pixels never depend on the other images of the call."""
-    from skcxr._preprocessing import to_tensor
+    from skcxr._steps import to_tensor
 
     dim = np.full((8, 8), 1000, np.uint16)
     alone = check_images(dim[None]).data[0]

@@ -105,7 +105,7 @@ def test_saved_size_is_the_weights_size_and_imagenet_weights_are_not_needed(samp
 
     def no_weights_file(name):  # loading must not read ImageNet weights
         raise AssertionError(f"the weights file of {name} was read")
-    monkeypatch.setattr(backbones, "_offline_weights_file", no_weights_file)
+    monkeypatch.setattr(backbones, "offline_weights_file", no_weights_file)
     loaded = sio.loads(blob, trusted=[TRANSFORMER])
     np.testing.assert_array_equal(loaded.transform(X), fe.transform(X))
     assert loaded.provenance_["weights"] == fe.provenance_["weights"]

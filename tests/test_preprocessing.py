@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from skcxr._preprocessing import InputGraph, Scale, make_preprocessing
+from skcxr._preprocessing import InputGraph, make_preprocessing
+from skcxr._steps import Scale
 from skcxr._views import VIEWS
 from skcxr.images import DataConfig, check_images, make_loader
 
@@ -145,7 +146,8 @@ def test_a_step_without_an_openvino_form_runs_in_torch_there():
     and feeds floats (one place, openvino_form, says which)."""
     from dataclasses import dataclass
 
-    from skcxr._preprocessing import Step, openvino_form
+    from skcxr._preprocessing import openvino_form
+    from skcxr._steps import Step
 
     @dataclass(frozen=True)
     class Standardise(Step):  # e.g. the next issue's intensity standardisation
