@@ -3,14 +3,14 @@ CPU: forward and backward times per layer, and which one the fp32-depthwise rule
 
 While a fit trains on the CPU in bf16, skcxr runs the trainable depthwise convolutions
 in fp32, except the 3x3 ones with stride 1 (``skcxr._runtime.depthwise_trains_fp32``, copied
-below as ``rule_picks_fp32``; a test checks the two agree; the README's "Training from
-pixels"); every other layer stays in bf16. This script measures
-each depthwise layer of lite0 at 224 px both ways (the layer as timm builds it, TF "same"
-padding included; channels_last; batch 32; glibc's heap kept as a fit keeps it, here by
-glibc's environment variables, the script restarting itself with them; its input and
-output gradient in bf16, as bf16 training hands them over; "bf16" as autocast runs it,
-"fp32" as the rule runs it: input cast up, output cast back, casts counted) and prints
-whether the rule picked the faster one.
+below as ``rule_picks_fp32``; a test checks the two agree; the README's "Performance");
+every other layer stays in bf16. This script measures each depthwise layer of lite0 at
+224 px both ways (the layer as timm builds it, TF "same" padding included; channels_last;
+batch 32; glibc's heap kept as a fit keeps it, here by glibc's environment variables, the
+script restarting itself with them; its input and output gradient in bf16, as bf16
+training hands them over; "bf16" as autocast runs it, "fp32" as the rule runs it: input
+cast up, output cast back, casts counted) and prints whether the rule picked the faster
+one.
 
     python benchmarks/bench_depthwise.py [--batch 32] [--reps 10]
 """

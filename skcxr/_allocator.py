@@ -10,9 +10,9 @@ all-layers fit of 128 images, 2 epochs), and page faults are slow in a virtual m
 Inside the context, glibc takes every block from the heap (``M_MMAP_MAX=0``) and keeps
 what is freed (``M_TRIM_THRESHOLD`` at its maximum), so a step reuses the pages of the
 step before, as torch's CUDA caching allocator does on a GPU; on leaving, glibc's bounds
-come back and ``malloc_trim`` returns the free memory to the OS, where the context left
-more free memory than glibc's trim threshold beyond what was free when it began (a fit, a
-large batch run); a small batch run keeps its few pages for the next one (a trim after every
+come back and ``malloc_trim`` returns the free memory to the OS, where the process's
+resident memory grew by more than glibc's trim threshold while the context was open (a fit,
+a large batch run); a small batch run keeps its few pages for the next one (a trim after every
 ``predict_proba`` of one image made the next one fault 4,000 pages in again: 47 -> 37-42 ms
 a call, 8 images 139-154 -> 92-104 ms, in one process, alternating). Measured on the
 development machine (one process, glibc's settings switched back and forth between fits,
@@ -55,7 +55,7 @@ KEEP_ALL = 2**31 - 1  # the largest trim threshold: mallopt takes an int
 
 _lock = threading.Lock()
 _depth = 0  # contexts open in this process (threads share the allocator)
-_free_at_entry = 0  # free bytes in glibc's heaps when the first context opened
+_resident_at_entry = 0  # the process's resident bytes when the first context opened
 
 
 def adaptive_mmap_threshold_lost() -> bool:
@@ -88,25 +88,16 @@ def _glibc():
         return None
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     libc.malloc_trim.argtypes = [ctypes.c_size_t]
-    if hasattr(libc, "mallinfo2"):  # glibc >= 2.33
-        libc.mallinfo2.restype = _MallInfo2
     return libc
 
 
-class _MallInfo2(ctypes.Structure):
-    """glibc's ``struct mallinfo2`` (``<malloc.h>``), summed over every arena."""
-
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
-
-
-def free_kept(libc) -> int | None:
-    """Bytes of free memory glibc's heaps hold (``mallinfo2().fordblks``), or None where
-    glibc is older than 2.33."""
-    if not hasattr(libc, "mallinfo2"):
-        return None
-    return int(libc.mallinfo2().fordblks)
+def resident_bytes() -> int:
+    """This process's resident memory (``/proc/self/statm``), 0 where it cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _user_chose_large_blocks() -> bool:
@@ -127,11 +118,11 @@ def _trim_threshold_after() -> int:
 @contextlib.contextmanager
 def heap_for_tensors():
     """Serve every block from glibc's heap and keep freed memory while the body runs, then
-    restore glibc's bounds and, where the body left more free memory than the trim
-    threshold, return it to the OS (see the module docstring).
+    restore glibc's bounds and, where the body's resident memory grew by more than the trim
+    threshold, return free memory to the OS (see the module docstring).
     Nests, and is shared by threads: the settings change when the first enters and come
     back when the last leaves. A no-op without glibc or where the user set these."""
-    global _depth, _free_at_entry
+    global _depth, _resident_at_entry
     libc = _glibc()
     if libc is None or _user_chose_large_blocks():
         yield
@@ -139,7 +130,7 @@ def heap_for_tensors():
     with _lock:
         _depth += 1
         if _depth == 1:
-            _free_at_entry = free_kept(libc) or 0
+            _resident_at_entry = resident_bytes()
             libc.mallopt(M_MMAP_MAX, 0)
             libc.mallopt(M_TRIM_THRESHOLD, KEEP_ALL)
     try:
@@ -152,6 +143,25 @@ def heap_for_tensors():
                 libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
                 threshold = _trim_threshold_after()
                 libc.mallopt(M_TRIM_THRESHOLD, threshold)
-                kept = free_kept(libc)
-                if kept is None or kept - _free_at_entry > threshold:
+                # glibc's own rule for its heap's top, on what the contexts made resident
+                if resident_bytes() - _resident_at_entry > threshold:
                     libc.malloc_trim(0)
+
+
+def _after_fork_in_child() -> None:
+    """A child forked while another thread computed inside ``heap_for_tensors`` has no such
+    context open (that thread stayed in the parent): glibc's bounds come back, the count and
+    its lock start afresh."""
+    global _depth, _lock
+    _lock = threading.Lock()
+    if _depth:
+        _depth = 0
+        libc = _glibc()
+        if libc is not None:
+            libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+            libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+            libc.mallopt(M_TRIM_THRESHOLD, _trim_threshold_after())
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

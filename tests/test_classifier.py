@@ -534,11 +534,12 @@ def test_fp32_depthwise_runs_trainable_depthwise_convolutions_in_fp32_under_bf16
     run(torch.randn(2, 8, 16, 16), grad=False)  # prediction: autocast alone
     assert seen == [torch.bfloat16] * 4
     assert all(not m._forward_pre_hooks for m in net)
-    net[3].register_forward_hook(lambda *a: 1 / 0)
-    with pytest.raises(ZeroDivisionError), torch.autocast("cpu", dtype=torch.bfloat16):
-        with fp32_depthwise(net, cpu, "bf16"):
+    net[0].register_forward_hook(lambda *a: 1 / 0)  # raises inside a depthwise convolution
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(ZeroDivisionError), fp32_depthwise(net, cpu, "bf16"):
             net(torch.randn(2, 8, 16, 16))
-        assert torch.is_autocast_cpu_enabled()
+        assert torch.is_autocast_enabled("cpu")  # its autocast-off section was closed
+    assert all(not m._forward_pre_hooks for m in net)
 
 
 def test_cached_suffix_trains_in_channels_last_with_channels_last_gradients(tiny_clf, data):

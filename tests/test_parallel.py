@@ -233,6 +233,11 @@ with heap_for_tensors():
     nested = faults(4)
     kept = resident()  # the freed blocks' pages stay with the process
 returned = kept - resident()
+with heap_for_tensors():  # a second large run refills what the first gave back
+    held = [torch.ones(16 << 20) for _ in range(2)]
+    del held
+    kept = resident()
+returned_again = kept - resident()
 def small_runs(k):  # batch runs of a few images: each frees far less than glibc's threshold
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(k):
@@ -240,7 +245,7 @@ def small_runs(k):  # batch runs of a few images: each frees far less than glibc
             torch.ones(1 << 20)  # 4 MiB
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 small_runs(1)
-print(outside, inside, nested, returned, small_runs(8))
+print(outside, inside, nested, returned, returned_again, small_runs(8))
 """
 
 
@@ -249,8 +254,9 @@ def test_heap_for_tensors_reuses_pages_inside_and_gives_memory_back_after():
     """Inside ``heap_for_tensors`` (every fit and batch run), a freed 64 MiB tensor's pages
     serve the next one (page faults of at most one of four), where outside each one is a
     fresh mmap whose 16384 pages fault in. Leaving the last context gives the kept memory
-    back to the OS, where the context freed more than glibc's trim threshold; small batch
-    runs keep their few pages for the next one. A user's own malloc settings switch it
+    back to the OS where the process's resident memory grew by more than glibc's trim
+    threshold (also when a second large run refills the first one's trimmed pages); small
+    batch runs keep their few pages for the next one. A user's own malloc settings switch it
     off."""
     pages = (64 << 20) // 4096
 
@@ -259,15 +265,53 @@ def test_heap_for_tensors_reuses_pages_inside_and_gives_memory_back_after():
                              capture_output=True, text=True, check=True)
         return [int(v) for v in out.stdout.split()]
 
-    outside, inside, nested, returned, small = run()
+    outside, inside, nested, returned, returned_again, small = run()
     assert outside > 0.9 * 4 * pages
     assert inside < 1.1 * pages and nested < 1.1 * pages  # at most one of four faulted
-    assert returned > 0.9 * (64 << 20)
+    assert returned > 0.9 * (64 << 20) and returned_again > 0.9 * (64 << 20)
     # no trim after a run that freed little: the next run's 4 MiB pages do not fault in
     # again (a trim after each run: 1024 faults every run, 8192 in all)
     assert small < 0.3 * 8 * 1024
-    outside, inside, nested, returned, small = run(MALLOC_MMAP_MAX_="65536")
+    outside, inside, nested, returned, returned_again, small = run(MALLOC_MMAP_MAX_="65536")
     assert inside > 0.9 * 4 * pages  # the user's choice is left alone
+
+
+_FORK_INSIDE = """
+import os, resource, threading, torch
+from skcxr._allocator import heap_for_tensors
+inside, release = threading.Event(), threading.Event()
+def hold():
+    with heap_for_tensors():
+        inside.set()
+        release.wait(60)
+t = threading.Thread(target=hold)
+t.start()
+inside.wait(60)
+pid = os.fork()
+if pid == 0:  # no context is open in the child: glibc's bounds are back, the count is 0
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(2):
+        torch.ones(16 << 20)  # 64 MiB: a fresh mmap each again
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    with heap_for_tensors():  # its lock is free
+        pass
+    os._exit(0 if faults > 0.9 * 2 * 16384 else 1)
+_, status = os.waitpid(pid, 0)
+release.set()
+t.join()
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not sys.platform.startswith("linux"),
+                    reason="fork, glibc's allocator")
+def test_a_child_forked_inside_heap_for_tensors_gets_glibcs_bounds_back():
+    """A child forked while another thread computes inside ``heap_for_tensors`` has no
+    context open: it must not keep the parent's settings (every block from the heap,
+    nothing trimmed) for the rest of its life, nor wait on the parent's lock."""
+    out = subprocess.run([sys.executable, "-c", _FORK_INSIDE], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["0"], out.stderr[-2000:]
 
 
 # --------------------------------------------------------------------------- shared disk cache
