@@ -13,8 +13,9 @@ step before, as torch's CUDA caching allocator does on a GPU; on leaving, glibc'
 come back and ``malloc_trim`` returns the free memory to the OS, where the process's
 resident memory grew by more than glibc's trim threshold while the context was open (a fit,
 a large batch run); a small batch run keeps its few pages for the next one (a trim after every
-``predict_proba`` of one image made the next one fault 4,000 pages in again: 47 -> 37-42 ms
-a call, 8 images 139-154 -> 92-104 ms, in one process, alternating). Measured on the
+``predict_proba`` of one image made the next one fault 3,300-3,800 pages in again; now about
+200; a call of 8 images grows the resident memory by ~120 MB and is still trimmed). Measured
+on the
 development machine (one process, glibc's settings switched back and forth between fits,
 three fits each): lite0 trained whole from pixels 21.4 -> 27.6 img/s, with 60 thousand
 page faults instead of 1.9 million; c=16 from the cached prefix 1.1x (360 thousand faults
