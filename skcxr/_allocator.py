@@ -116,6 +116,15 @@ def _trim_threshold_after() -> int:
         return 2 * MMAP_THRESHOLD
 
 
+def _restore_bounds(libc) -> int:
+    """glibc's bounds outside ``heap_for_tensors``; returns the trim threshold set."""
+    libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+    libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    threshold = _trim_threshold_after()
+    libc.mallopt(M_TRIM_THRESHOLD, threshold)
+    return threshold
+
+
 @contextlib.contextmanager
 def heap_for_tensors():
     """Serve every block from glibc's heap and keep freed memory while the body runs, then
@@ -140,10 +149,7 @@ def heap_for_tensors():
         with _lock:
             _depth -= 1
             if _depth == 0:
-                libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-                libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-                threshold = _trim_threshold_after()
-                libc.mallopt(M_TRIM_THRESHOLD, threshold)
+                threshold = _restore_bounds(libc)
                 # glibc's own rule for its heap's top, on what the contexts made resident
                 if resident_bytes() - _resident_at_entry > threshold:
                     libc.malloc_trim(0)
@@ -159,9 +165,7 @@ def _after_fork_in_child() -> None:
         _depth = 0
         libc = _glibc()
         if libc is not None:
-            libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-            libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-            libc.mallopt(M_TRIM_THRESHOLD, _trim_threshold_after())
+            _restore_bounds(libc)
 
 
 if hasattr(os, "register_at_fork"):
